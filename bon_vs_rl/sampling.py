@@ -1,0 +1,174 @@
+"""Sampling completions from a policy: one sampler for train-rm data, best-of-n and RL evaluation.
+
+All three must draw from the same distribution (Gao et al. 2022 compare BoN and RL at equal KL from
+the *same* initial policy), so they share this code and `SamplingConfig`: temperature 1 and no
+truncation unless asked, left padding, each sequence stopped at its first EOS.
+
+Why a hand-written decoding loop rather than `generate(num_return_sequences=N)`:
+- the prompt is run through the model once and its key/value cache copied to the N samples,
+  instead of being recomputed N times;
+- each sampled token's log-probability is recorded as it is drawn, for Beirami et al.'s best-of-n
+  KL estimate and for RL evaluation, with no second forward pass.
+The log-probability recorded is that of the distribution sampled from: logits / temperature, before
+any top-k/top-p truncation (with the defaults this is exactly log π(y|x)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bon_vs_rl.config import SamplingConfig
+
+
+@dataclass
+class Samples:
+    """Completions of `prompts`; row i continues prompts[prompt_index[i]]."""
+
+    prompts: list[str]
+    prompt_index: np.ndarray  # [S] int
+    completions: list[str]  # [S] decoded text, EOS and padding removed
+    completion_ids: list[list[int]]  # [S] sampled token ids, EOS included when emitted
+    token_count: np.ndarray  # [S] int, tokens generated (EOS included)
+    logprob: np.ndarray  # [S] float64, sum over tokens of log π(token | prefix) at the sampling temperature
+    ended: np.ndarray  # [S] bool, emitted EOS before max_new_tokens
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return sorted(i for i in ids if i is not None)
+
+
+def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus truncation; a no-op with the defaults (top_k=0, top_p=1)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, keeping its first `max_prompt_tokens` tokens (it is an opening)."""
+    return [tokenizer(p).input_ids[:max_prompt_tokens] for p in prompts]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def _decode(model, cache, last_logits, attention_mask, next_position, cfg: SamplingConfig,
+            eos_ids: torch.Tensor, pad_id: int, generator: torch.Generator):
+    """Sample up to max_new_tokens for a batch whose prompt is already in `cache`."""
+    batch = last_logits.shape[0]
+    device = last_logits.device
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    logits = last_logits
+    for step in range(cfg.max_new_tokens):
+        logits = logits.float() / cfg.temperature
+        log_probs = torch.log_softmax(logits, dim=-1)
+        sample_from = truncate_logits(logits, cfg.top_k, cfg.top_p).softmax(-1)
+        token = torch.multinomial(sample_from, 1, generator=generator).squeeze(1)
+        token_logprob = log_probs.gather(1, token[:, None]).squeeze(1)
+        token = token.masked_fill(finished, pad_id)
+        tokens.append(token)
+        logprobs.append(token_logprob.masked_fill(finished, 0.0))
+        was_finished = finished
+        finished = finished | torch.isin(token, eos_ids)
+        if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+            break
+        # The token just drawn (EOS included) is attended to; padding after a finished sequence is not.
+        attention_mask = torch.cat([attention_mask, (~was_finished).long()[:, None]], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+        next_position = next_position + 1
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+
+
+def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg: SamplingConfig,
+             seed: int = 0, quiet: bool = False, description: str = "sampling") -> Samples:
+    """Draw `samples_per_prompt` completions for every prompt, `cfg.batch_size` sequences at a time."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos_list = eos_token_ids(model, tokenizer)
+    eos_ids = torch.tensor(eos_list, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_list[0]
+    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+
+    # A round decodes `per_round` samples of `chunk` prompts at once; the prompts' prefill is shared.
+    per_round = min(samples_per_prompt, cfg.batch_size)
+    chunk = max(1, cfg.batch_size // per_round)
+    rounds = math.ceil(samples_per_prompt / per_round)
+
+    prompt_index, ids_out, logprob_out = [], [], []
+    progress = tqdm(total=len(prompts) * samples_per_prompt, desc=description, unit="seq",
+                    disable=quiet, file=sys.stderr, leave=False)
+    for start in range(0, len(prompts), chunk):
+        rows = list(range(start, min(start + chunk, len(prompts))))
+        ids, mask = left_pad([encoded[r] for r in rows], pad_id, device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            prefill = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        for round_ in range(rounds):
+            k = min(per_round, samples_per_prompt - round_ * per_round)
+            cache = copy.deepcopy(prefill.cache) if round_ < rounds - 1 else prefill.cache
+            cache.batch_repeat_interleave(k)
+            tokens, logprobs = _decode(
+                model, cache, prefill.logits[:, -1].repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
+                mask.sum(1).repeat_interleave(k, 0), cfg, eos_ids, pad_id, generator,
+            )
+            prompt_index.extend(r for r in rows for _ in range(k))
+            ids_out.append(tokens.cpu())
+            logprob_out.append(logprobs.double().sum(1).cpu())
+            progress.update(len(rows) * k)
+    progress.close()
+
+    # Rows come out round by round; put each prompt's samples together, in draw order.
+    prompt_index = np.asarray(prompt_index, dtype=np.int64)
+    order = np.argsort(prompt_index, kind="stable")
+    width = max(block.shape[1] for block in ids_out)
+    all_ids = torch.cat([torch.nn.functional.pad(b, (0, width - b.shape[1]), value=pad_id) for b in ids_out])
+    all_logprobs = torch.cat(logprob_out).numpy()
+
+    completion_ids, completions, counts, ended = [], [], [], []
+    eos_set = set(eos_list)
+    for i in order:
+        row = all_ids[i].tolist()
+        cut = next((j + 1 for j, token in enumerate(row) if token in eos_set), len(row))
+        completion_ids.append(row[:cut])
+        counts.append(cut)
+        ended.append(row[cut - 1] in eos_set)
+        completions.append(tokenizer.decode([t for t in row[:cut] if t not in eos_set], skip_special_tokens=True))
+    return Samples(
+        prompts=list(prompts), prompt_index=prompt_index[order], completions=completions,
+        completion_ids=completion_ids, token_count=np.asarray(counts, dtype=np.int64),
+        logprob=all_logprobs[order], ended=np.asarray(ended, dtype=bool),
+    )

@@ -1,0 +1,210 @@
+"""Reward scorers: the gold reward (the 'human' of Gao et al. 2022) and proxy reward models.
+
+A scorer maps a batch of (prompt, completion) pairs to one float each. The same specs serve as
+`--gold` and `--proxy`; the gold is only ever used to label comparisons and to measure, never
+optimized against.
+
+    vader                       VADER compound sentiment of the completion alone, in [-1, 1]
+                                (Hutto & Gilbert 2014; a human-rated lexicon: transparent and offline)
+    hf:<id-or-path>             a sequence-classification reward model with one output (its logit)
+    rm:<path>[@agg]             a reward model (or ensemble) trained by `bonrl train-rm`; an ensemble
+                                scores with @mean (default), @min (worst case) or @mean-<λ>std
+                                (uncertainty-weighted; Coste et al. 2023)
+    python:<module>:<function>  a user function (prompts, completions) -> list of floats; <module> may
+                                be an importable name or a path to a .py file
+
+Every scorer's output goes through `check_finite`: a NaN or inf stops the run, naming the prompt and
+completion that produced it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bon_vs_rl.config import ConfigError
+
+RM_METADATA = "bonrl_rm.json"  # written by `bonrl train-rm` beside the weights
+
+
+class ScorerError(ConfigError):
+    """A scorer that cannot load, or returned a non-finite value: bad input, exit code 2."""
+
+
+def rm_text(prompt: str, completion: str) -> str:
+    """What a reward model reads: the prompt followed by the completion (training and scoring alike)."""
+    return prompt + completion
+
+
+@dataclass
+class Scorer:
+    spec: str
+    score_batch: Callable[[list[str], list[str]], Sequence[float]]
+    batch_size: int = 64
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(completions):
+            raise ValueError("prompts and completions must have the same length")
+        scores = []
+        for start in range(0, len(prompts), self.batch_size):
+            p = list(prompts[start:start + self.batch_size])
+            c = list(completions[start:start + self.batch_size])
+            batch = np.asarray(self.score_batch(p, c), dtype=np.float64).reshape(-1)
+            if batch.shape[0] != len(p):
+                raise ScorerError(f"scorer {self.spec}: returned {batch.shape[0]} scores for {len(p)} inputs")
+            check_finite(self.spec, batch, p, c)
+            scores.append(batch)
+        return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def check_finite(spec: str, scores: np.ndarray, prompts: Sequence[str], completions: Sequence[str]) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        i = int(bad[0])
+        raise ScorerError(
+            f"scorer {spec}: returned {scores[i]} for prompt {prompts[i][:60]!r} and completion "
+            f"{completions[i][:60]!r}; a reward must be finite — fix the scorer"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The kinds.
+
+
+def vader_scorer(spec: str) -> Scorer:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(prompts: list[str], completions: list[str]) -> list[float]:
+        # Only the completion is scored: the prompt is fixed, so its sentiment is not the policy's doing.
+        return [analyzer.polarity_scores(c)["compound"] for c in completions]
+
+    return Scorer(spec, score, batch_size=1024)
+
+
+class SequenceClassifierReward:
+    """One reward model: the single logit of an AutoModelForSequenceClassification."""
+
+    def __init__(self, path: str, device, max_length: int = 512):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Keep the end of long texts: the completion is what is being judged.
+        self.tokenizer.truncation_side = "left"
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        if self.model.config.num_labels != 1:
+            raise ScorerError(f"reward model {path}: has {self.model.config.num_labels} outputs; need 1")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.max_length = min(max_length, getattr(self.tokenizer, "model_max_length", max_length) or max_length)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        texts = [rm_text(p, c) for p, c in zip(prompts, completions)]
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            logits = self.model(**batch).logits[:, 0]
+        return logits.float().cpu().numpy()
+
+
+def hf_scorer(spec: str, target: str, device, cache_dir: str | None = None) -> Scorer:
+    from bon_vs_rl.models import _load_error, resolve_model_path
+
+    path = resolve_model_path(target, cache_dir)
+    try:
+        reward = SequenceClassifierReward(path, device)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _load_error(target, exc) from None
+    return Scorer(spec, reward, batch_size=32)
+
+
+def parse_aggregation(agg: str) -> tuple[str, float]:
+    """'mean' | 'min' | 'mean-0.5std' -> (kind, λ)."""
+    if agg in ("mean", "min"):
+        return agg, 0.0
+    match = re.fullmatch(r"mean-([0-9.]+)std", agg)
+    if match:
+        return "mean-std", float(match.group(1))
+    raise ScorerError(f"proxy: aggregation {agg!r} unknown; use @mean, @min or @mean-<λ>std (e.g. @mean-0.5std)")
+
+
+def rm_scorer(spec: str, target: str, device) -> Scorer:
+    """A `bonrl train-rm` checkpoint: one model directory, or an ensemble of member directories."""
+    path_text, _, agg = target.partition("@")
+    kind, lam = parse_aggregation(agg or "mean")
+    path = Path(path_text).expanduser()
+    metadata_file = path / RM_METADATA
+    if not metadata_file.exists():
+        raise ScorerError(f"proxy: {path} is not a bonrl reward model (no {RM_METADATA}); train one with bonrl train-rm")
+    metadata = json.loads(metadata_file.read_text())
+    member_dirs = [path / m for m in metadata.get("members", ["."])]
+    members = [SequenceClassifierReward(str(d), device, metadata.get("max_length", 512)) for d in member_dirs]
+    if len(members) == 1 and kind != "mean":
+        raise ScorerError(f"proxy: {path} is a single model; @{agg} needs an ensemble (train with --ensemble K)")
+
+    def score(prompts: list[str], completions: list[str]) -> np.ndarray:
+        scores = np.stack([m(prompts, completions) for m in members])  # [members, batch]
+        if kind == "min":
+            return scores.min(axis=0)
+        if kind == "mean-std":
+            return scores.mean(axis=0) - lam * scores.std(axis=0)
+        return scores.mean(axis=0)
+
+    return Scorer(spec, score, batch_size=32)
+
+
+def python_scorer(spec: str, target: str) -> Scorer:
+    module_name, _, function_name = target.rpartition(":")
+    if not module_name or not function_name:
+        raise ScorerError(f"scorer: {spec!r} must look like python:MODULE:FUNCTION or python:file.py:FUNCTION")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise ScorerError(f"scorer: file {module_name} not found; fix the path in {spec!r}")
+            module_spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ScorerError(f"scorer: cannot import {module_name!r} ({exc}); check {spec!r}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ScorerError(f"scorer: {module_name} has no function {function_name!r}; check {spec!r}")
+    return Scorer(spec, function, batch_size=1024)
+
+
+def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str = "gold") -> Scorer:
+    """Build the scorer a spec names. `role` ('gold' or 'proxy') only words the error messages."""
+    if not spec:
+        raise ScorerError(f"{role}: empty scorer spec; use vader, hf:ID, rm:PATH or python:MODULE:FUNCTION")
+    kind, _, target = spec.partition(":")
+    if kind == "vader" and not target:
+        return vader_scorer(spec)
+    if kind == "python":
+        return python_scorer(spec, target)
+    if device is None:
+        from bon_vs_rl.models import resolve_device
+
+        device = resolve_device("auto")
+    if kind == "hf" and target:
+        return hf_scorer(spec, target, device, cache_dir)
+    if kind == "rm" and target:
+        return rm_scorer(spec, target, device)
+    raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")
