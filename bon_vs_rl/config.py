@@ -119,6 +119,7 @@ class SamplingConfig:
 class TrainRMConfig(SamplingConfig, CommonConfig):
     """`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them."""
 
+    output: str = option("runs/rm", "Checkpoint directory of the trained proxy (use it as --proxy rm:DIR).")
     policy: str = option("smollm2-135m", "Policy that writes the completions to compare (model spec).")
     gold: str = option("vader", "Gold scorer that labels the comparisons (scorer spec).")
     backbone: str = option("minilm", "Reward-model backbone: tiny, minilm, smollm2-135m, hub id or path.")
@@ -159,6 +160,7 @@ class TrainRMConfig(SamplingConfig, CommonConfig):
 class SampleConfig(SamplingConfig, CommonConfig):
     """`bonrl sample`: best-of-n with unbiased estimates for every n."""
 
+    output: str = option("runs/bon", "Directory for the samples file (Parquet) and the resolved config.")
     policy: str = option("smollm2-135m", "Policy to sample from (model spec).")
     proxy: list[str] = option([], "Proxy reward model(s) to select by (scorer spec); repeat for several.")
     gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
@@ -312,6 +314,7 @@ class RLEvalConfig:
 class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     """`bonrl ppo`: PPO with a KL penalty to the reference policy (Ziegler et al. 2019; Huang et al. 2024)."""
 
+    output: str = option("runs/ppo", "Directory for checkpoints, eval samples and the resolved config.")
     policy: str = option("smollm2-135m", "Initial policy, also the frozen reference (model spec).")
     proxy: str = option("", "Proxy reward model optimized against (scorer spec, e.g. rm:runs/rm).")
     gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
@@ -382,6 +385,7 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
 class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     """`bonrl rl --algo rloo|grpo`: TRL's trainers with the proxy as reward and β as KL coefficient."""
 
+    output: str = option("runs/rl", "Directory for TRL's checkpoints, eval samples and the resolved config.")
     algo: str = option("rloo", "TRL algorithm: rloo or grpo.")
     policy: str = option("smollm2-135m", "Initial policy, also the reference (model spec).")
     proxy: str = option("", "Proxy reward model optimized against (scorer spec).")

@@ -41,6 +41,22 @@ class Samples:
     def __len__(self) -> int:
         return len(self.completions)
 
+    def to_frame(self, scores: dict[str, np.ndarray] | None = None):
+        """One row per sample: the saved-samples format shared by best-of-n and RL evaluation."""
+        import pandas as pd
+
+        frame = pd.DataFrame({
+            "prompt_id": self.prompt_index,
+            "prompt": [self.prompts[i] for i in self.prompt_index],
+            "completion": self.completions,
+            "tokens": self.token_count,
+            "logprob": self.logprob,
+            "ended": self.ended,
+        })
+        for name, values in (scores or {}).items():
+            frame[name] = np.asarray(values, dtype=np.float64)
+        return frame
+
 
 def eos_token_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
