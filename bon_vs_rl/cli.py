@@ -24,7 +24,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -67,7 +67,7 @@ def _cli_type(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin is list or annotation is list:
-        return Optional[List[str]]
+        return Optional[list[str]]
     if args and origin is not None:  # X | None
         return Optional[args[0]]
     return Optional[annotation]
@@ -157,11 +157,11 @@ stage_command(
 @app.command("experiment")
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
-    force: List[str] = typer.Option([], "--force", help="Rerun this stage even if complete (repeatable)."),
-    quiet: Optional[bool] = typer.Option(None, "--quiet/--no-quiet", help="No progress bars."),
-    device: Optional[str] = typer.Option(None, "--device", help="Override the experiment's device."),
-    results: Optional[str] = typer.Option(None, "--results", help="Override the results table path."),
-    output: Optional[str] = typer.Option(None, "--output", help="Override the experiment's output directory."),
+    force: list[str] = typer.Option([], "--force", help="Rerun this stage even if complete (repeatable)."),
+    quiet: bool | None = typer.Option(None, "--quiet/--no-quiet", help="No progress bars."),
+    device: str | None = typer.Option(None, "--device", help="Override the experiment's device."),
+    results: str | None = typer.Option(None, "--results", help="Override the results table path."),
+    output: str | None = typer.Option(None, "--output", help="Override the experiment's output directory."),
 ) -> None:
     """Run a whole study from one YAML file: RM(s) -> best-of-n -> RL -> report; complete stages are skipped."""
     try:
@@ -175,10 +175,10 @@ def experiment(
 
 @app.command("results")
 def results_command(
-    results: Optional[str] = typer.Option(None, "--results", help="Results table; default $BONRL_RESULTS."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Write the results to a .csv or .parquet file."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="Only this experiment."),
-    method: Optional[str] = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
+    results: str | None = typer.Option(None, "--results", help="Results table; default $BONRL_RESULTS."),
+    export: Path | None = typer.Option(None, "--export", help="Write the results to a .csv or .parquet file."),
+    experiment: str | None = typer.Option(None, "--experiment", help="Only this experiment."),
+    method: str | None = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
 ) -> None:
     """List the runs in the results table, or export its rows."""
     from bon_vs_rl import results as R
