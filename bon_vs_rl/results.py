@@ -1,18 +1,25 @@
 """The shared results table: one SQLite file that every bonrl command appends to and `report` reads.
 
 Two tables:
-    runs      one row per command run: its resolved config, library versions, git revision, seed,
-              start/end and status ('running', 'finished', 'failed'; a 'running' row whose process
+    runs      one row per command run: its resolved config, library versions, git revision, host, pid,
+              seed, start/end and status ('running', 'finished', 'failed'; a 'running' row whose process
               is gone reads back as 'unfinished')
     results   long form, one row per evaluation point: best-of-n at one n, an RL run at one step,
-              a reward model's evaluation. Core columns are listed in COLUMNS; any other metric of a
-              row is kept in metrics_json and comes back as its own column from `load`.
+              a reward model's evaluation. Core columns are listed in COLUMNS; any other key of a row
+              is kept in metrics_json and comes back as its own column from `load`.
 
-Why SQLite: several commands (or `accelerate launch` workers, or a sweep) may write at once. WAL mode
-lets readers and one writer proceed together; a busy timeout plus a retry loop absorbs lock
-contention; every `add_rows` call is one transaction, so a killed run leaves each batch of rows it
-committed and nothing half-written. A row is keyed by (run_id, method, proxy, n, step): writing the
-same key again replaces the row, so a resumed run never duplicates rows.
+Why SQLite: several commands (or a sweep) may write at once. WAL mode lets readers and one writer
+proceed together; a busy timeout plus a retry loop absorbs lock contention; every `add_rows` call is
+one short transaction, so a killed run keeps each batch of rows it committed and nothing half-written.
+A row is keyed by (run_id, method, proxy, n, step), NULLs counting as equal: writing the same key again
+replaces the row, so a resumed run never duplicates rows.
+
+The file carries a schema version (PRAGMA user_version); MIGRATIONS brings an older file up to date
+and a file from a newer bonrl is refused rather than misread.
+
+Public API: resolve_results_path, ResultsStore (start_run, add_rows, finish_run, runs, close),
+run_context, load, export, COLUMNS. Imports only the standard library at module level (pandas is
+imported when a DataFrame is asked for), so every command can import this cheaply.
 """
 
 from __future__ import annotations
@@ -27,21 +34,27 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # pandas is imported lazily: `import bon_vs_rl.results` must stay fast
+    import pandas as pd
+
+__all__ = [
+    "COLUMNS", "SCHEMA_VERSION", "ResultsStore", "SchemaVersionError", "export", "load",
+    "resolve_results_path", "run_context",
+]
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "bonrl-results.sqlite"
+ENV_VAR = "BONRL_RESULTS"
+BUSY_TIMEOUT_S = 30.0
 
-COLUMNS = [
-    "method", "n", "step", "kl", "sqrt_kl", "kl_se", "proxy_mean", "proxy_se", "gold_mean", "gold_se",
-    "length_mean", "sample_count", "prompt_count", "generated_tokens", "trained_tokens",
-    "policy", "proxy", "gold", "beta", "seed", "samples_path",
-]
-
+# The core columns of a result row, in order, with their SQLite types. Anything else a caller puts in
+# a row (kl_beirami, accuracy, pearson, backbone, ...) goes to metrics_json.
 _RESULT_TYPES = {
     "method": "TEXT NOT NULL", "n": "INTEGER", "step": "INTEGER", "kl": "REAL", "sqrt_kl": "REAL",
     "kl_se": "REAL", "proxy_mean": "REAL", "proxy_se": "REAL", "gold_mean": "REAL", "gold_se": "REAL",
@@ -49,10 +62,19 @@ _RESULT_TYPES = {
     "generated_tokens": "INTEGER", "trained_tokens": "INTEGER", "policy": "TEXT", "proxy": "TEXT",
     "gold": "TEXT", "beta": "REAL", "seed": "INTEGER", "samples_path": "TEXT",
 }
+COLUMNS: list[str] = list(_RESULT_TYPES)
 
-# Version -> statements that bring a file from the previous version up to this one.
+# Keys of a row that the store sets itself; a caller's value for them is ignored.
+_RESERVED = {"id", "run_id", "experiment", "created_at", "metrics_json"}
+
+# ----------------------------------------------------------------------------------------------
+# 1. Schema and migrations.
+
+# MIGRATIONS[v] holds the statements that take a file at schema version v to version v + 1.
+# Version 0 is a new (empty) file, so MIGRATIONS[0] creates the schema. To change the schema: bump
+# SCHEMA_VERSION and add MIGRATIONS[SCHEMA_VERSION - 1]; never edit a migration that has shipped.
 MIGRATIONS: dict[int, list[str]] = {
-    1: [
+    0: [
         """CREATE TABLE runs (
             run_id TEXT PRIMARY KEY, experiment TEXT, command TEXT NOT NULL, config_json TEXT,
             versions_json TEXT, git_rev TEXT, host TEXT, pid INTEGER, seed INTEGER,
@@ -61,6 +83,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "run_id TEXT NOT NULL REFERENCES runs(run_id), experiment TEXT, "
         + ", ".join(f"{name} {kind}" for name, kind in _RESULT_TYPES.items())
         + ", created_at TEXT NOT NULL, metrics_json TEXT)",
+        # The row key. A plain UNIQUE constraint treats NULLs as distinct (two BoN rows with step NULL
+        # would both stay), so the index is on expressions that map NULL to a sentinel.
         "CREATE UNIQUE INDEX results_key ON results "
         "(run_id, method, ifnull(proxy, ''), ifnull(n, -1), ifnull(step, -1))",
         "CREATE INDEX results_experiment ON results (experiment, method)",
@@ -68,9 +92,40 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 
+class SchemaVersionError(RuntimeError):
+    """The results file was written by a newer bonrl than this one."""
+
+
+def _migrate(conn: sqlite3.Connection, path: str | os.PathLike = "results file") -> int:
+    """Bring the file behind `conn` up to SCHEMA_VERSION, in one write transaction; returns the old version.
+
+    The version is read inside the (IMMEDIATE) transaction, so two processes opening a new file at once
+    cannot both create the schema: the second waits for the first and then finds nothing to do.
+    """
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return SCHEMA_VERSION  # the common case: no write lock just to open the file
+    with _transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"results: {path} has schema version {version}, newer than this bonrl knows "
+                f"({SCHEMA_VERSION}); upgrade bonrl (pip install -U bonrl) or use another --results file"
+            )
+        for old in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[old]:
+                conn.execute(statement)
+            # PRAGMA takes no bound parameters; `old + 1` is an int we computed, never user input.
+            conn.execute(f"PRAGMA user_version = {old + 1}")
+    return version
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Plumbing: paths, transactions, retries, provenance.
+
+
 def resolve_results_path(cli_value: str | os.PathLike | None = None) -> Path:
-    """--results, else $BONRL_RESULTS, else ./bonrl-results.sqlite."""
-    value = cli_value or os.environ.get("BONRL_RESULTS") or DEFAULT_FILE
+    """--results if given, else $BONRL_RESULTS, else ./bonrl-results.sqlite (in the current directory)."""
+    value = cli_value or os.environ.get(ENV_VAR) or DEFAULT_FILE
     return Path(value).expanduser()
 
 
@@ -78,12 +133,57 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+T = TypeVar("T")
+
+
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+def _retry(operation: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
+    """Run `operation`, retrying 'database is locked' with jittered exponential backoff.
+
+    busy_timeout already makes SQLite wait for a lock; this loop is the second line of defence for the
+    cases it does not cover (a lock upgrade that SQLite refuses at once to avoid deadlock, a checkpoint).
+    `operation` must be a whole transaction, so a retry never repeats half of one.
+    """
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            if not _is_lock_error(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, base_delay * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE .. COMMIT, rolled back on any error (a failed COMMIT included).
+
+    IMMEDIATE takes the write lock up front, so a writer waits (busy_timeout) at BEGIN instead of failing
+    half-way through when it tries to upgrade a read lock.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _versions() -> dict[str, str]:
-    """Versions of what produced the numbers, without importing torch just to ask."""
+    """Versions of what produced the numbers, from package metadata: never imports torch just to ask."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": sys.version.split()[0]}
-    for package in ("bonrl", "torch", "transformers", "trl", "accelerate", "peft", "numpy", "pandas"):
+    from bon_vs_rl import __version__
+
+    out = {"python": sys.version.split()[0], "bonrl": __version__, "sqlite": sqlite3.sqlite_version}
+    for package in ("bonrl", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "vllm",
+                    "numpy", "scipy", "pandas"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -92,155 +192,171 @@ def _versions() -> dict[str, str]:
 
 
 def git_revision() -> str | None:
-    """HEAD of the checkout this package runs from, or None (an installed wheel, no git)."""
+    """HEAD of the git checkout this package runs from (+'-dirty' with uncommitted changes), else None.
+
+    Never raises: an installed wheel, a missing git binary or a slow file system all give None.
+    """
     here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if dirty else "")
+
+
+def _pid_alive(pid: Any) -> bool:
+    """Whether process `pid` exists on this host and is not a zombie (killed but not yet reaped)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
+        pid = int(pid)
+    except (TypeError, ValueError):  # None, NaN
+        return False
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    except OSError:
+        return False
+    try:  # Linux: a zombie still answers kill(0); its state letter in /proc says it is dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _clean(value: Any) -> Any:
-    """numpy scalars -> Python; NaN stays a float (SQLite stores it as NULL)."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
+    """Make a value bindable: numpy/torch scalars -> Python, arrays -> lists, paths -> str, NaN -> NULL."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # a numpy scalar gives a Python scalar, an array gives a list
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The store: one connection to the file.
+
+
 class ResultsStore:
-    """A connection to the results file; create tables on first use, migrate old files."""
+    """A connection to the results file. Creates the schema on first use and migrates old files.
+
+    Use as a context manager; every write is its own short transaction, retried on lock contention.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = resolve_results_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        self._retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL"))
-        self._retry(self._migrate)
-
-    # -- plumbing ------------------------------------------------------------------------------
-
-    def _retry(self, operation, attempts: int = 20):
-        """Retry on 'database is locked' with jittered backoff (busy_timeout covers most cases)."""
-        for attempt in range(attempts):
-            try:
-                return operation()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        # isolation_level=None: no implicit transactions; _transaction() says exactly where each begins.
+        self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            yield self.conn
+            self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # WAL: readers never block the writer nor it them. The mode is stored in the file, so
+            # only the first opener really switches it (briefly needing an exclusive lock: retried).
+            _retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
+            self.conn.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            _retry(lambda: _migrate(self.conn, self.path))
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_lock_error(exc):
+                raise
+            raise sqlite3.DatabaseError(f"results: {self.path} is not a usable results file ({exc})") from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.close()
             raise
-        self.conn.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"results: {self.path} has schema version {version}, newer than this bonrl knows "
-                    f"({SCHEMA_VERSION}); upgrade bonrl"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
+    def _write(self, sql: str, params: Any = (), many: bool = False) -> int:
+        """One statement (or one executemany) as one retried transaction; returns the rows changed."""
+        def operation() -> int:
+            with _transaction(self.conn) as conn:
+                cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+                return cursor.rowcount
+        return _retry(operation)
 
     # -- runs ----------------------------------------------------------------------------------
 
     def start_run(self, command: str, config: dict, seed: int | None = None, experiment: str | None = None,
                   run_id: str | None = None) -> str:
-        """Record a run (or re-open `run_id` to resume it) and return its id."""
+        """Record a new run and return its id. Given the id of an existing run, re-open that run
+        instead (status back to 'running', this pid): that is how `--resume` continues a run."""
+        host, pid = socket.gethostname(), os.getpid()
         if run_id is not None:
-            existing = self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if existing:
-                def reopen():
-                    with self._transaction() as conn:
-                        conn.execute("UPDATE runs SET status='running', ended_at=NULL, error=NULL, pid=?, host=? "
-                                     "WHERE run_id=?", (os.getpid(), socket.gethostname(), run_id))
-                self._retry(reopen)
+            reopened = self._write("UPDATE runs SET status='running', ended_at=NULL, error=NULL, pid=?, host=? "
+                                   "WHERE run_id=?", (pid, host, run_id))
+            if reopened:
                 return run_id
         run_id = run_id or f"{command}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        row = (run_id, experiment, command, json.dumps(config, sort_keys=True, default=str),
-               json.dumps(_versions(), sort_keys=True), git_revision(), socket.gethostname(), os.getpid(),
-               seed, _now(), "running")
-
-        def insert():
-            with self._transaction() as conn:
-                conn.execute("INSERT INTO runs (run_id, experiment, command, config_json, versions_json, git_rev, "
-                             "host, pid, seed, started_at, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
-        self._retry(insert)
+        self._write(
+            "INSERT INTO runs (run_id, experiment, command, config_json, versions_json, git_rev, host, pid, "
+            "seed, started_at, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, experiment, command, _json(config), _json(_versions()), git_revision(), host, pid,
+             _clean(seed), _now(), "running"),
+        )
         return run_id
 
     def finish_run(self, run_id: str, status: str = "finished", error: str | None = None) -> None:
-        def update():
-            with self._transaction() as conn:
-                conn.execute("UPDATE runs SET status=?, ended_at=?, error=? WHERE run_id=?",
-                             (status, _now(), error, run_id))
-        self._retry(update)
+        """Mark a run 'finished' or 'failed' (with a one-line error) and stamp its end time."""
+        if not self._write("UPDATE runs SET status=?, ended_at=?, error=? WHERE run_id=?",
+                           (status, _now(), error, run_id)):
+            raise KeyError(f"results: no run {run_id!r} in {self.path}")
 
-    def runs(self):
+    def runs(self) -> pd.DataFrame:
+        """All runs, oldest first. A 'running' run whose process is gone from this host reads 'unfinished'
+        (it was killed: SIGKILL, OOM, a lost node). A run from another host cannot be checked: it stays."""
         import pandas as pd
 
-        frame = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.conn)
+        frame = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, run_id", self.conn)
         here = socket.gethostname()
-        gone = (frame["status"] == "running") & frame.apply(
-            lambda r: r["host"] == here and not _pid_alive(r["pid"]), axis=1
-        ) if len(frame) else frame["status"] == "running"
-        frame.loc[gone, "status"] = "unfinished"
+        gone = [status == "running" and host == here and not _pid_alive(pid)
+                for status, host, pid in zip(frame["status"], frame["host"], frame["pid"])]
+        frame.loc[pd.Series(gone, index=frame.index, dtype=bool), "status"] = "unfinished"
         return frame
 
     # -- results -------------------------------------------------------------------------------
 
     def add_rows(self, run_id: str, rows: list[dict]) -> int:
-        """Write `rows` in one transaction: all of them land, or none."""
-        experiment_row = self.conn.execute("SELECT experiment FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if experiment_row is None:
-            raise KeyError(f"results: no run {run_id!r}; call start_run first")
+        """Write `rows` for `run_id` in ONE transaction: all of them land, or none. Returns how many.
+
+        Core keys (COLUMNS) become columns; any other key goes to metrics_json. A row's experiment
+        defaults to its run's. sqrt_kl is filled from kl when absent (sqrt of max(kl, 0): a negative KL
+        estimate is kept as measured, its sqrt is 0). A row with the key of an existing row replaces it.
+        """
+        found = self.conn.execute("SELECT experiment FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if found is None:
+            raise KeyError(f"results: no run {run_id!r} in {self.path}; call start_run first")
+        # Prepare every row before the transaction opens, so the write lock is held only to insert.
         prepared = []
-        for row in rows:
-            if "method" not in row:
-                raise ValueError("results: every row needs a 'method'")
+        for i, row in enumerate(rows):
+            if row.get("method") in (None, ""):
+                raise ValueError(f"results: row {i} has no 'method' (bon, ppo, rm, ...): {row}")
             core = {name: _clean(row.get(name)) for name in COLUMNS}
             if core["sqrt_kl"] is None and core["kl"] is not None:
                 core["sqrt_kl"] = math.sqrt(max(float(core["kl"]), 0.0))
-            extra = {k: _clean(v) for k, v in row.items() if k not in _RESULT_TYPES and k != "experiment"}
-            experiment = row.get("experiment", experiment_row[0])
-            prepared.append((run_id, experiment, *core.values(), _now(),
-                             json.dumps(extra, sort_keys=True, default=str) if extra else None))
+            extra = {k: _clean(v) for k, v in row.items() if k not in _RESULT_TYPES and k not in _RESERVED}
+            experiment = row["experiment"] if row.get("experiment") is not None else found[0]
+            prepared.append((run_id, experiment, *core.values(), _now(), _json(extra) if extra else None))
         columns = ["run_id", "experiment", *COLUMNS, "created_at", "metrics_json"]
+        # REPLACE deletes the row with the same key (results_key index) and inserts this one.
         sql = f"INSERT OR REPLACE INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-        def insert():
-            with self._transaction() as conn:
-                conn.executemany(sql, prepared)
-        self._retry(insert)
+        if prepared:
+            self._write(sql, prepared, many=True)
         return len(prepared)
 
     def close(self) -> None:
@@ -249,31 +365,42 @@ class ResultsStore:
     def __enter__(self) -> ResultsStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 @contextmanager
 def run_context(store: ResultsStore, command: str, config: dict, seed: int | None = None,
                 experiment: str | None = None, run_id: str | None = None) -> Iterator[str]:
-    """A run that is marked 'finished' on success and 'failed' (with its error) when an exception escapes."""
+    """Start (or resume) a run and yield its id; mark it 'finished' on a normal exit, 'failed' with the
+    exception's one-line message when one escapes (the exception is re-raised). A process killed outright
+    cannot run this: its run stays 'running' and `runs()` reports it 'unfinished'."""
     run_id = store.start_run(command, config, seed, experiment, run_id)
     try:
         yield run_id
     except BaseException as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        store.finish_run(run_id, "failed", f"{type(exc).__name__}: {message}")
+        lines = str(exc).strip().splitlines()
+        store.finish_run(run_id, "failed", f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__)
         raise
     store.finish_run(run_id, "finished")
 
 
-def load(path: str | os.PathLike | None = None, **filters: Any):
-    """Result rows joined with their run's command and status, as a DataFrame; filters by equality
-    (a list or tuple means 'any of'), e.g. load(path, method='bon', experiment='demo')."""
+# ----------------------------------------------------------------------------------------------
+# 4. Reading: load and export.
+
+
+def load(path: str | os.PathLike | None = None, **filters: Any) -> pd.DataFrame:
+    """Result rows, oldest first, joined with their run's `command` and `run_status` (as `runs()` reports
+    it, so killed runs read 'unfinished'); metrics_json expanded into one column per key.
+
+    filters: equality on any column; a list, tuple or set means 'any of'; None means 'is missing'.
+    e.g. load(path, method="bon", experiment="demo", run_id=[a, b]). Nothing matching gives an empty
+    DataFrame that still has the columns.
+    """
     import pandas as pd
 
     path = resolve_results_path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"results: {path} does not exist; run a bonrl command first or pass --results")
     with ResultsStore(path) as store:
         frame = pd.read_sql_query(
@@ -282,33 +409,51 @@ def load(path: str | os.PathLike | None = None, **filters: Any):
         statuses = store.runs().set_index("run_id")["status"]
     if len(frame):
         frame["run_status"] = frame["run_id"].map(statuses)
-        extra = pd.DataFrame([json.loads(m) if isinstance(m, str) else {} for m in frame["metrics_json"]],
-                             index=frame.index)
-        frame = pd.concat([frame.drop(columns=["metrics_json"]), extra.drop(columns=[c for c in extra
-                                                                                       if c in frame])], axis=1)
-    else:
-        frame = frame.drop(columns=["metrics_json"])
+    extra = pd.DataFrame([json.loads(m) if isinstance(m, str) else {} for m in frame["metrics_json"]],
+                         index=frame.index)
+    # A metric named like a core column cannot shadow it (add_rows never writes one; a hand edit might).
+    frame = pd.concat([frame.drop(columns=["metrics_json"]), extra.drop(columns=[c for c in extra if c in frame])],
+                      axis=1)
     for column, wanted in filters.items():
-        if column not in frame:
-            return frame.iloc[0:0]
-        if isinstance(wanted, (list, tuple, set)):
+        if column not in frame:  # a metric no row has: nothing matches
+            frame = frame.iloc[0:0]
+            continue
+        if isinstance(wanted, (list, tuple, set, frozenset)):
             frame = frame[frame[column].isin(list(wanted))]
+        elif wanted is None:
+            frame = frame[frame[column].isna()]
         else:
             frame = frame[frame[column] == wanted]
     return frame.reset_index(drop=True)
 
 
+def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column; a metric that is a number in one row and text (or a list) in
+    another is written as text rather than failing the export."""
+    frame = frame.copy()
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            values = frame[name].dropna()
+            kinds = {type(v) for v in values}
+            if len(kinds) > 1 or kinds & {list, dict}:
+                frame[name] = frame[name].map(
+                    lambda v: v if v is None or (isinstance(v, float) and math.isnan(v))
+                    else v if isinstance(v, str) else _json(v))
+    return frame
+
+
 def export(path: str | os.PathLike | None, out_path: str | os.PathLike, **filters: Any) -> Path:
-    """Write the (filtered) results to .csv or .parquet, atomically."""
+    """Write the (filtered, as in `load`) results to a .csv or .parquet file, atomically: a temporary
+    sibling file is written and then moved into place, so a reader never sees half a file."""
     from bon_vs_rl.files import atomic_file
 
     out_path = Path(out_path)
+    if out_path.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"export: {out_path} must end in .csv or .parquet")
     frame = load(path, **filters)
     with atomic_file(out_path) as tmp:
         if out_path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif out_path.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
+            _parquet_safe(frame).to_parquet(tmp, index=False)
         else:
-            raise ValueError(f"export: {out_path} must end in .csv or .parquet")
+            frame.to_csv(tmp, index=False)
     return out_path
