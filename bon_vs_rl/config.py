@@ -126,9 +126,14 @@ class TrainRMConfig(SamplingConfig, CommonConfig):
     pairs: int = option(2000, "Number of labelled comparison pairs for training.")
     eval_pairs: int = option(400, "Held-out comparison pairs (from held-out prompts) for evaluation.")
     completions_per_prompt: int = option(4, "Completions sampled per prompt (k); pairs are drawn among them.")
-    labels: str = option("deterministic", "deterministic (higher gold wins) or bradley-terry (sampled).")
+    labels: str = option(
+        "deterministic", "deterministic (higher gold wins; exact ties dropped) or bradley-terry (sampled; ties kept)."
+    )
     label_temperature: float = option(1.0, "Bradley–Terry labels: P(a wins) = σ((gold_a − gold_b)/T).")
-    label_noise: float = option(0.0, "Fraction of labels flipped at random (Coste et al. 2023 use 0.25).")
+    label_noise: float = option(
+        0.0, "Fraction of training labels flipped at random (Coste et al. 2023 use 0.25); held-out labels never."
+    )
+    # One epoch, as in Stiennon et al. (2020) and Ouyang et al. (2022): reward models overfit quickly.
     epochs: float = option(1.0, "Training epochs over the comparison pairs.")
     learning_rate: float = option(5e-5, "Reward-model learning rate (AdamW, linear decay).")
     train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
@@ -168,7 +173,11 @@ class SampleConfig(SamplingConfig, CommonConfig):
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
     eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
     bootstrap: int = option(0, "Bootstrap resamples over prompts for 95% intervals (0 = off).")
-    from_samples: str | None = option(None, "Rescore a saved samples file instead of generating.")
+    from_samples: str | None = option(
+        None,
+        "Rescore a samples.parquet from an earlier bonrl sample instead of generating: its prompts, sampling "
+        "settings and seed are used (--policy must name its policy; every n must be <= its N).",
+    )
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -379,6 +388,12 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
             raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
         if self.log_with not in ("none", "tensorboard", "wandb"):
             raise ConfigError(f"log_with: {self.log_with!r}; use none, tensorboard or wandb")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            raise ConfigError(
+                f"missing_eos_penalty: {self.missing_eos_penalty} is negative; it is subtracted, so give a value ≥ 0"
+            )
+        if self.max_grad_norm <= 0 or self.value_coef < 0:
+            raise ConfigError("max_grad_norm must be > 0 and value_coef ≥ 0")
 
 
 @dataclass
@@ -395,11 +410,16 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     generations_per_prompt: int = option(4, "Completions per prompt (the RLOO/GRPO group size).")
     learning_rate: float = option(1e-5, "Learning rate.")
     beta: float = option(0.05, "KL coefficient β.")
+    log_with: str = option("none", "Also log TRL's metrics to: none, tensorboard or wandb.")
 
     def validate(self) -> None:
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
         RLEvalConfig.validate(self)
+        if self.rollout_batch_size <= 0:
+            raise ConfigError(f"rollout_batch_size: {self.rollout_batch_size} must be ≥ 1")
+        if self.log_with not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"log_with: {self.log_with!r}; use none, tensorboard or wandb")
         if self.algo not in ("rloo", "grpo"):
             raise ConfigError(f"algo: {self.algo!r}; use rloo or grpo")
         if not self.proxy:
@@ -434,6 +454,9 @@ class ReportConfig:
     methods: str = option("", "Comma-separated methods to include (e.g. bon,ppo); empty = all.")
     scale: str = option("relative", "Gold scale: relative (minus KL-0 value) or unit (also ÷ initial std).")
     fit_kl_max: float = option(0.0, "If > 0, also fit on KL ≤ this and report prediction error beyond it.")
+    gold_level: float | None = option(
+        None, "Gold level (on the report's scale) for 'KL needed to reach it'; default: half the smaller peak."
+    )
     quiet: bool = option(False, "No progress output.")
 
     def validate(self) -> None:
@@ -441,11 +464,27 @@ class ReportConfig:
             raise ConfigError(f"scale: {self.scale!r}; use relative or unit")
         if self.fit_kl_max < 0:
             raise ConfigError(f"fit_kl_max: {self.fit_kl_max} must be ≥ 0")
+        if self.gold_level is not None:
+            try:
+                self.gold_level = float(self.gold_level)
+            except (TypeError, ValueError):
+                raise ConfigError(f"gold_level: {self.gold_level!r} is not a number; e.g. gold_level: 0.2") from None
+        if isinstance(self.run_id, str):
+            self.run_id = [self.run_id]
+        if self.methods and not isinstance(self.methods, str):
+            self.methods = ",".join(str(m) for m in self.methods)  # YAML may give a list
 
 
 @dataclass
 class ExperimentConfig:
-    """`bonrl experiment CONFIG`: the whole study from one YAML file (see configs/*.yaml)."""
+    """`bonrl experiment CONFIG`: the whole study from one YAML file (see configs/*.yaml).
+
+    Stages, in order, each writing under OUTPUT/<stage>/: rm-0, rm-1, ... (one per `train_rm` entry),
+    bon, ppo-0, ppo-1, ... (one per `ppo` entry), rl-0, ... (one per `rl` entry), report. A stage's
+    config is `common` merged with its own entry (the entry wins), then seed/device/cache_dir/quiet/
+    experiment/results/output from here. `proxy` in a bon/ppo/rl entry may name an RM stage (rm-1);
+    the default is every RM for bon and rm-0 for ppo/rl.
+    """
 
     name: str = option("experiment", "Experiment name; tags every result row.")
     output: str = option("runs", "Directory for every stage's files.")
@@ -455,14 +494,33 @@ class ExperimentConfig:
     cache_dir: str | None = option(None, "Converted-model cache directory.")
     quiet: bool = option(False, "No progress bars.")
     common: dict = option({}, "Settings given to every stage (e.g. policy, gold, prompts, max_new_tokens).")
-    train_rm: list = option([], "One mapping of train-rm settings per proxy RM (data-size/backbone sweeps).")
+    # The lists of mappings default to None (= empty) so the generic type coercion leaves their
+    # mappings alone; validate() turns None into [] and checks every entry is a mapping.
+    train_rm: list | None = option(None, "One mapping of train-rm settings per proxy RM (data-size/backbone sweeps).")
     sample: dict = option({}, "best-of-n settings (n grid, samples_per_prompt, ...).")
-    ppo: list = option([], "One mapping of PPO settings per run (e.g. one per β).")
-    rl: list = option([], "Optional TRL runs: mappings with algo: rloo|grpo and their settings.")
+    ppo: list | None = option(None, "One mapping of PPO settings per run (e.g. one per β).")
+    rl: list | None = option(None, "Optional TRL runs: mappings with algo: rloo|grpo and their settings.")
     report: dict = option({}, "Report settings.")
 
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("name: empty; give the experiment a name")
+        if self.seed < 0:
+            raise ConfigError(f"seed: {self.seed} is negative; use a non-negative integer")
+        for key in ("common", "sample", "report"):
+            value = getattr(self, key)
+            if value is None:
+                setattr(self, key, {})
+            elif not isinstance(value, dict):
+                raise ConfigError(f"{key}: must be a mapping of option: value, got {type(value).__name__}")
+        for key in ("train_rm", "ppo", "rl"):
+            value = getattr(self, key)
+            if value is None:
+                value = []
+            if isinstance(value, dict):
+                value = [value]  # one entry may be given without the list
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{key}: must be a list of mappings, e.g. {key}: [{{beta: 0.05}}]")
+            setattr(self, key, [dict(v or {}) for v in value])
         if not self.train_rm:
             raise ConfigError("train_rm: at least one proxy reward model is needed")

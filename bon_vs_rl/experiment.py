@@ -1,0 +1,303 @@
+"""`bonrl experiment CONFIG.yaml`: a whole Gao et al. (2022) study from one file, resumable.
+
+    bonrl experiment configs/smoke.yaml              # tiny models, ~2 minutes on a laptop CPU
+    bonrl experiment configs/cpu-demo.yaml           # `make demo`: smollm2-135m, VADER gold
+    bonrl experiment configs/cpu-demo.yaml --force ppo-1 --force report
+
+The stages, in order, each writing under OUTPUT/<stage>/ and tagging every result row with the
+experiment's name:
+
+    rm-0, rm-1, ...    `bonrl train-rm`, one per `train_rm` entry: gold-labelled comparisons -> proxy RM
+                       (OUTPUT/rm-K is the checkpoint, used as the proxy spec rm:OUTPUT/rm-K)
+    bon                `bonrl sample`: best-of-n over the n grid against every proxy (or those named)
+    ppo-0, ppo-1, ...  `bonrl ppo`, one per `ppo` entry (e.g. one per β), against rm-0 unless it names one
+    rl-0, ...          `bonrl rl`, one per `rl` entry (algo: rloo | grpo)
+    report             `bonrl report` over exactly the runs of the stages above (OUTPUT/report)
+
+A stage's config is built the way the stage's own command builds it (`config.resolve`): built-in
+defaults < `common` (the keys that stage has) < the stage's entry < what the experiment fixes (seed
+unless the entry sets one, device, cache_dir, quiet, experiment, results, output). All of them are
+built and validated before the first stage starts, so a typo in the last stage stops the run at once
+(exit 2) instead of after an hour of training.
+
+Resuming. After a stage succeeds, OUTPUT/<stage>/.bonrl-stage.json records the hash of its config (and
+of the configs of the stages it reads, e.g. the RM a PPO run optimizes) and its run id. A later run
+skips a stage whose marker has the same hash and whose run finished in the results table, so an
+interrupted experiment resumes where it stopped, and editing one stage reruns that stage and those
+that depend on it. The marker is removed before a stage starts and written only after it succeeds. An interrupted
+PPO stage with an unchanged config continues from its last checkpoint (set `checkpoint_every` in its
+entry to have some); other stages start over.
+`--force NAME` reruns a stage regardless: a stage name (rm-0, bon, ppo-1, ...), a kind (rm, ppo, rl:
+all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
+change). The report is always rewritten (it only reads the table).
+
+Results go to `results` if given, else $BONRL_RESULTS, else OUTPUT/results.sqlite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bon_vs_rl import config as C
+from bon_vs_rl import console, files
+
+MARKER = ".bonrl-stage.json"
+STARTED = ".bonrl-stage-started.json"  # PPO only: which config last started here, for --resume
+
+# kind -> (config class, "module:function" that runs it). The report is handled apart: it always runs.
+STAGES = {
+    "rm": (C.TrainRMConfig, "bon_vs_rl.reward_model:train_rm"),
+    "bon": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),
+    "ppo": (C.PPOConfig, "bon_vs_rl.ppo:train"),
+    "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
+}
+FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet")  # set by the experiment only
+UNHASHED = ("quiet", "device", "cache_dir", "resume")  # how a stage runs, not what it computes
+RM_STAGE = re.compile(r"rm-\d+")
+
+
+@dataclass
+class Stage:
+    name: str  # rm-0, bon, ppo-1, ...
+    kind: str  # rm, bon, ppo, rl
+    cfg: Any  # the validated config of the stage's command
+    needs: list[str] = field(default_factory=list)  # stages whose output it reads
+    hash: str = ""
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.cfg.output) / MARKER
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Planning: every stage's config, validated before anything runs.
+
+
+def results_path(cfg: C.ExperimentConfig) -> str:
+    return cfg.results or os.environ.get("BONRL_RESULTS") or str(Path(cfg.output) / "results.sqlite")
+
+
+def fields_of(cls: type) -> set[str]:
+    return {f.name for f in C.config_fields(cls)}
+
+
+def check_reserved(where: str, entry: dict) -> None:
+    for key in entry:
+        if key.replace("-", "_") in FIXED:
+            raise C.ConfigError(f"{where}: {key!r} is set by the experiment for every stage; "
+                                f"set it at the top level of the experiment file instead")
+
+
+def proxy_spec(value: str, rm_specs: dict[str, str], where: str) -> str:
+    """rm-K names the experiment's K-th proxy; anything else is a scorer spec used as it is."""
+    if RM_STAGE.fullmatch(value):
+        if value not in rm_specs:
+            raise C.ConfigError(f"{where}: proxy {value!r} is not a stage of this experiment "
+                                f"(it has {', '.join(rm_specs)})")
+        return rm_specs[value]
+    return value
+
+
+def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, where: str, results: str) -> Any:
+    cls = STAGES[kind][0]
+    check_reserved(where, entry)
+    values = {"seed": cfg.seed}
+    values.update({k: v for k, v in cfg.common.items() if k.replace("-", "_") in fields_of(cls)})
+    values.update(entry)
+    values.update(output=str(Path(cfg.output) / name), results=results, experiment=cfg.name,
+                  device=cfg.device, cache_dir=cfg.cache_dir, quiet=cfg.quiet)
+    try:
+        return C.resolve(cls, values)
+    except C.ConfigError as exc:
+        raise C.ConfigError(f"{where} (stage {name}): {exc}") from None
+
+
+def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
+    """The stages in run order and the report's config; raises ConfigError on any bad setting."""
+    results = results_path(cfg)
+    check_reserved("common", cfg.common)
+    known = set().union(*(fields_of(cls) for cls, _ in STAGES.values()))
+    for key in cfg.common:
+        if key.replace("-", "_") not in known:
+            raise C.ConfigError(f"common: unknown key {key!r}; it is not an option of any stage "
+                                "(see bonrl train-rm/sample/ppo/rl --help)")
+
+    stages = []
+    for i, entry in enumerate(cfg.train_rm):
+        stages.append(Stage(f"rm-{i}", "rm", stage_config(cfg, "rm", f"rm-{i}", entry, f"train_rm[{i}]", results)))
+    rm_specs = {s.name: f"rm:{s.cfg.output}" for s in stages}
+    rm_names = {spec: name for name, spec in rm_specs.items()}
+
+    def wire(entry: dict, where: str, default: list[str]) -> tuple[dict, list[str]]:
+        entry = dict(entry)
+        given = entry.get("proxy", cfg.common.get("proxy", default))
+        specs = [proxy_spec(str(v), rm_specs, where) for v in (given if isinstance(given, list) else [given])]
+        entry["proxy"] = specs
+        return entry, [rm_names[s] for s in specs if s in rm_names]
+
+    entry, needs = wire(cfg.sample, "sample", list(rm_specs))
+    stages.append(Stage("bon", "bon", stage_config(cfg, "bon", "bon", entry, "sample", results), needs))
+    for kind, entries in (("ppo", cfg.ppo), ("rl", cfg.rl)):
+        for i, raw in enumerate(entries):
+            entry, needs = wire(raw, f"{kind}[{i}]", ["rm-0"])
+            if len(entry["proxy"]) != 1:
+                raise C.ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
+                                    f"add one {kind} entry per proxy")
+            entry["proxy"] = entry["proxy"][0]
+            name = f"{kind}-{i}"
+            stages.append(Stage(name, kind, stage_config(cfg, kind, name, entry, f"{kind}[{i}]", results), needs))
+
+    by_name = {s.name: s for s in stages}
+    for s in stages:  # in run order, so every stage's needs are hashed before it
+        config = {k: v for k, v in C.to_dict(s.cfg).items() if k not in UNHASHED}
+        blob = json.dumps({"kind": s.kind, "config": config, "needs": [by_name[n].hash for n in s.needs]},
+                          sort_keys=True, default=str)
+        s.hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    report_entry = dict(cfg.report)
+    check_reserved("report", report_entry)
+    for key in ("run_id",):
+        if key in report_entry:
+            raise C.ConfigError(f"report: {key!r} is set by the experiment (the runs of its stages)")
+    report_entry.update(output=str(Path(cfg.output) / "report"), results=results, experiment=cfg.name,
+                        quiet=cfg.quiet)
+    try:
+        report_cfg = C.resolve(C.ReportConfig, report_entry)
+    except C.ConfigError as exc:
+        raise C.ConfigError(f"report: {exc}") from None
+    return stages, report_cfg
+
+
+def forced(stages: list[Stage], force: list[str]) -> set[str]:
+    """--force names: a stage (rm-0), a kind (rm, ppo, ...), `report` or `all`."""
+    names = {s.name for s in stages}
+    out: set[str] = set()
+    for item in force:
+        if item == "all":
+            out |= names
+        elif item in names:
+            out.add(item)
+        elif item in STAGES and any(s.kind == item for s in stages):
+            out |= {s.name for s in stages if s.kind == item}
+        elif item != "report":  # the report always runs
+            raise C.ConfigError(f"force: no stage {item!r} in this experiment; stages are "
+                                f"{', '.join(s.name for s in stages)}, report (or a kind: rm, ppo, rl; or all)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Resuming: a stage is complete when its marker has the same hash and its run finished.
+
+
+def read_marker(stage: Stage) -> dict | None:
+    try:
+        return json.loads(stage.marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished_runs(results: str) -> set[str]:
+    from bon_vs_rl import results as R
+
+    if not Path(results).is_file():
+        return set()
+    with R.ResultsStore(results) as store:
+        runs = store.runs()
+    if "status" in runs:
+        runs = runs[runs["status"].astype(str) == "finished"]
+    return set(runs["run_id"].astype(str))
+
+
+def is_complete(stage: Stage, finished: set[str]) -> dict | None:
+    marker = read_marker(stage)
+    if marker and marker.get("hash") == stage.hash and str(marker.get("run_id")) in finished:
+        return marker
+    return None
+
+
+def resume_ppo(stage: Stage, fresh: bool, quiet: bool) -> None:
+    """An interrupted PPO stage with the same config continues from its last checkpoint (`bonrl ppo
+    --resume`, which starts afresh when there is none); a forced, changed or finished one starts afresh."""
+    started = Path(stage.cfg.output) / STARTED
+    try:
+        same = json.loads(started.read_text()).get("hash") == stage.hash
+    except (OSError, ValueError):
+        same = False
+    if same and not fresh:
+        stage.cfg.resume = True
+        console.note(f"stage {stage.name}: was interrupted; resuming from its last checkpoint if it has one", quiet)
+    files.write_json(started, {"stage": stage.name, "hash": stage.hash})
+
+
+def run_stage(stage: Stage) -> str:
+    """Run one stage's command; returns its run id."""
+    module, function = STAGES[stage.kind][1].split(":")
+    out = getattr(importlib.import_module(module), function)(stage.cfg)
+    if stage.kind == "rm":  # train_rm returns its checkpoint; the run id is in the RM's metadata
+        from bon_vs_rl import scorers
+
+        return str(json.loads((Path(out) / scorers.RM_METADATA).read_text())["run_id"])
+    return str(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The command.
+
+
+def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
+    """Plan and validate every stage, run those not yet complete, then write the report."""
+    cfg, force = args
+    stages, report_cfg = plan(cfg)
+    rerun = forced(stages, force)
+    root = Path(cfg.output)
+    if root.exists() and not root.is_dir():
+        raise C.ConfigError(f"output: {root} is a file; choose a directory for the experiment")
+    root.mkdir(parents=True, exist_ok=True)
+    files.write_json(root / "resolved_config.json",
+                     {"experiment": C.to_dict(cfg), "results": results_path(cfg),
+                      "stages": {s.name: {"hash": s.hash, "needs": s.needs, "config": C.to_dict(s.cfg)} for s in stages},
+                      "report": C.to_dict(report_cfg)})
+
+    finished = finished_runs(results_path(cfg))
+    run_ids = []
+    for stage in stages:
+        marker = None if stage.name in rerun else is_complete(stage, finished)
+        if marker:
+            console.note(f"stage {stage.name}: complete (config {stage.hash}, run {marker['run_id']}), skipped",
+                         cfg.quiet)
+            run_ids.append(str(marker["run_id"]))
+            continue
+        # A stage that completed before (same config) but whose rows are gone must run from scratch.
+        previous = read_marker(stage)
+        finished_before = bool(previous and previous.get("hash") == stage.hash)
+        stage.marker.unlink(missing_ok=True)  # a stage that fails half-way must not look complete
+        if stage.kind == "ppo":
+            resume_ppo(stage, fresh=stage.name in rerun or finished_before, quiet=cfg.quiet)
+        console.note(f"stage {stage.name}: running ({stage.cfg.output})", cfg.quiet)
+        start = time.perf_counter()
+        try:
+            run_id = run_stage(stage)
+        except BaseException:
+            console.note(f"stage {stage.name} failed; the stages before it are kept: run the same command "
+                         "again to resume from it", quiet=False)
+            raise
+        seconds = time.perf_counter() - start
+        files.write_json(stage.marker, {"stage": stage.name, "hash": stage.hash, "run_id": run_id,
+                                        "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                        "config": C.to_dict(stage.cfg)})
+        console.note(f"stage {stage.name}: done in {seconds:.0f} s (run {run_id})", cfg.quiet)
+        run_ids.append(run_id)
+
+    from bon_vs_rl import report
+
+    report_cfg.run_id = run_ids
+    console.note("stage report: writing", cfg.quiet)
+    return report.report(report_cfg)

@@ -1,0 +1,486 @@
+"""`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them.
+
+The first half of Gao, Schulman & Hilton (2022): a fixed *gold* reward plays the human labeller and a
+*proxy* reward model (RM) learns from its comparisons. Best-of-n and RL later optimize the proxy; its
+errors are what overoptimization exploits, so it is trained on train prompts and measured on held-out ones.
+
+    bonrl train-rm --policy smollm2-135m --gold vader --backbone minilm --pairs 2000 --output runs/rm
+    bonrl train-rm ... --ensemble 4      # then score with --proxy rm:runs/rm@min (Coste et al. 2023)
+
+1. Comparison data. k completions per train prompt from the initial policy (the sampler and
+   SamplingConfig that best-of-n and RL use), scored by the gold; the k(k-1)/2 pairs among a prompt's
+   completions are comparisons (Ouyang et al. 2022 §3.5 also label every pair of K ranked samples).
+   Prompts are consumed in order until `pairs` comparisons exist, so ~pairs / (k(k-1)/2) prompts are
+   needed; when the prompt set runs out it is cycled with new samples. Held-out pairs come the same
+   way from the eval prompts. Labels:
+       deterministic   the completion with the higher gold wins; exact ties carry no preference and
+                       are dropped (an integer- or lexicon-valued gold such as VADER ties often)
+       bradley-terry   a noisy labeller: P(a ≻ b) = σ((gold_a − gold_b) / T); ties are kept as coin flips
+   then exactly round(label_noise · pairs) training labels, chosen at random, are flipped (Coste et al.
+   2023 flip 25%). Held-out labels are never noised or sampled: accuracy is measured against the gold.
+   The data is cached under a hash of every setting that shapes it (`comparisons/<hash>/` in the cache
+   directory: pairs.parquet, samples.parquet, settings.json, written atomically) and reused when the
+   same settings ask again; "reusing comparison data" is printed and `data_reused` recorded.
+2. Training. AutoModelForSequenceClassification with one output on the backbone, Bradley–Terry loss
+   −log σ(r_chosen − r_rejected) (Ouyang et al. 2022 eq. 1), with TRL's RewardTrainer.
+3. Evaluation. On held-out pairs from held-out prompts: accuracy against the gold labels (a proxy tie
+   counts one half); on every held-out sample: Pearson and Spearman correlation of proxy with gold.
+   One row, method `rm`, goes to the results table; the same numbers are printed as a table.
+4. Output. `--output` becomes a checkpoint directory loadable as `rm:<dir>` (and, for one model, by
+   `AutoModelForSequenceClassification.from_pretrained(dir)`): weights, tokenizer, `bonrl_rm.json`
+   (members, max_length, backbone, the resolved config, the evaluation, the data hash) and
+   `resolved_config.json`. An ensemble keeps its members in `member-0`, `member-1`, ... trained with
+   seeds seed, seed+1, ... on the same data. The directory is filled in a temporary sibling and renamed
+   into place only after evaluation succeeds, so a crash never leaves a directory that looks complete.
+
+Why RewardTrainer is given pre-tokenized pairs: it would tokenize prompt+completion itself, append EOS
+and *drop* pairs longer than max_length, while the scorer that later reads this RM
+(`scorers.SequenceClassifierReward`) truncates from the left and appends nothing. Training must read
+exactly what scoring reads, so we tokenize `scorers.rm_text(prompt, completion)` with left truncation
+here and hand TRL `chosen_ids`/`rejected_ids`, which it uses as they are. Its progress printing is
+replaced by one tqdm bar on stderr with the loss and running pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bon_vs_rl import console, files, models, scorers
+from bon_vs_rl import prompts as prompt_sets
+from bon_vs_rl.config import ConfigError, TrainRMConfig, to_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DATA_FORMAT = 1  # bump when the saved comparison layout or the pairing rule changes: old caches are then unused
+SPLIT_CODE = {"train": 0, "eval": 1}
+
+
+@dataclass
+class ComparisonData:
+    # split, prompt_id, prompt, chosen, rejected, chosen_gold, rejected_gold, flipped, and chosen_sample /
+    # rejected_sample: the row numbers of the two completions in `samples`
+    pairs: pd.DataFrame
+    samples: pd.DataFrame  # the saved-samples format (sampling.Samples.to_frame) plus split and gold
+    key: str  # hash of the settings that shaped the data
+    path: Path
+    reused: bool
+    seconds: float  # wall time of this run's data stage (generation, or loading when reused)
+    generation_seconds: float  # wall time of the run that generated it
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Comparison data.
+
+
+def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: list[str]) -> dict:
+    """Every setting that changes the comparison data; its hash names the cached copy."""
+    prompt_digest = hashlib.sha256(json.dumps([train_prompts, eval_prompts]).encode()).hexdigest()
+    return {
+        "format": DATA_FORMAT,
+        "policy": cfg.policy,
+        "gold": cfg.gold,
+        "prompts": cfg.prompts,
+        "prompt_texts_sha256": prompt_digest,  # an edited prompt file is new data even under the same name
+        # batch_size is included because it changes how the random stream is consumed, hence the samples.
+        "sampling": {name: getattr(cfg, name) for name in (
+            "max_prompt_tokens", "chat_template", "max_new_tokens", "temperature", "top_k", "top_p", "batch_size")},
+        "pairs": cfg.pairs,
+        "eval_pairs": cfg.eval_pairs,
+        "completions_per_prompt": cfg.completions_per_prompt,
+        "labels": cfg.labels,
+        "label_temperature": cfg.label_temperature if cfg.labels == "bradley-terry" else None,
+        "label_noise": cfg.label_noise,
+        "seed": cfg.seed,
+    }
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _seed(*parts: int) -> int:
+    """A seed for one stream (e.g. run seed, split, round), statistically independent of the others."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def label_pair(gold_a: float, gold_b: float, labels: str, temperature: float, rng) -> bool | None:
+    """True if a is preferred, False if b is, None for a deterministic tie (no preference: dropped)."""
+    gold_a, gold_b = float(gold_a), float(gold_b)
+    if labels == "bradley-terry":
+        p_a = 1.0 / (1.0 + math.exp(-(gold_a - gold_b) / temperature))  # σ((g_a − g_b)/T)
+        return bool(rng.random() < p_a)
+    if gold_a == gold_b:
+        return None
+    return gold_a > gold_b
+
+
+def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int, cfg: TrainRMConfig,
+                       split: str, labels: str, quiet: bool):
+    """k completions per prompt, prompts taken in order (cycled), until `n_pairs` labelled pairs exist.
+
+    Returns (pairs, samples): one row per labelled pair, and one row per sampled completion with its gold.
+    """
+    import pandas as pd
+
+    from bon_vs_rl import sampling
+
+    k = cfg.completions_per_prompt
+    per_prompt = k * (k - 1) // 2
+    label_rng = np.random.default_rng(_seed(cfg.seed, SPLIT_CODE[split], 10_000))
+    pairs: list[dict] = []
+    frames = []
+    used = 0  # prompts drawn so far from the cycled stream prompts[0], prompts[1], ..., prompts[0], ...
+    while len(pairs) < n_pairs:
+        # Enough prompts for the pairs still missing at the rate seen so far (ties lower it below k(k-1)/2),
+        # with a 10% margin after the first round so that one more round usually suffices.
+        rate = len(pairs) / used if used else per_prompt
+        n_prompts = math.ceil((n_pairs - len(pairs)) / max(rate, 0.05 * per_prompt) * (1.1 if used else 1.0))
+        if used < len(prompts) < used + n_prompts:
+            console.note(f"{split} prompts: {len(prompts)} prompts give at most {len(prompts) * per_prompt} pairs "
+                         f"with k={k}; cycling through them again, with new samples, to reach {n_pairs}", quiet)
+        batch = [prompts[(used + p) % len(prompts)] for p in range(n_prompts)]
+        # Each round has its own seed, so a prompt met again on a later pass gets new completions.
+        samples = sampling.generate(policy, tokenizer, batch, k, cfg, seed=_seed(cfg.seed, SPLIT_CODE[split], len(frames)),
+                                    quiet=quiet, description=f"{split} comparisons: sampling")
+        gold_scores = gold([batch[i] for i in samples.prompt_index], samples.completions)
+        offset = sum(len(f) for f in frames)  # row number of this round's first sample in the saved samples
+        frame = samples.to_frame({"gold": gold_scores})
+        frame["prompt_id"] += used
+        frame.insert(0, "split", split)
+        frames.append(frame)
+
+        found = 0
+        for p in range(n_prompts):
+            for i, j in itertools.combinations(range(p * k, (p + 1) * k), 2):  # a prompt's samples are contiguous
+                a_wins = label_pair(gold_scores[i], gold_scores[j], labels, cfg.label_temperature, label_rng)
+                if a_wins is None or len(pairs) == n_pairs:
+                    continue
+                chosen, rejected = (i, j) if a_wins else (j, i)
+                pairs.append({"split": split, "prompt_id": used + p, "prompt": batch[p],
+                              "chosen_sample": offset + chosen, "rejected_sample": offset + rejected,
+                              "chosen_gold": float(gold_scores[chosen]), "rejected_gold": float(gold_scores[rejected]),
+                              "flipped": False})
+                found += 1
+        if found == 0 and n_prompts >= 10:
+            raise ConfigError(
+                f"gold: {cfg.gold} gave all {k} completions of each of {n_prompts} {split} prompts the same "
+                "score, so there is no preference to learn; use a gold that varies, or --labels bradley-terry")
+        used += n_prompts
+    samples_frame = pd.concat(frames, ignore_index=True)
+    pairs_frame = pd.DataFrame(pairs)
+    completions = samples_frame["completion"].to_numpy()
+    pairs_frame["chosen"] = completions[pairs_frame["chosen_sample"].to_numpy()]
+    pairs_frame["rejected"] = completions[pairs_frame["rejected_sample"].to_numpy()]
+    return pairs_frame, samples_frame
+
+
+def flip_labels(pairs, fraction: float, rng):
+    """Swap chosen and rejected on exactly round(fraction · len) random pairs (Coste et al. 2023)."""
+    flip = np.zeros(len(pairs), dtype=bool)
+    flip[rng.choice(len(pairs), size=round(fraction * len(pairs)), replace=False)] = True
+    pairs = pairs.copy()
+    for a, b in (("chosen", "rejected"), ("chosen_gold", "rejected_gold"), ("chosen_sample", "rejected_sample")):
+        pairs.loc[flip, [a, b]] = pairs.loc[flip, [b, a]].to_numpy()
+    pairs["flipped"] = flip
+    return pairs
+
+
+def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_prompts: list[str]) -> ComparisonData:
+    """Load the comparisons these settings describe from the cache, or sample, label and cache them."""
+    import pandas as pd
+
+    start = time.perf_counter()
+    settings = data_settings(cfg, train_prompts, eval_prompts)
+    key = settings_hash(settings)
+    path = models.cache_root(cfg.cache_dir) / "comparisons" / key
+    if (path / "settings.json").exists():  # written last inside an atomic directory: the data is complete
+        saved = json.loads((path / "settings.json").read_text())
+        console.note(f"reusing comparison data {path} (hash {key}, generated in "
+                     f"{saved.get('generation_seconds', float('nan')):.0f} s)", cfg.quiet)
+        return ComparisonData(pd.read_parquet(path / "pairs.parquet"), pd.read_parquet(path / "samples.parquet"),
+                              key, path, True, time.perf_counter() - start, saved.get("generation_seconds", 0.0))
+
+    # Bad input is found before any sampling: the gold and the policy load first.
+    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
+    policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir)
+    train_texts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
+    eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
+
+    train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, cfg.pairs, cfg,
+                                                    "train", cfg.labels, cfg.quiet)
+    train_pairs = flip_labels(train_pairs, cfg.label_noise, np.random.default_rng(_seed(cfg.seed, 20_000)))
+    # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
+    eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
+                                                  "eval", "deterministic", cfg.quiet)
+    del policy
+    eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
+    samples = pd.concat([train_samples, eval_samples], ignore_index=True)
+    pairs = pd.concat([train_pairs, eval_pairs], ignore_index=True)
+    pairs = pairs[["split", "prompt_id", "prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "flipped",
+                   "chosen_sample", "rejected_sample"]]
+    seconds = time.perf_counter() - start
+
+    with files.atomic_directory(path) as tmp:
+        pairs.to_parquet(tmp / "pairs.parquet", index=False)
+        samples.to_parquet(tmp / "samples.parquet", index=False)
+        files.write_json(tmp / "settings.json", {"key": key, "settings": settings, "generation_seconds": seconds,
+                                                 "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                                                 "samples": len(samples)})
+    console.note(f"comparison data: {len(train_pairs)} train pairs ({int(train_pairs.flipped.sum())} flipped), "
+                 f"{len(eval_pairs)} held-out pairs, {len(samples)} samples in {seconds:.0f} s -> {path}", cfg.quiet)
+    return ComparisonData(pairs, samples, key, path, False, seconds, seconds)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Training.
+
+
+def load_backbone(cfg: TrainRMConfig):
+    """The backbone's path and tokenizer, checked before any work: it must have both and a scalar head."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    path = models.resolve_model_path(cfg.backbone, cfg.cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # offline hub id, unreadable config: all bad input
+        raise models._load_error(cfg.backbone, exc) from None
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError(f"backbone: {cfg.backbone!r} ({config.model_type}) has no sequence-classification head "
+                          "in transformers; use tiny, minilm, smollm2-135m or another encoder or decoder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise ConfigError(f"backbone: {cfg.backbone!r} has no tokenizer that loads ({type(exc).__name__}); "
+                          "point --backbone at a model directory that includes its tokenizer files") from None
+    if tokenizer.pad_token is None:  # a sequence classifier finds the last real token by the pad id
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ConfigError(f"backbone: {cfg.backbone!r}'s tokenizer has no pad, eos or unk token to pad with")
+    tokenizer.truncation_side = "left"  # keep the completion, which is what is judged (as the scorer does)
+    return path, tokenizer
+
+
+def effective_max_length(tokenizer, max_length: int) -> int:
+    """The scorer's rule (scorers.SequenceClassifierReward): never past the backbone's own limit."""
+    return min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+
+
+def tokenize_pairs(tokenizer, pairs, max_length: int):
+    """A `datasets.Dataset` of chosen_ids / rejected_ids, tokenized exactly as the scorer will read them."""
+    import datasets
+
+    def encode(completions) -> list[list[int]]:
+        texts = [scorers.rm_text(p, c) for p, c in zip(pairs["prompt"], completions, strict=True)]
+        return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    return datasets.Dataset.from_dict({"chosen_ids": encode(pairs["chosen"]), "rejected_ids": encode(pairs["rejected"])})
+
+
+def progress_callback(description: str, quiet: bool):
+    """A tqdm bar on stderr showing the Bradley–Terry loss and pairwise accuracy over the last 50 steps."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class ProgressBar(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+            self.loss: deque = deque(maxlen=50)
+            self.accuracy: deque = deque(maxlen=50)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=description, unit="step", disable=quiet, file=sys.stderr,
+                            leave=False)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss.append(logs["loss"])
+                self.accuracy.append(logs.get("accuracy", float("nan")))
+                self.bar.set_postfix(loss=f"{np.mean(self.loss):.3f}", acc=f"{np.mean(self.accuracy):.3f}",
+                                     refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return ProgressBar()
+
+
+def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, seed: int, device, out_dir: Path,
+                 description: str) -> int:
+    """Train one reward model with TRL's RewardTrainer and save it (weights, config, tokenizer); returns tokens."""
+    import torch
+    from transformers import PrinterCallback
+    from trl import RewardConfig, RewardTrainer
+
+    with tempfile.TemporaryDirectory(prefix="bonrl-rm-trainer-") as scratch:  # TRL wants an output_dir; we save
+        args = RewardConfig(
+            output_dir=scratch, seed=seed, data_seed=seed,
+            num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.train_batch_size,
+            learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+            max_length=None,  # pairs are already truncated (from the left) by tokenize_pairs
+            activation_checkpointing=False,  # small backbones: memory is not the limit, speed is (TRL defaults it on)
+            bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),  # TRL's default bf16 is slow on CPU
+            use_cpu=device.type == "cpu", dataloader_pin_memory=False,
+            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+            disable_dropout=True,  # TRL's default, stated here: the RM trains as it will score, without dropout
+        )
+        trainer = RewardTrainer(model=backbone_path, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
+        trainer.add_callback(progress_callback(description, cfg.quiet))
+        trainer.train()
+        trainer.model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        tokens = getattr(trainer, "_total_train_tokens", None)
+        if tokens is None:  # TRL's private counter; fall back to counting the pairs' tokens
+            tokens = cfg.epochs * sum(len(ids) for side in ("chosen_ids", "rejected_ids") for ids in dataset[side])
+    return int(tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Evaluation.
+
+
+def pairwise_accuracy(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray) -> float:
+    """Fraction of pairs the proxy orders as the gold does; a proxy tie counts one half."""
+    if len(proxy_chosen) == 0:
+        return float("nan")
+    return float(np.mean((proxy_chosen > proxy_rejected) + 0.5 * (proxy_chosen == proxy_rejected)))
+
+
+def correlations(proxy: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
+    """Pearson and Spearman correlation; NaN when either side is constant (no ordering to agree with)."""
+    from scipy import stats
+
+    if len(proxy) < 2 or np.ptp(proxy) == 0 or np.ptp(gold) == 0:
+        return float("nan"), float("nan")
+    return float(stats.pearsonr(proxy, gold)[0]), float(stats.spearmanr(proxy, gold)[0])
+
+
+def evaluate(checkpoint: Path, members: list[str], max_length: int, data: ComparisonData, device,
+             batch_size: int) -> dict:
+    """Held-out accuracy of the ensemble mean (scorers.rm_scorer's @mean) and of each member; correlations."""
+    samples = data.samples
+    held_out = samples[samples["split"] == "eval"]
+    pairs = data.pairs[data.pairs["split"] == "eval"]
+    member_scores = []
+    for member in members:
+        reward = scorers.SequenceClassifierReward(str(checkpoint / member), device, max_length)
+        scorer = scorers.Scorer(f"rm:{checkpoint / member}", reward, batch_size=batch_size)
+        member_scores.append(scorer(held_out["prompt"].tolist(), held_out["completion"].tolist()))
+    scores = np.stack(member_scores)  # [members, held-out samples]
+    proxy = np.full((len(members) + 1, len(samples)), np.nan)  # row 0: ensemble mean; 1..: members
+    proxy[0, held_out.index] = scores.mean(axis=0)
+    proxy[1:, held_out.index] = scores
+    chosen, rejected = pairs["chosen_sample"].to_numpy(), pairs["rejected_sample"].to_numpy()
+    accuracy = [pairwise_accuracy(p[chosen], p[rejected]) for p in proxy]
+    pearson, spearman = correlations(proxy[0, held_out.index], held_out["gold"].to_numpy())
+    return {
+        "accuracy": accuracy[0], "pearson": pearson, "spearman": spearman,
+        "member_accuracy": accuracy[1:] if len(members) > 1 else [],
+        "eval_pairs": len(pairs), "eval_samples": len(held_out), "eval_prompts": int(held_out["prompt_id"].nunique()),
+        "proxy_mean": float(proxy[0, held_out.index].mean()), "proxy_std": float(proxy[0, held_out.index].std()),
+        "gold_mean": float(held_out["gold"].mean()), "gold_std": float(held_out["gold"].std()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The command.
+
+
+def check_output(output: Path) -> None:
+    """Refuse to replace a directory that is not a bonrl reward model: it may hold someone's work."""
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / scorers.RM_METADATA).exists())):
+        raise ConfigError(f"output: {output} exists and is not a bonrl reward model; choose a new --output "
+                          "(an existing reward model there would be replaced)")
+
+
+def train_rm(cfg: TrainRMConfig) -> Path:
+    """Comparisons -> proxy reward model -> held-out evaluation; returns the checkpoint directory."""
+    import transformers
+
+    from bon_vs_rl import results
+
+    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours; our stages have their own
+    if cfg.quiet:
+        transformers.logging.set_verbosity_error()
+    output = Path(cfg.output)
+    check_output(output)
+    device = models.resolve_device(cfg.device)
+    backbone_path, tokenizer = load_backbone(cfg)
+    max_length = effective_max_length(tokenizer, cfg.max_length)
+    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
+    eval_prompts = prompt_sets.load_prompts(cfg.prompts, "eval")
+
+    data = comparison_data(cfg, device, train_prompts, eval_prompts)
+    train_pairs = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
+    dataset = tokenize_pairs(tokenizer, train_pairs, max_length)
+
+    members = ["."] if cfg.ensemble == 1 else [f"member-{i}" for i in range(cfg.ensemble)]
+    config = to_dict(cfg)
+    with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
+            results.run_context(store, "train-rm", config, cfg.seed, cfg.experiment) as run_id:
+        with files.atomic_directory(output) as tmp:
+            start = time.perf_counter()
+            trained_tokens = 0
+            for i, member in enumerate(members):
+                description = "training reward model" + (f" {i + 1}/{len(members)}" if len(members) > 1 else "")
+                trained_tokens += train_member(backbone_path, tokenizer, dataset, cfg, cfg.seed + i, device,
+                                               tmp / member, description)
+            train_seconds = time.perf_counter() - start
+
+            start = time.perf_counter()
+            evaluation = evaluate(tmp, members, cfg.max_length, data, device, cfg.batch_size)
+            eval_seconds = time.perf_counter() - start
+            metadata = {
+                "members": members, "max_length": cfg.max_length, "backbone": cfg.backbone,
+                "member_seeds": [cfg.seed + i for i in range(len(members))], "config": config,
+                "evaluation": evaluation, "data_hash": data.key, "data_path": str(data.path),
+                "data_reused": data.reused, "train_pairs": len(train_pairs),
+                "flipped_pairs": int(train_pairs["flipped"].sum()), "trained_tokens": trained_tokens,
+                "seconds": {"data": data.seconds, "data_generation": data.generation_seconds,
+                            "train": train_seconds, "eval": eval_seconds},
+                "run_id": run_id,
+            }
+            files.write_json(tmp / "resolved_config.json", config)
+            files.write_json(tmp / scorers.RM_METADATA, metadata)  # last: it is what makes a directory an RM
+
+        row = {
+            "method": "rm", "policy": cfg.policy, "gold": cfg.gold, "proxy": f"rm:{cfg.output}", "seed": cfg.seed,
+            "accuracy": evaluation["accuracy"], "pearson": evaluation["pearson"], "spearman": evaluation["spearman"],
+            "pairs": len(train_pairs), "eval_pairs": evaluation["eval_pairs"], "label_noise": cfg.label_noise,
+            "labels": cfg.labels, "backbone": cfg.backbone, "ensemble": cfg.ensemble,
+            "train_seconds": train_seconds, "data_seconds": data.seconds, "eval_seconds": eval_seconds,
+            "data_reused": data.reused, "data_hash": data.key, "trained_tokens": trained_tokens,
+            "sample_count": evaluation["eval_samples"], "prompt_count": evaluation["eval_prompts"],
+        }
+        store.add_rows(run_id, [row])
+
+    if evaluation["member_accuracy"]:
+        console.note("member accuracies: " + ", ".join(f"{a:.3f}" for a in evaluation["member_accuracy"]), cfg.quiet)
+    import pandas as pd
+
+    shown = {"backbone": "backbone", "pairs": "pairs", "label_noise": "noise", "accuracy": "accuracy",
+             "pearson": "pearson", "spearman": "spearman", "data_seconds": "data s", "train_seconds": "train s",
+             "eval_seconds": "eval s"}
+    table = pd.DataFrame([row])[list(shown)].rename(columns=shown)
+    console.print_table(table, title=f"rm:{cfg.output} on {evaluation['eval_pairs']} held-out pairs"
+                        + (" (comparison data reused)" if data.reused else ""), quiet=cfg.quiet)
+    print(f"rm:{cfg.output}")  # stdout stays machine-readable: the proxy spec to pass on
+    return output
+

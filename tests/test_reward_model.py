@@ -1,0 +1,301 @@
+"""`bonrl train-rm` end to end on a synthetic task whose gold is known.
+
+The toy policy (tests/toy_gold.py) writes from six words; the gold counts " good". A `tiny` backbone must
+learn it from 200 comparisons (held-out accuracy well above chance), must not learn it when half the
+labels are flipped, and every bad input must stop with exit code 2 before anything is written.
+"""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import toy_gold
+from typer.testing import CliRunner
+
+from bon_vs_rl import cli, models, reward_model, scorers
+from bon_vs_rl import config as C
+from bon_vs_rl import prompts as prompt_sets
+from bon_vs_rl import results as R
+
+runner = CliRunner()
+TOY_GOLD = f"python:{Path(toy_gold.__file__)}:count_good"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these models are tiny, and on a shared 2-core machine a second thread contending
+    with other processes made training 5-15x slower (measured: 1.7 s with one thread, 8-31 s with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The toy policy, and a cache of its own (so comparison data starts fresh) sharing the converted tiny model."""
+    root = tmp_path_factory.mktemp("toy")
+    policy = toy_gold.build_toy_policy(root / "policy", models.smollm2_tokenizer_dir())
+    cache = root / "cache"
+    cache.mkdir()
+    models.resolve_model_path("tiny")  # built once in the shared test cache
+    for name in ("tiny", "smollm2-tokenizer"):
+        (cache / name).symlink_to(models.cache_root() / name)
+    return SimpleNamespace(policy=str(policy), cache=str(cache), root=root)
+
+
+def train_rm_args(toy, output, *extra: str, quiet: bool = True) -> list[str]:
+    """The synthetic task's settings: a few seconds on two CPU cores."""
+    return ["train-rm", "--policy", toy.policy, "--gold", TOY_GOLD, "--backbone", "tiny", "--pairs", "200",
+            "--eval-pairs", "150", "--max-new-tokens", "12", "--epochs", "2", "--learning-rate", "2e-3",
+            "--train-batch-size", "16", "--cache-dir", toy.cache, "--output", str(output),
+            "--quiet" if quiet else "--no-quiet", *extra]
+
+
+def invoke(args: list[str]):
+    result = runner.invoke(cli.app, args)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def metadata(output: Path) -> dict:
+    return json.loads((output / scorers.RM_METADATA).read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    """One reward model trained on fresh comparison data, with its own results table."""
+    output, results = toy.root / "rm", toy.root / "results.sqlite"
+    result = invoke(train_rm_args(toy, output, "--results", str(results)))
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(output=output, results=results, meta=metadata(output), result=result)
+
+
+def test_tiny_backbone_learns_the_toy_gold_on_held_out_prompts(trained):
+    evaluation = trained.meta["evaluation"]
+    # Measured 0.92–0.96 over seeds 0–3; chance is 0.5 (and noisy labels reach 0.29–0.58, see below).
+    assert evaluation["accuracy"] > 0.75
+    assert evaluation["pearson"] > 0.5 and evaluation["spearman"] > 0.5
+    assert trained.meta["data_reused"] is False
+    assert trained.result.stdout.strip().splitlines() == [f"rm:{trained.output}"]  # stdout: the proxy spec only
+    assert trained.result.stderr == ""  # --quiet: no progress bars, notes or tables
+
+    rows = R.load(trained.results, method="rm")
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert row["proxy"] == f"rm:{trained.output}" and row["backbone"] == "tiny" and row["gold"] == TOY_GOLD
+    assert row["pairs"] == 200 and row["eval_pairs"] == 150 and row["label_noise"] == 0
+    assert row["trained_tokens"] > 0 and row["train_seconds"] > 0 and row["data_seconds"] > 0
+
+
+def test_comparison_data_is_saved_with_gold_labels_and_held_out_prompts(trained):
+    path = Path(trained.meta["data_path"])
+    pairs = pd.read_parquet(path / "pairs.parquet")
+    samples = pd.read_parquet(path / "samples.parquet")
+    for column in ("prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "flipped", "split"):
+        assert column in pairs
+    train, held_out = pairs[pairs.split == "train"], pairs[pairs.split == "eval"]
+    assert len(train) == 200 and len(held_out) == 150
+    # Deterministic labels, no noise: the higher gold always wins and ties are dropped.
+    assert (pairs.chosen_gold > pairs.rejected_gold).all() and not pairs.flipped.any()
+    gold = np.asarray(toy_gold.count_good(None, pairs.chosen.tolist()))
+    np.testing.assert_array_equal(gold, pairs.chosen_gold)
+    # Held-out pairs come from eval prompts only.
+    assert set(held_out.prompt).isdisjoint(set(train.prompt))
+    assert set(samples.split) == {"train", "eval"}
+
+
+def test_checkpoint_loads_as_rm_spec_and_with_plain_transformers(trained):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = trained.output
+    assert trained.meta["members"] == ["."] and trained.meta["backbone"] == "tiny"
+    assert trained.meta["config"]["pairs"] == 200
+    assert json.loads((out / "resolved_config.json").read_text())["gold"] == TOY_GOLD
+    pairs = pd.read_parquet(Path(trained.meta["data_path"]) / "pairs.parquet")
+    held_out = pairs[pairs.split == "eval"]
+
+    proxy = scorers.load_scorer(f"rm:{out}", CPU, role="proxy")
+    chosen = proxy(held_out.prompt.tolist(), held_out.chosen.tolist())
+    rejected = proxy(held_out.prompt.tolist(), held_out.rejected.tolist())
+    accuracy = np.mean((chosen > rejected) + 0.5 * (chosen == rejected))
+    assert accuracy == pytest.approx(trained.meta["evaluation"]["accuracy"])
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
+    texts = [scorers.rm_text(p, c) for p, c in zip(held_out.prompt[:4], held_out.chosen[:4], strict=True)]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits[:, 0].numpy()
+    np.testing.assert_allclose(logits, chosen[:4], rtol=1e-4, atol=1e-4)
+
+
+def test_second_run_with_the_same_settings_reuses_the_comparison_data(trained, toy, tmp_path):
+    result = invoke(train_rm_args(toy, tmp_path / "again", quiet=False))  # the note is shown when not quiet
+    assert result.exit_code == 0, result.output
+    assert "reusing comparison data" in result.stderr
+    again = metadata(tmp_path / "again")
+    assert again["data_reused"] is True and again["data_hash"] == trained.meta["data_hash"]
+    assert R.load(tmp_path / "results.sqlite", method="rm").iloc[0]["data_reused"] in (True, 1)
+    # Same data and seed: the same model.
+    assert again["evaluation"]["accuracy"] == pytest.approx(trained.meta["evaluation"]["accuracy"])
+
+
+def test_ensemble_members_differ_and_score_with_mean_and_min(trained, toy, tmp_path):
+    out = tmp_path / "ensemble"
+    result = invoke(train_rm_args(toy, out, "--ensemble", "2"))
+    assert result.exit_code == 0, result.output
+    meta = metadata(out)
+    assert meta["members"] == ["member-0", "member-1"] and meta["member_seeds"] == [0, 1]
+    assert len(meta["evaluation"]["member_accuracy"]) == 2 and meta["data_reused"] is True
+    prompts, completions = ["Dear friend,"] * 3, [" good good good", " bad bad", " the and very"]
+    members = np.stack([scorers.load_scorer(f"hf:{out / m}", CPU)(prompts, completions) for m in meta["members"]])
+    assert not np.allclose(members[0], members[1])  # different seeds, different heads and data order
+    np.testing.assert_allclose(scorers.load_scorer(f"rm:{out}@mean", CPU)(prompts, completions), members.mean(0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(scorers.load_scorer(f"rm:{out}@min", CPU)(prompts, completions), members.min(0),
+                               rtol=1e-5)
+    row = R.load(tmp_path / "results.sqlite", method="rm").iloc[0]
+    assert row["ensemble"] == 2 and row["accuracy"] == pytest.approx(meta["evaluation"]["accuracy"])
+
+
+def test_half_the_labels_flipped_stays_near_chance(toy, tmp_path):
+    # With half the labels flipped the data says nothing about the gold, but a run's held-out accuracy
+    # spreads more than the binomial sd (0.04 with 150 pairs): the RM still fits *some* direction of
+    # the word counts, at random. Measured over 16 seeds: 0.29–0.58, sd 0.08. So each run is held to
+    # ±0.25 and the mean of three seeds to ±0.15 (about 3 sd of a 3-run mean).
+    accuracies = []
+    for seed in (0, 1, 2):
+        result = invoke(train_rm_args(toy, tmp_path / f"noisy-{seed}", "--label-noise", "0.5", "--seed", str(seed)))
+        assert result.exit_code == 0, result.output
+        meta = metadata(tmp_path / f"noisy-{seed}")
+        assert meta["flipped_pairs"] == 100 and meta["data_reused"] is False
+        accuracies.append(meta["evaluation"]["accuracy"])
+    assert all(abs(a - 0.5) < 0.25 for a in accuracies), accuracies
+    assert abs(np.mean(accuracies) - 0.5) < 0.15, accuracies
+
+
+@pytest.mark.parametrize("bad", ["pairs", "policy", "gold-nan", "backbone-no-tokenizer", "output-not-an-rm"])
+def test_bad_input_exits_2_and_writes_nothing(bad, toy, tmp_path):
+    output = tmp_path / "rm"
+    extra, field = {
+        "pairs": (["--pairs", "0"], "pairs"),
+        "policy": (["--policy", str(tmp_path / "no-such-policy")], "model"),
+        "gold-nan": (["--gold", f"python:{Path(toy_gold.__file__)}:nan_gold", "--pairs", "12"], "nan"),
+        "backbone-no-tokenizer": (["--backbone", str(_model_without_tokenizer(tmp_path))], "tokenizer"),
+        "output-not-an-rm": ([], "not a bonrl reward model"),
+    }[bad]
+    if bad == "output-not-an-rm":
+        output.mkdir()
+        (output / "notes.txt").write_text("mine")
+    result = invoke([*train_rm_args(toy, output), *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bonrl: error:") and field in lines[0]
+    assert not (tmp_path / "results.sqlite").exists()
+    if bad == "output-not-an-rm":
+        assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
+    else:
+        assert not output.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rm")] == []
+
+
+def _model_without_tokenizer(tmp_path: Path) -> Path:
+    tiny = Path(models.resolve_model_path("tiny"))
+    bare = tmp_path / "bare-backbone"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).symlink_to(tiny / name)
+    return bare
+
+
+def test_failed_training_leaves_no_complete_looking_output(trained, toy, tmp_path, monkeypatch):
+    output = tmp_path / "rm"
+    seen = {}
+    real_train_member = reward_model.train_member
+
+    def train_then_fail(*args, **kwargs):
+        real_train_member(*args, **kwargs)
+        # A kill at this moment leaves what is on disk now: the weights exist only in a temporary sibling.
+        weights = Path(args[6])  # the member directory: the temporary sibling itself for one model
+        seen["weights_in_temporary_sibling"] = (weights / "config.json").exists() and weights.name.startswith(".rm.")
+        seen["output_during_training"] = output.exists()
+        raise RuntimeError("simulated crash after training")
+
+    monkeypatch.setattr(reward_model, "train_member", train_then_fail)
+    result = invoke(train_rm_args(toy, output))
+    assert result.exit_code == 1 and "simulated crash" in result.stderr
+    assert seen == {"weights_in_temporary_sibling": True, "output_during_training": False}
+    assert not output.exists() and list(tmp_path.glob(".rm*")) == []
+    assert len(R.load(tmp_path / "results.sqlite", method="rm")) == 0
+
+    # A failure over an existing reward model leaves the old one in place, untouched.
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / scorers.RM_METADATA).write_text('{"members": ["."], "old": true}')
+    result = invoke(train_rm_args(toy, previous))
+    assert result.exit_code == 1
+    assert json.loads((previous / scorers.RM_METADATA).read_text())["old"] is True
+
+
+def test_small_prompt_set_is_cycled_with_new_samples(toy, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Opening number {i} of the story:" for i in range(10)) + "\n")  # 8 train, 2 eval
+    cfg = C.resolve(C.TrainRMConfig, {}, {
+        "policy": toy.policy, "gold": TOY_GOLD, "prompts": str(prompts), "pairs": 60, "eval_pairs": 10,
+        "max_new_tokens": 8, "completions_per_prompt": 3, "cache_dir": str(tmp_path / "cache"), "quiet": True,
+    })
+    data = reward_model.comparison_data(cfg, CPU, prompt_sets.load_prompts(cfg.prompts, "train"),
+                                        prompt_sets.load_prompts(cfg.prompts, "eval"))
+    train = data.pairs[data.pairs.split == "train"]
+    assert len(train) == 60  # 8 prompts give at most 24 pairs with k=3: the prompts were cycled
+    samples = data.samples[data.samples.split == "train"]
+    first = samples[samples.prompt == samples.prompt.iloc[0]]
+    assert first.prompt_id.nunique() > 1  # the same prompt met again on a later pass ...
+    assert first.groupby("prompt_id").completion.apply(tuple).nunique() > 1  # ... with new completions
+
+
+def test_data_hash_covers_every_setting_that_shapes_the_data():
+    base = C.TrainRMConfig()
+    key = reward_model.settings_hash(reward_model.data_settings(base, ["a"], ["b"]))
+    changed = {"policy": "tiny", "gold": "python:x.py:f", "prompts": "p.txt", "max_new_tokens": 5, "temperature": 0.7,
+               "top_k": 3, "top_p": 0.9, "chat_template": True, "pairs": 7, "eval_pairs": 9,
+               "completions_per_prompt": 3, "labels": "bradley-terry", "label_noise": 0.1, "seed": 1}
+    for name, value in changed.items():
+        cfg = C.TrainRMConfig(**{name: value})
+        assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) != key, name
+    assert reward_model.settings_hash(reward_model.data_settings(base, ["a", "c"], ["b"])) != key  # prompt texts
+    for name, value in {"backbone": "tiny", "epochs": 3.0, "learning_rate": 1e-3, "ensemble": 2,
+                        "output": "elsewhere", "label_temperature": 2.0}.items():  # T only matters for bradley-terry
+        cfg = C.TrainRMConfig(**{name: value})
+        assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) == key, name
+
+
+def test_labels_deterministic_drop_ties_and_bradley_terry_follow_the_sigmoid():
+    rng = np.random.default_rng(0)
+    assert reward_model.label_pair(2.0, 1.0, "deterministic", 1.0, rng) is True
+    assert reward_model.label_pair(1.0, 2.0, "deterministic", 1.0, rng) is False
+    assert reward_model.label_pair(1.0, 1.0, "deterministic", 1.0, rng) is None
+    wins = np.mean([reward_model.label_pair(1.0, 0.0, "bradley-terry", 0.5, rng) for _ in range(4000)])
+    assert wins == pytest.approx(1 / (1 + np.exp(-2.0)), abs=0.03)  # σ((1 − 0)/0.5) = 0.881
+    ties = np.mean([reward_model.label_pair(0.3, 0.3, "bradley-terry", 1.0, rng) for _ in range(4000)])
+    assert ties == pytest.approx(0.5, abs=0.03)
+
+
+def test_label_noise_flips_exactly_that_fraction():
+    pairs = pd.DataFrame({"chosen": list("abcdefgh"), "rejected": list("ABCDEFGH"), "chosen_gold": np.arange(8.0) + 1,
+                          "rejected_gold": np.arange(8.0), "chosen_sample": np.arange(8),
+                          "rejected_sample": np.arange(8) + 8, "flipped": False})
+    flipped = reward_model.flip_labels(pairs, 0.25, np.random.default_rng(0))
+    assert flipped.flipped.sum() == 2
+    swapped = flipped[flipped.flipped]
+    assert (swapped.chosen.str.isupper()).all() and (swapped.chosen_gold < swapped.rejected_gold).all()
+    kept = flipped[~flipped.flipped]
+    assert (kept.chosen.str.islower()).all() and (kept.chosen_sample < 8).all()
