@@ -1,0 +1,271 @@
+"""The evaluation shared by every RL method (our PPO, TRL's RLOO and GRPO): proxy, gold and KL.
+
+Gao, Schulman & Hilton (2022) plot gold and proxy reward against d = sqrt(KL(π‖π_ref)) for best-of-n
+and for RL alike, so an RL run is measured exactly the way `bonrl sample` measures best-of-n: at step 0,
+every `eval_every` steps and at the last step,
+
+1. sample `eval_samples_per_prompt` completions for each held-out eval prompt (`prompts.load_prompts(...,
+   "eval")`) with the one shared sampler (`sampling.generate`) and the same `SamplingConfig` as BoN
+   (temperature, top-k/top-p, max_new_tokens, max_prompt_tokens, chat template). The sampler's seed is
+   the same at every evaluation (common random numbers: the step-to-step differences of a curve are
+   then less sampling noise);
+2. score every sample with the proxy and the gold;
+3. estimate KL(π‖π_ref) = E_{y~π}[log π(y|x) − log π_ref(y|x)] by the sample mean of the summed
+   per-token log-ratio (the unbiased "k1" estimator; Schulman 2020, "Approximating KL divergence").
+   Both log-probabilities come from a forward pass of the same code (`token_logprobs`) at the sampling
+   temperature, over the same padded batch, so at step 0 — policy = reference — every log-ratio is
+   exactly 0. (With top-k/top-p truncation the samples come from the truncated distribution while the
+   log-probs are those of π itself, as in the sampler and best-of-n: the estimate is then
+   E_q[log π − log π_ref], the quantity BoN reports too.)
+   Standard errors are taken over prompts (the standard deviation of per-prompt means / sqrt(prompts)),
+   because samples of one prompt are correlated. A single estimate can be negative by chance; one more
+   than 3 standard errors below 0 cannot be, since KL ≥ 0 — it means policy and reference disagree on
+   how log-probs are computed. It is never clipped: it is recorded as is, flagged by `kl_negative = 1`
+   in the row, and announced with a warning on stderr;
+4. write one row to the shared results table (method ppo / rloo / grpo) and the samples, in
+   best-of-n's saved-samples format (`Samples.to_frame`) plus step, ref_logprob and kl columns, to
+   OUTPUT/eval_samples/step-NNNNNN.parquet.
+
+Under `accelerate launch` every process samples its share of the eval prompts; the per-sample numbers
+are gathered and the main process alone writes the row and the file.
+
+The packing helpers at the end (`pack_completions`, `token_logprobs`) turn prompts and sampled
+completions into one left-padded batch with a completion mask built from the sampler's token counts —
+never from pad ids, which for SmolLM2 equal the EOS id. PPO uses the same helpers for its rollouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bon_vs_rl import console, files, sampling, scorers
+from bon_vs_rl import prompts as prompt_sets
+
+NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a reward, a KL or a loss: the run stops (exit 1) after saving the batch."""
+
+
+@dataclass
+class Packed:
+    """Prompts (left-padded) followed by completions (right-padded), ready for one forward pass."""
+
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T]
+    position_ids: torch.Tensor  # [B, P + T]
+    completion_ids: torch.Tensor  # [B, T]
+    completion_mask: torch.Tensor  # [B, T] float, 1 for t < token_count
+    prompt_width: int
+
+    def __getitem__(self, rows) -> Packed:
+        return Packed(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows],
+                      self.completion_ids[rows], self.completion_mask[rows], self.prompt_width)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def pack_completions(prompt_ids: list[list[int]], completion_ids: list[list[int]], token_count, pad_id: int,
+                     device) -> Packed:
+    """One batch; the completion mask comes from the sampler's token counts (pad == EOS for SmolLM2)."""
+    counts = torch.as_tensor(np.asarray(token_count), dtype=torch.long)
+    width = max(1, int(counts.max()))
+    prompts, prompt_mask = sampling.left_pad(prompt_ids, pad_id, "cpu")
+    completions = torch.full((len(completion_ids), width), pad_id, dtype=torch.long)
+    for row, ids in enumerate(completion_ids):
+        completions[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    completion_mask = (torch.arange(width)[None, :] < counts[:, None]).long()
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at each prompt
+    return Packed(torch.cat([prompts, completions], dim=1).to(device), attention_mask.to(device),
+                  position_ids.to(device), completions.to(device), completion_mask.float().to(device),
+                  prompt_width=prompts.shape[1])
+
+
+def completion_logits(model, batch: Packed, temperature: float, **kwargs):
+    """Model output whose `logits[:, t]` (already / temperature) predict completion token t."""
+    width = batch.completion_ids.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=width + 1, use_cache=False, **kwargs)
+    # The logit at position P-1+t predicts completion token t; the last position predicts nothing we sampled.
+    return out, out.logits[:, :-1].float() / temperature
+
+
+def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[id] per token, 0 where the mask is 0."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None]).squeeze(-1) * mask
+
+
+@torch.no_grad()
+def token_logprobs(model, batch: Packed, temperature: float, chunk: int, autocast=None) -> torch.Tensor:
+    """Per-token log π(y_t | x, y_<t) at the sampling temperature, [B, T], 0 past each completion's end."""
+    out = []
+    for start in range(0, len(batch), chunk):
+        part = batch[slice(start, start + chunk)]
+        with autocast() if autocast else contextlib.nullcontext():
+            _, logits = completion_logits(model, part, temperature)
+        out.append(gather_logprobs(logits, part.completion_ids, part.completion_mask))
+    return torch.cat(out)
+
+
+def clustered_mean_se(values: np.ndarray, prompt_index: np.ndarray) -> tuple[float, float]:
+    """Mean over samples, and its standard error over prompts (samples of one prompt are correlated)."""
+    values = np.asarray(values, dtype=np.float64)
+    per_prompt = np.array([values[prompt_index == p].mean() for p in np.unique(prompt_index)])
+    se = per_prompt.std(ddof=1) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else float("nan")
+    return float(values.mean()), float(se)
+
+
+def score_or_stop(scorer: scorers.Scorer, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, bool]:
+    """Scores and whether all are finite. A scorer's non-finite output is a failure of the run (exit 1,
+    the batch saved by the caller), not bad input: the scorer raises ScorerError, we keep the raw values."""
+    try:
+        return scorer(prompts, completions), True
+    except scorers.ScorerError:
+        raw = np.asarray(scorer.score_batch(list(prompts), list(completions)), dtype=np.float64).reshape(-1)
+        return raw, False
+
+
+def save_bad_batch(output: Path, name: str, columns: dict[str, Any]) -> Path:
+    """Write the offending batch (prompts, completions, rewards, ...) where the user can look at it."""
+    import pandas as pd
+
+    path = Path(output) / f"{name}.parquet"
+    files.write_parquet(path, pd.DataFrame({k: list(v) for k, v in columns.items()}))
+    return path
+
+
+class Evaluator:
+    """Measures a policy on the held-out eval prompts and records one results row per evaluation."""
+
+    def __init__(self, cfg, method: str, tokenizer, reference, proxy: scorers.Scorer, gold: scorers.Scorer,
+                 output: Path, accelerator=None, store=None, run_id: str | None = None):
+        self.cfg, self.method, self.tokenizer, self.reference = cfg, method, tokenizer, reference
+        self.proxy, self.gold, self.output = proxy, gold, Path(output)
+        self.accelerator, self.store, self.run_id = accelerator, store, run_id
+        prompts = prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # ConfigError if bad
+        self.prompts = prompt_sets.apply_chat_template(tokenizer, prompts, cfg.chat_template)
+        self.rank = accelerator.process_index if accelerator else 0
+        self.world = accelerator.num_processes if accelerator else 1
+        # Every process evaluates its share of the prompts, with its own fixed seed.
+        self.local = list(range(self.rank, len(self.prompts), self.world))
+        self.seed = int(np.random.SeedSequence([cfg.seed, 7, self.rank]).generate_state(1)[0])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.tokens_used = 0  # tokens generated by the last evaluation, summed over processes
+
+    def _gather(self, items: list) -> list:
+        if self.world == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def evaluate(self, policy, step: int, generated_tokens: int, trained_tokens: int, beta: float,
+                 extra: dict | None = None) -> dict | None:
+        """Sample, score and measure KL; returns the row (on the main process; None elsewhere).
+
+        `generated_tokens` counts the tokens generated before this evaluation; the row's count adds
+        this evaluation's own."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        autocast = self.accelerator.autocast if self.accelerator else None
+        was_training = policy.training
+        policy.eval()
+        local_prompts = [self.prompts[i] for i in self.local]
+        with autocast() if autocast else contextlib.nullcontext():
+            samples = sampling.generate(policy, self.tokenizer, local_prompts, cfg.eval_samples_per_prompt, cfg,
+                                        seed=self.seed, quiet=cfg.quiet or self.rank != 0,
+                                        description=f"{self.method} eval step {step}")
+        device = next(policy.parameters()).device
+        encoded = sampling.encode_prompts(self.tokenizer, local_prompts, cfg.max_prompt_tokens)
+        batch = pack_completions([encoded[i] for i in samples.prompt_index], samples.completion_ids,
+                                 samples.token_count, self.pad_id, device)
+        logprob = token_logprobs(policy, batch, cfg.temperature, cfg.batch_size, autocast).sum(1).double().cpu()
+        ref_logprob = token_logprobs(self.reference, batch, cfg.temperature, cfg.batch_size,
+                                     autocast).sum(1).double().cpu()
+        if was_training:
+            policy.train()
+        sample_prompts = [local_prompts[i] for i in samples.prompt_index]
+        proxy, proxy_ok = score_or_stop(self.proxy, sample_prompts, samples.completions)
+        gold, gold_ok = score_or_stop(self.gold, sample_prompts, samples.completions)
+        kl = (logprob - ref_logprob).numpy()
+
+        local = {
+            "prompt_id": [self.local[i] for i in samples.prompt_index], "prompt": sample_prompts,
+            "completion": samples.completions, "tokens": samples.token_count.tolist(),
+            "sampler_logprob": samples.logprob.tolist(), "logprob": logprob.tolist(),
+            "ref_logprob": ref_logprob.tolist(), "ended": samples.ended.tolist(),
+            "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl.tolist(),
+        }
+        merged = {key: self._gather(values) for key, values in local.items()}
+        bad = [name for name, ok in (("proxy", proxy_ok), ("gold", gold_ok)) if not ok]
+        bad_everywhere = self._gather(bad)
+        kl_all = np.asarray(merged["kl"], dtype=np.float64)
+        if bad_everywhere or not np.isfinite(kl_all).all():
+            what = ", ".join(sorted(set(bad_everywhere))) or "KL"
+            path = Path(self.output) / f"nonfinite-eval-step-{step:06d}.parquet"
+            if self.rank == 0:  # every process holds the gathered batch; one writes it
+                save_bad_batch(self.output, path.stem, merged)
+            raise NonFiniteError(f"non-finite {what} in the evaluation at step {step}; the batch is saved in {path}")
+        self.tokens_used = int(np.sum(merged["tokens"]))  # known on every process, for its token counters
+        if self.rank != 0:
+            return None
+
+        prompt_index = np.asarray(merged["prompt_id"])
+        tokens = np.asarray(merged["tokens"], dtype=np.int64)
+        kl_mean, kl_se = clustered_mean_se(kl_all, prompt_index)
+        proxy_mean, proxy_se = clustered_mean_se(merged["proxy"], prompt_index)
+        gold_mean, gold_se = clustered_mean_se(merged["gold"], prompt_index)
+        negative = bool(np.isfinite(kl_se) and kl_mean < -NEGATIVE_KL_SIGMAS * max(kl_se, 1e-12))
+        if negative:
+            sigmas = -kl_mean / max(kl_se, 1e-12)
+            message = (f"{self.method} step {step}: KL estimate {kl_mean:.4g} is {sigmas:.1f} standard errors "
+                       "below 0 — impossible for a true KL; policy and reference log-probs disagree (temperature, "
+                       "dtype or padding). Recorded unclipped with kl_negative=1.")
+            warnings.warn(message, stacklevel=2)
+            console.note(f"WARNING: {message}", quiet=False)
+
+        if self.world == 1:
+            frame = samples.to_frame({"proxy": proxy, "gold": gold})
+        else:  # the same columns, from what every process gathered (its Samples hold only its share)
+            import pandas as pd
+
+            frame = pd.DataFrame({k: merged[k] for k in ("prompt_id", "prompt", "completion", "tokens",
+                                                         "sampler_logprob", "ended", "proxy", "gold")})
+            frame = frame.rename(columns={"sampler_logprob": "logprob"})
+        frame.insert(0, "step", step)
+        frame["ref_logprob"] = merged["ref_logprob"]
+        frame["policy_logprob"] = merged["logprob"]
+        frame["kl"] = kl_all
+        samples_path = self.output / "eval_samples" / f"step-{step:06d}.parquet"
+        files.write_parquet(samples_path, frame)
+
+        row = {
+            # sqrt_kl is filled in by the results table (sqrt of max(KL, 0)); kl itself is kept unclipped.
+            "method": self.method, "n": None, "step": step, "kl": kl_mean, "kl_se": kl_se,
+            "proxy_mean": proxy_mean, "proxy_se": proxy_se, "gold_mean": gold_mean, "gold_se": gold_se,
+            "proxy_std": float(np.std(merged["proxy"], ddof=1)) if len(tokens) > 1 else float("nan"),
+            "gold_std": float(np.std(merged["gold"], ddof=1)) if len(tokens) > 1 else float("nan"),
+            "length_mean": float(tokens.mean()), "ended_frac": float(np.mean(merged["ended"])),
+            "sample_count": int(len(tokens)), "prompt_count": int(len(np.unique(prompt_index))),
+            "generated_tokens": int(generated_tokens + tokens.sum()), "trained_tokens": int(trained_tokens),
+            "beta": float(beta), "policy": cfg.policy, "proxy": cfg.proxy, "gold": cfg.gold, "seed": cfg.seed,
+            "samples_path": str(samples_path), "kl_negative": int(negative),
+            "eval_seconds": time.perf_counter() - start, **(extra or {}),
+        }
+        if self.store is not None:
+            self.store.add_rows(self.run_id, [row])
+        console.note(f"{self.method} eval step {step}: KL {kl_mean:.4g} ± {kl_se:.2g}, proxy {proxy_mean:.4g} "
+                     f"± {proxy_se:.2g}, gold {gold_mean:.4g} ± {gold_se:.2g}, length {tokens.mean():.1f}", cfg.quiet)
+        return row

@@ -1,0 +1,589 @@
+"""`bonrl ppo`: PPO against the proxy with a KL penalty to the reference policy, in one file.
+
+The RL half of Gao, Schulman & Hilton (2022): the policy maximizes the proxy reward minus β·KL(π‖π_ref),
+and the shared evaluation (`evaluate.py`) measures proxy, gold and KL on held-out prompts at step 0,
+every `--eval-every` steps and at the last step, so PPO's points land on best-of-n's axes.
+
+    bonrl ppo --policy smollm2-135m --proxy rm:runs/rm --beta 0.05 --steps 100 --output runs/ppo
+    bonrl ppo ... --lora-rank 8            # or --train-top-layers 2: cheaper CPU runs
+    bonrl ppo ... --resume                 # continue from the last checkpoint in --output
+    accelerate launch bonrl ppo ...        # several GPUs (or CPU processes)
+
+TRL 1.x ships no PPO trainer, so the whole update is written here, CleanRL-style, following Ziegler et
+al. 2019 ("Fine-tuning language models from human preferences"), Stiennon et al. 2020 ("Learning to
+summarize from human feedback") and Huang et al. 2024 ("The N+ implementation details of RLHF with
+PPO"). One step:
+
+1. Rollout. `rollout_batch_size` train prompts (a fresh permutation each pass over the set), one
+   completion each, from the shared sampler with the same SamplingConfig as best-of-n and evaluation:
+   left padding, each completion stopped at its first EOS (Huang et al. details on padding and
+   truncation). Token masks come from the sampler's token counts, never from pad ids (SmolLM2's pad
+   id *is* its EOS id).
+2. Log-probs at the sampling temperature (logits / T, Huang et al.'s "temperature" detail) of the
+   sampled tokens under the policy (with values) and under the frozen reference, by a forward pass
+   of the whole batch; the sampler's incremental log-probs are not reused, so old and new log-probs
+   of the PPO ratio come from the same computation.
+3. Reward (Ziegler et al. eq. 2; Stiennon et al. eq. 1): per token r_t = −β (log π(y_t) − log π_ref(y_t)),
+   and the proxy score added at the completion's last token. Optionally the score is whitened with
+   running mean/std over all rollouts so far (`--whiten-rewards`), and a completion that never
+   emitted EOS loses `--missing-eos-penalty` (Huang et al.'s "EOS trick").
+   β is fixed, or adapted by Ziegler et al.'s proportional controller toward `--target-kl`:
+       e = clip(KL / target − 1, −0.2, 0.2),   β ← β (1 + e · rollout_batch_size / horizon).
+4. GAE(γ, λ) (Schulman et al. 2016) over completion tokens, the value after the last token being 0;
+   returns = advantages + values; advantages whitened over the batch's tokens.
+5. `ppo_epochs` passes over shuffled minibatches: clipped surrogate (Schulman et al. 2017 eq. 7),
+   clipped value loss (Huang et al. detail "value function loss clipping"),
+   loss = policy loss + value_coef · value loss, gradient accumulation over
+   `gradient_accumulation_steps` minibatches, gradient clipping to `max_grad_norm`, AdamW (ε = 1e-5).
+   Dropout is off everywhere (the policy and reference are in eval mode with dropout p = 0), so the
+   rollout's log-probs and the first epoch's are equal and the first ratio is exactly 1.
+
+Value model: a scalar head on the policy's last hidden state (one linear layer, initialised to zero),
+as in Ziegler et al.'s lm-human-preferences, rather than a separate value network (Stiennon et al.,
+Huang et al.). Why: one forward and backward pass per minibatch gives log-probs and values together,
+and no second 135M-parameter network is held in memory and optimizer state — what makes CPU runs
+affordable and keeps our step no slower per generated token than TRL's critic-free RLOO. The cost
+Stiennon et al. name — value gradients disturbing the policy's features early in training — is bounded
+by value_coef (0.1 by default, lm-human-preferences' vf_coef) and by the zero initialisation (no value
+error is back-propagated through a random head). With `--lora-rank` or `--train-top-layers` the head
+reads the adapted trunk and is always trained.
+
+Cheaper training: `--lora-rank r` trains LoRA adapters (peft; all linear layers of the trunk, α = 2r,
+no adapter dropout) and freezes the rest; `--train-top-layers k` trains only the top k decoder blocks
+and the final norm (embeddings and the tied LM head stay frozen).
+
+Multi-process (`accelerate launch`): every process rolls out rollout_batch_size / processes prompts
+(and minibatches of minibatch_size / processes); gradients are averaged by DDP through accelerate;
+advantage whitening, reward statistics, the KL controller and the metrics use values gathered from all
+processes; only the main process writes results rows, checkpoints and samples.
+
+Determinism and resume. Every random draw derives from (seed, step, process): the prompt order, the
+sampler's seed and the minibatch shuffles. Checkpoints (every `--checkpoint-every` steps and at the
+end, written whole or not at all, the last `--keep-checkpoints` kept) hold the policy, the value head,
+the optimizer, the KL controller, the running reward statistics, the RNG states, the step, the token
+counters and the run id. `--resume` reloads the last one and re-opens the same run in the results
+table; rows are keyed by (run, method, proxy, n, step), so evaluations after the checkpoint are written
+again with the same values and the table ends exactly as after an uninterrupted run.
+
+Failures. A NaN or inf in a reward, a KL or a loss stops the run (exit 1) and writes the offending batch
+(prompts, completions, rewards, KL) to OUTPUT/nonfinite-*.parquet, naming the file. Bad input (negative
+β, a batch that does not split into minibatches, a proxy or policy that cannot load, a missing tracker
+package) stops before any work, with exit 2 and nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bon_vs_rl import console, files, models, sampling, scorers
+from bon_vs_rl import prompts as prompt_sets
+from bon_vs_rl.config import ConfigError, PPOConfig, to_dict
+from bon_vs_rl.evaluate import (
+    Evaluator,
+    NonFiniteError,
+    Packed,
+    completion_logits,
+    gather_logprobs,
+    pack_completions,
+    save_bad_batch,
+    score_or_stop,
+    token_logprobs,
+)
+
+CHECKPOINTS = "checkpoints"
+SHOWN = ("objective/kl", "reward/proxy", "reward/gold", "ppo/clipfrac", "ppo/approx_kl", "value/loss", "ppo/beta")
+
+
+# ----------------------------------------------------------------------------------------------
+# The pieces: the policy with its value head, the KL controller, running reward statistics.
+
+
+class PolicyWithValueHead(nn.Module):
+    """The policy LM and a scalar value head on its last hidden state (why shared: module docstring)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1, dtype=torch.float32)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, completion_ids, temperature: float):
+        """Logits (/ temperature) predicting each completion token and the value V(x, y_<t) before it."""
+        batch = Packed(input_ids, attention_mask, position_ids, completion_ids, None, 0)
+        out, logits = completion_logits(self.lm, batch, temperature, output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, -(completion_ids.shape[1] + 1):-1]
+        return logits, self.value_head(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class KLController:
+    """Fixed β, or Ziegler et al. (2019) §2.2's proportional controller toward a target KL."""
+
+    beta: float
+    adaptive: bool
+    target: float
+    horizon: int
+
+    def update(self, kl: float, episodes: int) -> None:
+        if self.adaptive:
+            error = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
+            self.beta *= 1.0 + error * episodes / self.horizon
+
+
+@dataclass
+class RunningMoments:
+    """Mean and variance of every proxy score seen so far (Chan et al.'s parallel update), float64."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        n, mean, m2 = len(x), float(np.mean(x)), float(np.sum((x - np.mean(x)) ** 2))
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.m2 / max(self.count - 1, 1.0)))
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run needs (state.json)."""
+
+    step: int
+    run_id: str | None
+    kl: KLController
+    scores: RunningMoments
+    generated_tokens: int = 0
+    trained_tokens: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Small numeric helpers (Huang et al. 2024 implement the same ones as masked_mean / masked_whiten).
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def global_mean(accelerator, x: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Mean over every process's elements (weighted by the mask)."""
+    mask = torch.ones_like(x) if mask is None else mask
+    totals = accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]).double(), reduction="sum")
+    return float(totals[0] / totals[1].clamp(min=1.0))
+
+
+def masked_whiten(accelerator, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x − mean) / std over the valid tokens of the whole (all-process) batch; 0 outside the mask."""
+    mean = global_mean(accelerator, x, mask)
+    var = global_mean(accelerator, (x - mean) ** 2, mask)
+    return (x - mean) * (var + 1e-8) ** -0.5 * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over completion tokens.
+
+    values are 0 past each completion's end, so the value after the last token is 0 (terminal)."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    width = rewards.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from (seed, step, process, purpose): the same step draws the same numbers on resume."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def prompts_for_step(n_prompts: int, step: int, batch: int, seed: int) -> list[int]:
+    """Prompt indices of rollout `step` (1-based): consecutive slices of a fresh permutation per pass."""
+    out = []
+    for position in range((step - 1) * batch, step * batch):
+        epoch, offset = divmod(position, n_prompts)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_prompts)[offset]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# What is trained: full weights, LoRA adapters, or the top k decoder blocks.
+
+
+def decoder_layers(lm) -> nn.ModuleList:
+    count = lm.config.get_text_config().num_hidden_layers
+    lists = [m for m in lm.modules() if isinstance(m, nn.ModuleList) and len(m) == count]
+    if not lists:
+        raise ConfigError("train_top_layers: cannot find this model's decoder layers; use --lora-rank instead")
+    return lists[0]
+
+
+def train_only_top_layers(lm, k: int) -> None:
+    layers = decoder_layers(lm)
+    if k > len(layers):
+        raise ConfigError(f"train_top_layers: {k} exceeds the model's {len(layers)} layers; pick k ≤ {len(layers)}")
+    lm.requires_grad_(False)
+    for layer in list(layers)[-k:]:
+        layer.requires_grad_(True)
+    # The final norm reads the top block's output; embeddings and a tied LM head belong to the bottom.
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+    for name in ("norm", "final_layernorm", "ln_f"):
+        if isinstance(getattr(decoder, name, None), nn.Module):
+            getattr(decoder, name).requires_grad_(True)
+
+
+def add_lora(lm, rank: int):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                        task_type="CAUSAL_LM")
+    return get_peft_model(lm, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: OUTPUT/checkpoints/step-NNNNNN/{policy/, trainer.pt, state.json}, each written whole.
+
+
+def checkpoint_dirs(output: Path) -> list[Path]:
+    root = output / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(r"step-\d{6}", p.name) and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_checkpoint(output: Path, keep: int, model: PolicyWithValueHead, tokenizer, optimizer,
+                    state: TrainState, cfg: PPOConfig) -> Path:
+    path = output / CHECKPOINTS / f"step-{state.step:06d}"
+    with files.atomic_directory(path) as tmp:
+        model.lm.save_pretrained(tmp / "policy")  # LoRA: the adapter only; else a full model directory
+        tokenizer.save_pretrained(tmp / "policy")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({"value_head": model.value_head.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng},
+                   tmp / "trainer.pt")
+        files.write_json(tmp / "state.json", {**asdict(state), "config": to_dict(cfg)})  # last: marks it complete
+    for old in checkpoint_dirs(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_state(path: Path) -> TrainState:
+    data = json.loads((path / "state.json").read_text())
+    return TrainState(step=data["step"], run_id=data["run_id"], kl=KLController(**data["kl"]),
+                      scores=RunningMoments(**data["scores"]), generated_tokens=data["generated_tokens"],
+                      trained_tokens=data["trained_tokens"])
+
+
+def restore_trainer(path: Path, model: PolicyWithValueHead, optimizer) -> None:
+    saved = torch.load(path / "trainer.pt", weights_only=False)
+    model.value_head.load_state_dict(saved["value_head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    random.setstate(saved["rng"]["python"])
+    np.random.set_state(saved["rng"]["numpy"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+
+def check_tracker(log_with: str) -> None:
+    needs = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(log_with, ())
+    if needs and not any(importlib.util.find_spec(name) for name in needs):
+        raise ConfigError(f"log_with: {log_with} is not installed; pip install '{needs[0]}' "
+                          "(or bonrl[tracking]), or use --log-with none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+
+def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
+    """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests)."""
+    from accelerate import Accelerator
+
+    from bon_vs_rl import results
+
+    # 1. Everything that can be bad input, before any work or any file (exit 2).
+    check_tracker(cfg.log_with)
+    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    bf16 = use_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(cpu=not use_cuda, device_placement=False, mixed_precision="bf16" if bf16 else "no",
+                              log_with=None if cfg.log_with == "none" else cfg.log_with, project_dir=cfg.output)
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    if cfg.rollout_batch_size % world or cfg.minibatch_size % world:
+        raise ConfigError(f"rollout_batch_size and minibatch_size must be multiples of the {world} processes")
+    device = accelerator.device if world > 1 or cfg.device == "auto" else models.resolve_device(cfg.device)
+    output = Path(cfg.output)
+    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
+    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
+    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
+    checkpoint = checkpoint_dirs(output)[-1] if cfg.resume and checkpoint_dirs(output) else None
+    if checkpoint is not None:  # the checkpoint's weights must fit the model this run builds
+        saved = json.loads((checkpoint / "state.json").read_text())["config"]
+        for name in ("policy", "lora_rank", "train_top_layers"):
+            if saved.get(name) != getattr(cfg, name):
+                raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
+                                  f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+
+    # Policy (fp32 weights: the optimizer needs them; bf16 autocast on GPUs) and the frozen reference.
+    if checkpoint is not None and not cfg.lora_rank:
+        lm, tokenizer = models.load_policy(str(checkpoint / "policy"), device, cfg.cache_dir, dtype=torch.float32)
+    else:
+        lm, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
+    reference, _ = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
+    reference.requires_grad_(False)
+    models.disable_dropout(lm)
+    models.disable_dropout(reference)
+    if cfg.lora_rank:
+        if checkpoint is not None:
+            from peft import PeftModel
+
+            lm = PeftModel.from_pretrained(lm, checkpoint / "policy", is_trainable=True)
+        else:
+            lm = add_lora(lm, cfg.lora_rank)
+    elif cfg.train_top_layers:
+        train_only_top_layers(lm, cfg.train_top_layers)
+    train_prompts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
+    evaluator = Evaluator(cfg, "ppo", tokenizer, reference, proxy, gold, output, accelerator)
+
+    # 2. The model, its optimizer, the run's state.
+    model = PolicyWithValueHead(lm).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  eps=1e-5, weight_decay=0.0)
+    state = TrainState(step=0, run_id=None, kl=KLController(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon),
+                       scores=RunningMoments())
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        restore_trainer(checkpoint, model, optimizer)
+        console.note(f"resuming run {state.run_id} from {checkpoint} (step {state.step})", cfg.quiet or not main)
+    elif cfg.resume:
+        console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run", cfg.quiet or not main)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    local_batch, local_minibatch = cfg.rollout_batch_size // world, cfg.minibatch_size // world
+    config = to_dict(cfg)
+
+    store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
+    with store_context as store, (results.run_context(store, "ppo", config, cfg.seed, cfg.experiment,
+                                                      run_id=state.run_id) if main else contextlib.nullcontext()) as run_id:
+        if main:
+            state.run_id = run_id
+            if checkpoint is None:  # a new run in this directory: old checkpoints belong to another run
+                shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+            files.write_json(output / "resolved_config.json", config)
+        evaluator.store, evaluator.run_id = store, run_id
+        if cfg.log_with != "none":
+            accelerator.init_trackers("bonrl-ppo", config={k: v for k, v in config.items() if v is not None})
+
+        def evaluate(step: int, extra: dict | None = None) -> None:
+            evaluator.evaluate(accelerator.unwrap_model(model).lm, step, state.generated_tokens, state.trained_tokens,
+                               state.kl.beta, extra)
+            state.generated_tokens += evaluator.tokens_used
+
+        if state.step == 0:
+            evaluate(0)
+        for step in range(state.step + 1, cfg.steps + 1):
+            started = time.perf_counter()
+            metrics = ppo_step(cfg, step, accelerator, model, optimizer, tokenizer, reference, proxy, gold, state,
+                               train_prompts, local_batch, local_minibatch, pad_id, device, output)
+            state.step = step
+            metrics["time/step_s"] = time.perf_counter() - started
+            if main:
+                console.note(f"ppo step {step}/{cfg.steps} " + " ".join(
+                    f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics), cfg.quiet)
+            if cfg.log_with != "none":
+                accelerator.log(metrics, step=step)
+            if on_step is not None:
+                on_step(metrics)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                evaluate(step, {"train_" + k.replace("/", "_"): v for k, v in metrics.items()
+                                if k in ("objective/kl", "reward/proxy", "reward/gold")})
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(output, cfg.keep_checkpoints, accelerator.unwrap_model(model), tokenizer,
+                                    optimizer, state, cfg)
+                accelerator.wait_for_everyone()
+        if cfg.log_with != "none":
+            accelerator.end_training()
+    return state.run_id or ""
+
+
+def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer, reference, proxy, gold,
+             state: TrainState, train_prompts: list[str], local_batch: int, local_minibatch: int, pad_id: int,
+             device, output: Path) -> dict:
+    """One rollout batch and its PPO updates; returns the step's metrics (averaged over processes)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    beta = state.kl.beta
+
+    # 1. Rollout: this process's share of the step's prompts, one completion each.
+    indices = prompts_for_step(len(train_prompts), step, cfg.rollout_batch_size, cfg.seed)
+    prompts = [train_prompts[i] for i in indices[rank * local_batch:(rank + 1) * local_batch]]
+    policy = accelerator.unwrap_model(model)
+    rollout_start = time.perf_counter()
+    with accelerator.autocast():  # bf16 on GPUs, as in the log-prob passes below; a no-op on CPU
+        samples = sampling.generate(policy.lm, tokenizer, prompts, 1, cfg, seed=seed_for(cfg.seed, step, rank, 1),
+                                    quiet=cfg.quiet or rank != 0, description=f"ppo rollout {step}")
+    rollout_seconds = time.perf_counter() - rollout_start
+    encoded = sampling.encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    batch = pack_completions([encoded[i] for i in samples.prompt_index], samples.completion_ids,
+                             samples.token_count, pad_id, device)
+    mask = batch.completion_mask
+    last = torch.as_tensor(samples.token_count, device=device) - 1  # index of each completion's last token
+
+    # 2. Scores: the proxy is optimized; the gold is only logged.
+    scores, scores_ok = score_or_stop(proxy, prompts, samples.completions)
+    gold_scores, gold_ok = score_or_stop(gold, prompts, samples.completions)
+
+    # 3. Log-probs at the sampling temperature and values, before any update; the reference's too.
+    with torch.no_grad():
+        old_logprobs, old_values, entropy = [], [], []
+        for start in range(0, local_batch, local_minibatch):
+            part = batch[slice(start, start + local_minibatch)]
+            with accelerator.autocast():
+                logits, values = policy(part.input_ids, part.attention_mask, part.position_ids, part.completion_ids,
+                                        cfg.temperature)
+            old_logprobs.append(gather_logprobs(logits, part.completion_ids, part.completion_mask))
+            old_values.append(values.float() * part.completion_mask)
+            probs = torch.softmax(logits, -1)
+            entropy.append(-(probs * torch.log_softmax(logits, -1)).sum(-1) * part.completion_mask)
+        old_logprobs, old_values, entropy = torch.cat(old_logprobs), torch.cat(old_values), torch.cat(entropy)
+        ref_logprobs = token_logprobs(reference, batch, cfg.temperature, local_minibatch, accelerator.autocast)
+
+    # 4. Rewards: −β·KL per token, the (whitened, EOS-penalised) proxy score at the last token.
+    kl_tokens = (old_logprobs - ref_logprobs) * mask  # k1: log π − log π_ref of the sampled token
+    sequence_kl = kl_tokens.sum(1)
+    finite = scores_ok and gold_ok and bool(torch.isfinite(sequence_kl).all())
+    if accelerator.reduce(torch.tensor(float(not finite), device=device), reduction="sum").item() > 0:
+        what = "reward" if not scores_ok else "gold" if not gold_ok else "KL"
+        stop(output, f"non-finite {what}", step, rank, world, prompts, samples.completions,
+             {"proxy": scores, "gold": gold_scores, "kl": sequence_kl.cpu().numpy()})
+    all_scores = accelerator.gather(torch.as_tensor(scores, device=device)).cpu().numpy()
+    score = torch.as_tensor(scores, dtype=torch.float32, device=device)
+    if cfg.whiten_rewards:
+        state.scores.update(all_scores)
+        score = (score - state.scores.mean) / (state.scores.std + 1e-8)
+    if cfg.missing_eos_penalty is not None:
+        score = score - cfg.missing_eos_penalty * torch.as_tensor(~samples.ended, dtype=torch.float32, device=device)
+    rewards = -beta * kl_tokens
+    rewards[torch.arange(local_batch, device=device), last] += score
+
+    # 5. Advantages and returns.
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(accelerator, advantages, mask)
+
+    # 6. PPO epochs over shuffled minibatches, with gradient accumulation.
+    update_start = time.perf_counter()
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac",
+                                                     "approx_kl", "ratio", "grad_norm")}
+    generator = torch.Generator().manual_seed(seed_for(cfg.seed, step, rank, 2))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    accumulate = cfg.gradient_accumulation_steps
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(local_batch, generator=generator).to(device)
+        for k, start in enumerate(range(0, local_batch, local_minibatch)):
+            rows = order[start:start + local_minibatch]
+            part, part_mask = batch[rows], mask[rows]
+            sync = (k + 1) % accumulate == 0
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    logits, values = model(part.input_ids, part.attention_mask, part.position_ids,
+                                           part.completion_ids, cfg.temperature)
+                new_logprobs = gather_logprobs(logits, part.completion_ids, part_mask)
+                values = values.float()
+                # Clipped surrogate objective (Schulman et al. 2017, eq. 7), averaged over valid tokens.
+                log_ratio = (new_logprobs - old_logprobs[rows]) * part_mask
+                ratio = torch.exp(log_ratio)
+                adv = advantages[rows]
+                pg_unclipped = -adv * ratio
+                pg_clipped = -adv * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+                policy_loss = masked_mean(torch.max(pg_unclipped, pg_clipped), part_mask)
+                # Clipped value loss: the new value may move at most clip_range_value from the rollout's.
+                value_clipped = old_values[rows] + torch.clamp(values - old_values[rows], -cfg.clip_range_value,
+                                                               cfg.clip_range_value)
+                value_losses = torch.max((values - returns[rows]) ** 2, (value_clipped - returns[rows]) ** 2)
+                value_loss = 0.5 * masked_mean(value_losses, part_mask)
+                loss = policy_loss + cfg.value_coef * value_loss
+                bad_loss = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss)), device=device),
+                                              reduction="sum").item() > 0
+                if bad_loss:
+                    stop(output, "non-finite loss", step, rank, world, prompts, samples.completions,
+                         {"proxy": scores, "gold": gold_scores, "kl": sequence_kl.cpu().numpy()})
+                accelerator.backward(loss / accumulate)
+            if sync:
+                grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats["grad_norm"].append(float(grad_norm))
+            with torch.no_grad():
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["clipfrac"].append(masked_mean((pg_clipped > pg_unclipped).float(), part_mask).item())
+                stats["value_clipfrac"].append(masked_mean(
+                    ((value_clipped - returns[rows]) ** 2 > (values - returns[rows]) ** 2).float(), part_mask).item())
+                # k3 estimator of KL(π_old‖π_new) (Schulman 2020), as CleanRL logs it.
+                stats["approx_kl"].append(masked_mean((ratio - 1) - log_ratio, part_mask).item())
+                stats["ratio"].append(masked_mean(ratio, part_mask).item())
+    update_seconds = time.perf_counter() - update_start
+
+    # 7. Bookkeeping: the KL controller sees the batch's KL; token counters; metrics from all processes.
+    kl_mean = global_mean(accelerator, sequence_kl)
+    state.kl.update(kl_mean, cfg.rollout_batch_size)
+    tokens = int(accelerator.reduce(torch.tensor(int(samples.token_count.sum()), device=device), "sum").item())
+    state.generated_tokens += tokens
+    state.trained_tokens += tokens
+    score_raw = torch.as_tensor(scores, dtype=torch.float32, device=device)
+    metrics = {
+        "objective/kl": kl_mean,
+        "objective/entropy": global_mean(accelerator, entropy, mask),
+        "objective/non_score_reward": -beta * kl_mean,
+        "objective/rlhf_reward": global_mean(accelerator, score_raw) - beta * kl_mean,
+        "reward/proxy": global_mean(accelerator, score_raw),
+        "reward/proxy_used": global_mean(accelerator, score),
+        "reward/gold": global_mean(accelerator, torch.as_tensor(gold_scores, dtype=torch.float32, device=device)),
+        "ppo/beta": beta,
+        "ppo/beta_next": state.kl.beta,
+        "rollout/length": global_mean(accelerator, mask.sum(1)),
+        "rollout/ended_frac": global_mean(accelerator, torch.as_tensor(samples.ended, dtype=torch.float32,
+                                                                       device=device)),
+        "rollout/tokens": tokens,
+        "time/rollout_s": rollout_seconds,
+        "time/update_s": update_seconds,
+    }
+    for key, values in stats.items():
+        local = torch.tensor(float(np.mean(values)) if values else float("nan"), device=device)
+        metrics[("value/" if key.startswith("value") else "ppo/") + key.replace("value_", "")] = float(
+            accelerator.reduce(local, "mean"))
+    return metrics
+
+
+def stop(output: Path, what: str, step: int, rank: int, world: int, prompts, completions, columns: dict) -> None:
+    """Save the batch that produced a NaN/inf and stop the run (exit 1)."""
+    name = f"nonfinite-step-{step:06d}" + (f"-rank{rank}" if world > 1 else "")
+    path = save_bad_batch(output, name, {"prompt": prompts, "completion": completions, **columns})
+    print(f"bonrl ppo: {what} at step {step}; the batch is saved in {path}", file=sys.stderr, flush=True)
+    raise NonFiniteError(f"{what} at step {step}; the batch (prompts, completions, rewards, KL) is saved in {path}")

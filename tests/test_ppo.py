@@ -1,0 +1,314 @@
+"""`bonrl ppo` end to end on a toy task whose reward is known, plus the PPO pieces on their own.
+
+The toy policy (tests/toy_gold.py) writes from six words, one of them " good"; the proxy (and gold) is the
+fraction of words that are "good" (tests/toy_rewards.py), ~0.15 under the initial policy. Why not the
+`tiny` random LM here: it spreads its mass evenly over 49,152 tokens, so PPO's trust region can only grow
+the few tokens it happened to sample by ~20% a step — measured: a vowel-fraction reward did not rise in 6
+steps at temperature 0.1-1. The toy policy's " good" is one logit shared by every context, so the same
+code path raises the reward in a handful of steps. The LoRA / top-layers tests use `tiny` (2 layers).
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import toy_gold
+import toy_rewards
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from bon_vs_rl import cli, evaluate, models, ppo, scorers
+from bon_vs_rl import config as C
+from bon_vs_rl import results as R
+
+runner = CliRunner()
+REWARD = f"python:{Path(toy_rewards.__file__)}:good_fraction"
+NAN_AFTER_FIRST = f"python:{Path(toy_rewards.__file__)}:nan_after_first"
+# Compared between an uninterrupted and a resumed run: everything but ids, paths and timings.
+ROW_VALUES = ["step", "kl", "kl_se", "sqrt_kl", "proxy_mean", "proxy_se", "gold_mean", "gold_se", "length_mean",
+              "sample_count", "prompt_count", "generated_tokens", "trained_tokens", "beta", "kl_negative",
+              "train_objective_kl", "train_reward_proxy"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: tiny models on a shared 2-core machine run several times faster (see test_reward_model)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_policy(tmp_path_factory) -> str:
+    return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
+
+
+def ppo_args(policy: str, output: Path, results: Path, **overrides) -> dict:
+    """Settings of the toy task: a few seconds per run on one CPU thread."""
+    args = dict(policy=policy, proxy=REWARD, gold=REWARD, steps=6, eval_every=3, rollout_batch_size=16,
+                minibatch_size=8, ppo_epochs=4, max_new_tokens=12, learning_rate=1e-2, beta=0.0, eval_prompts=8,
+                eval_samples_per_prompt=2, device="cpu", quiet=True, output=str(output), results=str(results))
+    args.update(overrides)
+    return args
+
+
+def run_ppo(**args) -> tuple[str, pd.DataFrame, list[dict]]:
+    metrics: list[dict] = []
+    run_id = ppo.train(C.resolve(C.PPOConfig, {}, args), on_step=metrics.append)
+    return run_id, R.load(args["results"], run_id=run_id).sort_values("step").reset_index(drop=True), metrics
+
+
+def cli_args(args: dict) -> list[str]:
+    out = ["ppo"]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def beta0(toy_policy, tmp_path_factory):
+    """One uninterrupted β = 0 run, shared by several tests."""
+    root = tmp_path_factory.mktemp("beta0")
+    args = ppo_args(toy_policy, root / "out", root / "results.sqlite")
+    run_id, rows, metrics = run_ppo(**args)
+    return dict(args=args, run_id=run_id, rows=rows, metrics=metrics, root=root)
+
+
+def test_reward_rises_within_a_few_steps(beta0):
+    rows, metrics = beta0["rows"], beta0["metrics"]
+    assert rows["step"].tolist() == [0, 3, 6]
+    first, last = rows.iloc[0], rows.iloc[-1]
+    # Measured 0.13 -> 0.59; the assertion leaves a wide margin.
+    assert last["proxy_mean"] - first["proxy_mean"] > 0.15
+    assert last["proxy_mean"] - first["proxy_mean"] > 4 * np.hypot(first["proxy_se"], last["proxy_se"])
+    assert np.mean([m["reward/proxy"] for m in metrics[-2:]]) > metrics[0]["reward/proxy"] + 0.1
+    assert last["kl"] > 1.0  # β = 0: nothing holds the policy near the reference
+    for key in ("objective/kl", "objective/entropy", "reward/proxy", "reward/gold", "ppo/clipfrac", "ppo/approx_kl",
+                "ppo/policy_loss", "value/loss", "value/clipfrac", "ppo/beta"):
+        assert all(np.isfinite(m[key]) for m in metrics), key
+
+
+def test_rows_and_samples_have_the_shared_evaluation_format(beta0):
+    rows = beta0["rows"]
+    assert set(rows["method"]) == {"ppo"} and set(rows["run_status"]) == {"finished"}
+    assert (rows["sample_count"] == 16).all() and (rows["prompt_count"] == 8).all()
+    assert rows["generated_tokens"].is_monotonic_increasing and rows["trained_tokens"].iloc[0] == 0
+    # generated = eval tokens (16 samples) at each of 3 evaluations + 6 rollouts of 16, at most 12 tokens each
+    assert rows["generated_tokens"].iloc[-1] <= (3 * 16 + 6 * 16) * 12
+    assert rows["trained_tokens"].iloc[-1] == sum(m["rollout/tokens"] for m in beta0["metrics"])
+    frame = pd.read_parquet(rows["samples_path"].iloc[-1])
+    for column in ("prompt_id", "prompt", "completion", "tokens", "logprob", "ended", "proxy", "gold", "kl",
+                   "ref_logprob", "step"):
+        assert column in frame, column
+    assert len(frame) == 16 and (frame["step"] == 6).all()
+    assert np.allclose(frame["kl"], frame["policy_logprob"] - frame["ref_logprob"])
+    assert json.loads((Path(beta0["args"]["output"]) / "resolved_config.json").read_text())["beta"] == 0.0
+
+
+def test_kl_at_step_zero_is_zero_within_its_standard_error(beta0):
+    first = beta0["rows"].iloc[0]
+    assert abs(first["kl"]) <= 3 * first["kl_se"] + 1e-9 and first["kl_negative"] == 0
+    # Policy and reference log-probs come from the same computation, so every log-ratio is 0 at step 0 ...
+    assert np.abs(pd.read_parquet(first["samples_path"])["kl"]).max() < 1e-6
+    # ... and the sampler's incremental log-probs agree with that forward pass.
+    frame = pd.read_parquet(first["samples_path"])
+    assert np.allclose(frame["logprob"], frame["policy_logprob"], atol=1e-3)
+
+
+def test_large_beta_keeps_kl_far_below_beta_zero(beta0, tmp_path):
+    args = {**beta0["args"], "beta": 1.0, "output": str(tmp_path / "out"), "results": str(tmp_path / "r.sqlite")}
+    _, rows, metrics = run_ppo(**args)
+    kl_beta0, kl_beta1 = beta0["rows"]["kl"].iloc[-1], rows["kl"].iloc[-1]
+    assert kl_beta1 < 0.2 * kl_beta0, (kl_beta1, kl_beta0)  # measured 0.03 against 4.5-6
+    assert all(m["ppo/beta"] == 1.0 for m in metrics)
+
+
+def test_resume_after_kill_writes_the_same_rows_as_an_uninterrupted_run(beta0, tmp_path):
+    """Kill a run after its first checkpoint, resume it: same steps, no duplicates, same values."""
+    results = tmp_path / "results.sqlite"
+    args = {**beta0["args"], "output": str(tmp_path / "out"), "results": str(results), "checkpoint_every": 2,
+            "keep_checkpoints": 1}
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}  # one thread, like this process: same arithmetic
+    child = subprocess.Popen([sys.executable, "-m", "bon_vs_rl.cli", *cli_args(args)], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_checkpoint = tmp_path / "out" / "checkpoints" / "step-000002" / "state.json"
+    deadline = time.time() + 120
+    while child.poll() is None and not first_checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    killed = R.load(results)
+    assert 6 not in killed["step"].tolist()  # it really stopped mid-way
+
+    resumed = runner.invoke(cli.app, cli_args({**args, "resume": True}))
+    assert resumed.exit_code == 0, resumed.output
+    rows = R.load(results).sort_values("step").reset_index(drop=True)
+    assert rows["run_id"].nunique() == 1 and rows["run_id"].iloc[0] == killed["run_id"].iloc[0]
+    assert rows["step"].tolist() == [0, 3, 6]  # no gaps, no duplicates
+    with R.ResultsStore(results) as store:
+        assert store.runs()["status"].tolist() == ["finished"]
+    # Every random draw derives from (seed, step), and the checkpoint restores weights, Adam moments, the
+    # KL controller and reward statistics exactly, so the values are equal, not merely close.
+    pd.testing.assert_frame_equal(rows[ROW_VALUES], beta0["rows"][ROW_VALUES], check_exact=True)
+    assert [p.name for p in ppo.checkpoint_dirs(tmp_path / "out")] == ["step-000006"]  # keep-last rotation
+
+
+def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
+    """`torchrun`/`accelerate launch` with 2 CPU processes (gloo): one run, rows over all eval prompts."""
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=2, eval_every=2,
+                    checkpoint_every=1)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "bon_vs_rl.cli", *cli_args(args)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    rows = R.load(tmp_path / "results.sqlite").sort_values("step")
+    assert rows["run_id"].nunique() == 1 and rows["step"].tolist() == [0, 2]
+    assert (rows["prompt_count"] == 8).all() and (rows["sample_count"] == 16).all()
+    assert 0 < rows["trained_tokens"].iloc[-1] <= 2 * 16 * 12  # both processes' rollouts, counted once
+    frame = pd.read_parquet(rows["samples_path"].iloc[-1])
+    assert sorted(set(frame["prompt_id"])) == list(range(8)) and len(frame) == 16
+    assert [p.name for p in ppo.checkpoint_dirs(tmp_path / "out")] == ["step-000001", "step-000002"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--beta", "-0.1"], "beta"),
+    (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
+    (["--policy", "/nonexistent/policy"], "model"),
+    (["--train-top-layers", "5"], "train_top_layers"),
+])
+def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
+    base = ["ppo", "--policy", toy_policy, "--proxy", REWARD, "--gold", REWARD, "--steps", "2", "--device", "cpu",
+            "--output", str(tmp_path / "out"), "--quiet"]
+    result = runner.invoke(cli.app, base + flags)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_non_finite_reward_stops_the_run_and_saves_the_batch(toy_policy, tmp_path):
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", proxy=NAN_AFTER_FIRST, steps=3)
+    result = runner.invoke(cli.app, cli_args(args))
+    assert result.exit_code == 1, result.output
+    saved = tmp_path / "out" / "nonfinite-step-000001.parquet"
+    assert str(saved) in result.output
+    batch = pd.read_parquet(saved)
+    assert len(batch) == 16 and batch["proxy"].isna().all() and batch["completion"].map(len).gt(0).any()
+    with R.ResultsStore(tmp_path / "results.sqlite") as store:
+        assert store.runs()["status"].tolist() == ["failed"]
+    assert R.load(tmp_path / "results.sqlite")["step"].tolist() == [0]  # the step-0 evaluation was recorded
+
+
+def tiny_args(tmp_path: Path, **overrides) -> dict:
+    return ppo_args("tiny", tmp_path / "out", tmp_path / "results.sqlite", steps=1, eval_every=1, eval_prompts=2,
+                    eval_samples_per_prompt=1, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1,
+                    max_new_tokens=4, learning_rate=1e-2, proxy=f"python:{Path(toy_rewards.__file__)}:vowel_fraction",
+                    gold=f"python:{Path(toy_rewards.__file__)}:vowel_fraction", **overrides)
+
+
+def test_train_top_layers_changes_only_the_top_blocks(tmp_path):
+    # Also the optional reward shaping: whitened scores, the missing-EOS penalty, the adaptive β.
+    _, _, metrics = run_ppo(**tiny_args(tmp_path, train_top_layers=1, whiten_rewards=True, missing_eos_penalty=1.0,
+                                        adaptive_kl=True, target_kl=0.5, beta=0.1))
+    (step,) = metrics
+    # Whitened scores have mean 0 over the (first) batch; each completion without EOS then loses 1.
+    assert step["reward/proxy_used"] == pytest.approx(-(1 - step["rollout/ended_frac"]), abs=1e-5)
+    assert step["ppo/beta"] == 0.1 and step["ppo/beta_next"] < 0.1  # the first rollout's KL is 0 < target
+    before = load_file(Path(models.resolve_model_path("tiny")) / "model.safetensors")
+    after = load_file(tmp_path / "out" / "checkpoints" / "step-000001" / "policy" / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed), changed
+    assert any(name.startswith("model.layers.1.self_attn") for name in changed)
+    assert not any(name.startswith(("model.layers.0.", "model.embed_tokens")) for name in changed)
+
+
+def test_lora_trains_the_adapters_and_value_head_only(tmp_path):
+    run_ppo(**tiny_args(tmp_path, lora_rank=4))
+    checkpoint = tmp_path / "out" / "checkpoints" / "step-000001"
+    adapter = load_file(checkpoint / "policy" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b)  # initialised to zero, moved by training
+    saved = torch.load(checkpoint / "trainer.pt", weights_only=False)
+    trained = sum(len(group["params"]) for group in saved["optimizer"]["param_groups"])
+    assert trained == len(adapter) + 2  # LoRA A and B of every adapted layer, and the value head's weight and bias
+    assert saved["value_head"]["weight"].abs().max() > 0
+
+
+def test_pack_completions_masks_by_token_count_not_pad_id():
+    """SmolLM2's pad id is its EOS id: a completion's own EOS must stay in the mask."""
+    eos = pad = 2
+    batch = evaluate.pack_completions([[11, 12, 13], [14]], [[7, eos], [9, 8, eos]], [2, 3], pad, "cpu")
+    assert batch.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch.input_ids.tolist() == [[11, 12, 13, 7, eos, pad], [pad, pad, 14, 9, 8, eos]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+    assert batch.position_ids[1, 2:].tolist() == [0, 1, 2, 3]  # left padding: positions start at the prompt
+
+
+def test_gae_reduces_to_returns_and_td_errors():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.5, 2.0, 0.0, 0.0]])
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.4, 0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0]])
+    advantages, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    # λ = 1: advantage = return-to-go − value; the value after the last token is 0.
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 1.0, 0.0], [2.5, 2.0, 0.0, 0.0]]))
+    assert torch.allclose(advantages, returns - values * mask)
+    td, _ = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.0)
+    assert torch.allclose(td[0], torch.tensor([0.1, 0.1, 0.7, 0.0]))  # δ_t = r_t + V_{t+1} − V_t
+
+
+def test_adaptive_kl_controller_moves_beta_toward_the_target():
+    controller = ppo.KLController(beta=0.1, adaptive=True, target=6.0, horizon=10000)
+    controller.update(kl=12.0, episodes=1000)  # error clipped to +0.2: β × (1 + 0.2 · 0.1)
+    assert controller.beta == pytest.approx(0.1 * 1.02)
+    controller.update(kl=3.0, episodes=1000)  # error −0.5, clipped to −0.2
+    assert controller.beta == pytest.approx(0.1 * 1.02 * 0.98)
+    fixed = ppo.KLController(beta=0.1, adaptive=False, target=6.0, horizon=10000)
+    fixed.update(kl=100.0, episodes=1000)
+    assert fixed.beta == 0.1
+
+
+def test_running_moments_match_numpy():
+    moments, data = ppo.RunningMoments(), np.random.default_rng(0).normal(3.0, 2.0, size=300)
+    for chunk in np.split(data, [7, 100, 101]):
+        moments.update(chunk)
+    assert moments.mean == pytest.approx(data.mean()) and moments.std == pytest.approx(data.std(ddof=1))
+
+
+def test_negative_kl_estimate_is_reported_loudly_not_clipped(tmp_path):
+    """A reference that puts all its mass on the tokens actually sampled gives log π_ref = 0 > log π."""
+    device = torch.device("cpu")
+    policy, tokenizer = models.load_policy("tiny", device)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, input_ids, logits_to_keep, **kwargs):
+            logits = torch.full((*input_ids.shape, policy.config.vocab_size), -50.0)
+            logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 50.0)  # position i predicts token i + 1
+            return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()
+
+    cfg = C.resolve(C.PPOConfig, {}, dict(proxy=REWARD, gold=REWARD, policy="tiny", eval_prompts=4,
+                                          eval_samples_per_prompt=2, max_new_tokens=4, quiet=True))
+    scorer = scorers.load_scorer(REWARD)
+    with R.ResultsStore(tmp_path / "r.sqlite") as store:
+        run_id = store.start_run("ppo", {}, 0)
+        evaluator = evaluate.Evaluator(cfg, "ppo", tokenizer, Oracle(), scorer, scorer, tmp_path, store=store,
+                                       run_id=run_id)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            row = evaluator.evaluate(policy, 0, 0, 0, 0.0)
+    assert any("standard errors below 0" in str(w.message) for w in caught)
+    assert row["kl"] < -10 and row["kl_negative"] == 1  # recorded as measured, flagged
+    stored = R.load(tmp_path / "r.sqlite").iloc[0]
+    assert stored["kl"] == pytest.approx(row["kl"]) and stored["kl_negative"] == 1
