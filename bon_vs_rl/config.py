@@ -264,7 +264,8 @@ def _check_types(cfg: Any) -> None:
         if kind is list:
             if isinstance(value, str):
                 value = [value]
-            setattr(cfg, f.name, [str(v) for v in value])
+            # Lists of specs (e.g. --proxy) are strings; lists of mappings (experiment stages) stay as they are.
+            setattr(cfg, f.name, [v if isinstance(v, (dict, list)) else str(v) for v in value])
             continue
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             continue

@@ -77,3 +77,11 @@ def test_list_defaults_are_not_shared_between_instances():
     a, b = C.SampleConfig(), C.SampleConfig()
     a.proxy.append("x")
     assert b.proxy == []
+
+
+def test_list_fields_keep_mappings_and_stringify_specs():
+    cfg = C.resolve(C.SampleConfig, {"proxy": ["rm:a", 3]}, {})
+    assert cfg.proxy == ["rm:a", "3"]
+    stages = [{"backbone": "tiny", "pairs": 8}]
+    experiment = C.resolve(C.ExperimentConfig, {"train_rm": stages}, {})
+    assert experiment.train_rm == stages
