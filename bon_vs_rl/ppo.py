@@ -329,8 +329,8 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
 
     # 1. Everything that can be bad input, before any work or any file (exit 2).
     check_tracker(cfg.log_with)
-    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    bf16 = use_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=not use_cuda, device_placement=False, mixed_precision="bf16" if bf16 else "no",
                               log_with=None if cfg.log_with == "none" else cfg.log_with, project_dir=cfg.output)
     world, main = accelerator.num_processes, accelerator.is_main_process

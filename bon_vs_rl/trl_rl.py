@@ -103,9 +103,7 @@ def train(cfg: RLConfig) -> str:
 
     # 1. Bad input, before any work or file (exit 2).
     check_tracker(cfg.log_with)
-    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device: {cfg.device!r} asked for but CUDA is not available; use --device cpu")
+    use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
     state = PartialState(cpu=not use_cuda)
     world, main = state.num_processes, state.is_main_process

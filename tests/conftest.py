@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import toy_gold
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -19,3 +20,23 @@ def _isolated_results(tmp_path, monkeypatch):
     """Every test writes its own results table unless it says otherwise."""
     monkeypatch.setenv("BONRL_RESULTS", str(tmp_path / "results.sqlite"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for modules that train tiny models: on a shared 2-core machine a second thread
+    contending with other processes made training 5-15x slower (1.7 s with one thread, 8-31 s with two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_policy(tmp_path_factory) -> str:
+    """The six-word toy policy of tests/toy_gold.py, whose outputs RL and RM training can move quickly."""
+    from bon_vs_rl import models
+
+    return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))

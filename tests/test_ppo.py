@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import toy_gold
 import toy_rewards
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -38,18 +37,7 @@ ROW_VALUES = ["step", "kl", "kl_se", "sqrt_kl", "proxy_mean", "proxy_se", "gold_
               "train_objective_kl", "train_reward_proxy"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny models on a shared 2-core machine run several times faster (see test_reward_model)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy_policy(tmp_path_factory) -> str:
-    return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ppo_args(policy: str, output: Path, results: Path, **overrides) -> dict:
@@ -312,3 +300,11 @@ def test_negative_kl_estimate_is_reported_loudly_not_clipped(tmp_path):
     assert row["kl"] < -10 and row["kl_negative"] == 1  # recorded as measured, flagged
     stored = R.load(tmp_path / "r.sqlite").iloc[0]
     assert stored["kl"] == pytest.approx(row["kl"]) and stored["kl_negative"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CUDA-less machine gives")
+def test_cuda_asked_for_without_cuda_exits_2(tmp_path):
+    result = runner.invoke(cli.app, ["ppo", "--policy", "tiny", "--proxy", REWARD, "--device", "cuda",
+                                     "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--device cpu" in result.output
+    assert not (tmp_path / "out").exists()

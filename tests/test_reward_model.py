@@ -26,14 +26,7 @@ TOY_GOLD = f"python:{Path(toy_gold.__file__)}:count_good"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: these models are tiny, and on a shared 2-core machine a second thread contending
-    with other processes made training 5-15x slower (measured: 1.7 s with one thread, 8-31 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import toy_gold
 import toy_rewards
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, models
+from bon_vs_rl import cli
 from bon_vs_rl import results as R
 
 runner = CliRunner()
 REWARD = f"python:{Path(toy_rewards.__file__)}:good_fraction"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy_policy(tmp_path_factory) -> str:
-    return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rl_args(algo: str, policy: str, output: Path, *extra: str) -> list[str]:
