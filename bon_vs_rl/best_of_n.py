@@ -16,17 +16,19 @@ that math, in five steps:
 3. Score every completion with every proxy and the gold, and save the samples (Parquet; the policy spec
    and sampling settings ride in the file's metadata) so that `--from-samples` rescores them with
    another proxy without generating again.
-4. For each proxy and each n: proxy and gold reward of the selected sample (mean over prompts, its
-   standard error across prompts, a bootstrap 95% interval on request), its expected length in tokens,
-   and three KL figures:
-      kl          log n - (n-1)/n (Stiennon et al. 2020, app. G.3): exact for tie-free proxy scores,
-                  otherwise an upper bound (Beirami et al. 2024)
-      kl_beirami  Beirami et al. (2024)'s estimate from ε = π(selected completion), taken in expectation
-                  under the best-of-n selection weights and averaged over prompts
-      kl_exact    the exact KL of the empirical best-of-n distribution (each prompt's N samples as the
-                  reference distribution), recorded only when the proxy has ties on some prompt; NaN
-                  otherwise: with N distinct scores `kl` is already exact, and the empirical figure would
-                  only measure that N is finite (it is the KL for a uniform reference over N outcomes)
+4. For each proxy and each n: proxy and gold reward of the selected sample (mean over prompts and its
+   standard error across prompts), its expected length in tokens, the gains over the initial policy
+   (proxy_gain, gold_gain: the mean over prompts of each prompt's best-of-n estimate minus the mean of
+   all its N samples, i.e. paired by prompt) with 95% intervals from resampling prompts, and three KL
+   figures:
+      kl           the KL of best-of-n from the policy, per prompt: log n - (n-1)/n where the prompt's
+                   N proxy scores are distinct (Stiennon et al. 2020, app. G.3: exact for a continuous
+                   reward), the tie-aware estimate `bon_estimator.kl_bon_tie_aware` where some repeat
+                   (identical completions: the analytic value is then only an upper bound, Beirami et
+                   al. 2024); averaged over prompts, with kl_lo / kl_hi from the same prompt resamples
+      kl_analytic  log n - (n-1)/n itself; `tied_prompts` counts the prompts where it is not used
+      kl_beirami   Beirami et al. (2024)'s estimate from ε = π(selected completion), taken in expectation
+                   under the best-of-n selection weights and averaged over prompts
 5. One row per (proxy, n), method `bon`, in the shared results table; the same numbers as a table on
    stderr; the samples file's path on stdout.
 
@@ -209,50 +211,103 @@ def has_ties(proxy: np.ndarray) -> np.ndarray:
     return (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
 
 
+def per_prompt_kl(proxy: np.ndarray, ns: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """([P, K] KL of best-of-n per prompt, [P] tied): log n - (n-1)/n where the prompt's proxy scores are all
+    distinct, the tie-aware estimate (`bon.kl_bon_tie_aware`) where some repeat."""
+    tied = has_ties(proxy)
+    kl = np.tile(np.asarray(bon.kl_bon_analytic(np.asarray(ns)), dtype=np.float64), (proxy.shape[0], 1))
+    for p in np.flatnonzero(tied):
+        kl[p] = [bon.kl_bon_tie_aware(proxy[p], n) for n in ns]
+    return kl, tied
+
+
+def bon_per_prompt(frame, proxy_column: str, gold_column: str, ns: list[int], N: int) -> dict[str, np.ndarray]:
+    """Each prompt's best-of-n estimates, [P, K] per quantity, and its initial-policy means, [P].
+
+    proxy, gold, length: the unbiased best-of-n expectations (eq. 1 of bon_estimator); kl: per_prompt_kl;
+    kl_beirami: Beirami et al.'s estimate under the selection weights; proxy_initial, gold_initial: the mean
+    of all N samples of the prompt — the initial policy measured on the same prompts and samples, which
+    is what every best-of-n gain is paired against (n = 1 has the same expectation).
+    """
+    proxy = as_matrix(frame, proxy_column, N)
+    logprob = as_matrix(frame, "logprob", N)
+    gold = as_matrix(frame, gold_column, N)
+    out = bon.best_of_n_per_prompt(proxy, {"proxy": proxy, "gold": gold, "length": as_matrix(frame, "tokens", N)}, ns)
+    out["kl"], out["tied"] = per_prompt_kl(proxy, ns)
+    out["kl_beirami"] = np.column_stack([per_prompt_beirami(proxy, logprob, n) for n in ns])
+    out["proxy_initial"], out["gold_initial"] = proxy.mean(axis=1), gold.mean(axis=1)
+    return out
+
+
+def interval_columns(per_prompt: dict[str, np.ndarray], bootstrap: int, seed: int) -> list[dict]:
+    """For each point k of a curve measured on P prompts: proxy_gain and gold_gain over the initial policy,
+    paired by prompt, with 95% percentile intervals from `bootstrap` prompt resamples, and kl_lo / kl_hi.
+
+    One seed for every column and every proxy, so all of a run's intervals come from the same resamples.
+    Shared by best-of-n and the tilted optimum (`tilted.py`); RL rows get the same from evaluate.Evaluator.
+    """
+    from bon_vs_rl import statistics
+
+    columns: dict[str, np.ndarray] = {}
+    for name in ("proxy", "gold"):
+        est = statistics.paired_gain_interval(per_prompt[name], per_prompt[f"{name}_initial"], B=bootstrap, rng=seed)
+        columns.update({f"{name}_gain": est["gain"], f"{name}_gain_lo": est["gain_lo"],
+                        f"{name}_gain_hi": est["gain_hi"], f"{name}_lo": est["mean_lo"], f"{name}_hi": est["mean_hi"]})
+    est = statistics.paired_gain_interval(per_prompt["kl"], np.zeros(per_prompt["kl"].shape[0]), B=bootstrap, rng=seed)
+    columns.update({"kl_lo": est["mean_lo"], "kl_hi": est["mean_hi"]})
+    K = per_prompt["kl"].shape[1]
+    return [{name: float(np.asarray(values).reshape(K)[k]) for name, values in columns.items()} for k in range(K)]
+
+
+def mean_and_se(per_prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over prompts and its standard error across prompts (NaN for one prompt: no spread known)."""
+    P = per_prompt.shape[0]
+    se = per_prompt.std(axis=0, ddof=1) / np.sqrt(P) if P > 1 else np.full(per_prompt.shape[1], np.nan)
+    return per_prompt.mean(axis=0), se
+
+
 def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, bootstrap: int,
              seed: int) -> list[dict]:
     """The best-of-n curve of one proxy: one dict per n with the estimates (no provenance fields)."""
-    proxy = as_matrix(frame, proxy_column, N)
-    logprob = as_matrix(frame, "logprob", N)
-    columns = {"gold": as_matrix(frame, gold_column, N), "length": as_matrix(frame, "tokens", N)}
-    # The same bootstrap resamples of prompts for every proxy: differences between proxies are paired.
-    table = bon.best_of_n_table(proxy, columns, ns, bootstrap=bootstrap, rng=seed)
-    tied = has_ties(proxy)
-    P = proxy.shape[0]
-    if tied.any():
-        # Each prompt's empirical reference distribution over distinct proxy scores, as in
-        # bon.kl_bon_exact_empirical, found once rather than once per n.
-        reference = [np.unique(proxy[p], return_counts=True)[1] / N for p in range(P)]
+    per = bon_per_prompt(frame, proxy_column, gold_column, ns, N)
+    intervals = interval_columns(per, bootstrap, seed)
+    analytic = np.asarray(bon.kl_bon_analytic(np.asarray(ns)), dtype=np.float64)
     rows = []
     for k, n in enumerate(ns):
-        beirami = per_prompt_beirami(proxy, logprob, n)
-        kl_exact = float(np.mean([bon.kl_bon_exact(r, n) for r in reference])) if tied.any() else float("nan")
-        row = {
-            "n": int(n), "kl": float(table["kl_analytic"][k]),
-            "kl_beirami": float(beirami.mean()),
-            "kl_beirami_se": float(beirami.std(ddof=1) / np.sqrt(P)) if P > 1 else float("nan"),
-            "kl_exact": kl_exact, "tied_prompts": int(tied.sum()),
-        }
-        for name in ("proxy", "gold", "length"):
-            row[f"{name}_mean"] = float(table[f"{name}_mean"][k])
-            row[f"{name}_se"] = float(table[f"{name}_se"][k])
-            if bootstrap:
-                row[f"{name}_lo"] = float(table[f"{name}_lo"][k])
-                row[f"{name}_hi"] = float(table[f"{name}_hi"][k])
-        rows.append(row)
+        row = {"n": int(n), "kl_analytic": float(analytic[k]), "tied_prompts": int(per["tied"].sum())}
+        for name in ("kl", "kl_beirami", "proxy", "gold", "length"):
+            mean, se = mean_and_se(per[name][:, k:k + 1])
+            key = name if name.startswith("kl") else f"{name}_mean"
+            row[key], row[f"{name}_se"] = float(mean[0]), float(se[0])
+        rows.append({**row, **intervals[k]})
     return rows
 
 
+def prompt_set_id(frame) -> str:
+    """The evaluation prompts' fingerprint, as evaluate.prompt_set_id computes it for RL runs."""
+    from bon_vs_rl.evaluate import prompt_set_id as fingerprint
+
+    return fingerprint(frame.groupby("prompt_id", sort=True)["prompt"].first().tolist())
+
+
+def setting_id(cfg: SampleConfig) -> str:
+    from bon_vs_rl.evaluate import setting_id as fingerprint
+
+    return fingerprint(cfg)
+
+
 def summary_table(rows: list[dict]):
-    """The printed table of one proxy: one line per n."""
+    """The printed table of one proxy: one line per n, gains over n = 1 with their paired 95% intervals."""
     import pandas as pd
 
-    shown = pd.DataFrame([{
-        "n": r["n"], "KL": r["kl"], "KL Beirami": r["kl_beirami"], "KL exact": r["kl_exact"],
-        "proxy": r["proxy_mean"], "± se": r["proxy_se"], "gold": r["gold_mean"], "± se ": r["gold_se"],
-        "tokens": r["length_mean"],
+    def span(r, name):
+        return f"[{r[name + '_lo']:.3g}, {r[name + '_hi']:.3g}]"
+
+    return pd.DataFrame([{
+        "n": r["n"], "KL": r["kl"], "KL Beirami": r["kl_beirami"], "proxy": r["proxy_mean"],
+        "proxy gain": r["proxy_gain"], "95% CI": span(r, "proxy_gain"), "gold": r["gold_mean"],
+        "gold gain": r["gold_gain"], "95% CI ": span(r, "gold_gain"), "tokens": r["length_mean"],
     } for r in rows])
-    return shown.drop(columns=["KL exact"]) if shown["KL exact"].isna().all() else shown
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +373,7 @@ def sample(cfg: SampleConfig) -> str:
             # What the samples cost to generate, also when this run only rescored them.
             "sample_count": len(frame), "generated_tokens": int(frame["tokens"].sum()),
             "bootstrap": cfg.bootstrap, "from_samples": cfg.from_samples,
+            "setting": setting_id(cfg), "prompt_set": prompt_set_id(frame),
             **{name: source[name] for name in SAMPLING_SETTINGS},
         }
         rows = []

@@ -416,3 +416,53 @@ def kl_bon_exact_empirical(proxy_scores: ArrayLike, n: int) -> float:
     proxy = _check_scores(proxy_scores, "proxy_scores", ndim=1)
     _, counts = np.unique(proxy, return_counts=True)  # ascending, ties merged
     return kl_bon_exact(counts / proxy.shape[0], n)
+
+
+def _log_G(log_u: np.ndarray, n: int) -> np.ndarray:
+    """∫_0^u n t^(n-1) log(n t^(n-1)) dt = u^n [log n + (n-1) log u - (n-1)/n], for u = exp(log_u) in [0, 1].
+
+    The integrand is the log density ratio of best-of-n in CDF space (a continuous reward: the kept
+    sample's CDF value has density n t^(n-1)), so G(1) = log n - (n-1)/n, the analytic KL.
+    Differentiate u^n log(n u^(n-1)) to check: n u^(n-1) log(n u^(n-1)) + (n-1) u^(n-1).
+    """
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+        bracket = math.log(n) + (n - 1) * log_u - (n - 1) / n
+        return np.where(np.isneginf(log_u), 0.0, np.exp(n * log_u) * bracket)
+
+
+def kl_bon_tie_aware(proxy_scores: ArrayLike, n: int) -> float:
+    """KL(π_bon || π) estimated from one prompt's N samples, honest when samples tie or repeat.
+
+    A sample whose proxy score no other sample shares is taken as a draw from a continuous part of the
+    reward distribution: over its slice (F_{i-1}, F_i] of the empirical CDF it contributes the integral of
+    the continuous log density ratio, G(F_i) - G(F_{i-1}) (see _log_G). A block of c >= 2 equal scores
+    (identical completions, an RM that saturates) is an atom of mass p = c/N, which best-of-n can only
+    take or leave whole: it contributes q log(q/p) with q = F_i^n - F_{i-1}^n (Beirami et al. 2024's
+    point that log n - (n-1)/n over-states the KL of a discrete reward).
+
+    Without ties the sum telescopes to G(1) = log n - (n-1)/n exactly, the analytic value; with every
+    sample tied it is 0 (best-of-n cannot move the policy). Unlike `kl_bon_exact_empirical` it does not
+    shrink toward the KL of a uniform distribution over N outcomes when there are no ties: only the
+    observed atoms are treated as atoms. As N grows it converges to the exact KL of a reference whose
+    reward distribution mixes atoms (masses well above 1/N) with a continuous part.
+    """
+    proxy = _check_scores(proxy_scores, "proxy_scores", ndim=1)
+    n = _check_n(n)
+    N = proxy.shape[0]
+    _, counts = np.unique(proxy, return_counts=True)  # ascending blocks of equal scores
+    if len(counts) == N:
+        return float(kl_bon_analytic(n))
+    upper_count = np.cumsum(counts)  # N·F_i
+    lower_count = upper_count - counts  # N·F_{i-1}
+    with np.errstate(divide="ignore"):
+        log_upper = np.log(upper_count / N)
+        log_lower = np.log(lower_count / N)  # -inf for the first block
+    atom = counts >= 2
+    continuous = _log_G(log_upper[~atom], n) - _log_G(log_lower[~atom], n)
+    # Atoms: q = F_i^n (1 - (F_{i-1}/F_i)^n), in log space so that large n loses nothing.
+    log_q = n * log_upper[atom] + _log1mexp(n * (log_lower[atom] - log_upper[atom]))
+    q = np.exp(log_q)
+    p = counts[atom] / N
+    with np.errstate(divide="ignore", invalid="ignore"):
+        atoms = np.where(q > 0.0, q * (log_q - np.log(p)), 0.0)
+    return max(float(continuous.sum() + atoms.sum()), 0.0)

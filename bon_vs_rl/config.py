@@ -172,7 +172,9 @@ class SampleConfig(SamplingConfig, CommonConfig):
     n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.")
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
     eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
-    bootstrap: int = option(0, "Bootstrap resamples over prompts for 95% intervals (0 = off).")
+    bootstrap: int = option(
+        2000, "Prompt resamples for the 95% intervals of every row (paired gains over n=1, KL); at least 100."
+    )
     from_samples: str | None = option(
         None,
         "Rescore a samples.parquet from an earlier bonrl sample instead of generating: its prompts, sampling "
@@ -192,14 +194,28 @@ class SampleConfig(SamplingConfig, CommonConfig):
             )
         if self.eval_prompts < 0:
             raise ConfigError(f"eval_prompts: {self.eval_prompts} must be ≥ 0 (0 = all)")
-        if self.bootstrap < 0:
-            raise ConfigError(f"bootstrap: {self.bootstrap} must be ≥ 0")
+        check_bootstrap(self.bootstrap)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
 
     @property
     def ns(self) -> list[int]:
         return parse_int_list(self.n, "n")
+
+
+def check_bootstrap(resamples: int) -> None:
+    # Percentile 95% intervals read the 2.5% and 97.5% quantiles: with fewer than ~100 resamples those
+    # are a handful of draws and the interval itself is noise.
+    if resamples < 100:
+        raise ConfigError(f"bootstrap: {resamples} prompt resamples are too few for a 95% interval; "
+                          "use at least 100, e.g. --bootstrap 2000")
+
+
+def check_untruncated(cfg: SamplingConfig) -> None:
+    """RL's PPO ratios, its KL penalty and its exact-KL evaluation assume samples from the policy itself."""
+    if cfg.top_k or cfg.top_p < 1.0:
+        raise ConfigError(f"top_k/top_p: RL samples and measures the untruncated policy (its ratios and KL assume "
+                          f"it); got top_k={cfg.top_k}, top_p={cfg.top_p}: use --top-k 0 --top-p 1.0")
 
 
 def results_path_default() -> str | None:
@@ -310,8 +326,10 @@ class RLEvalConfig:
     eval_every: int = option(10, "Evaluate every this many RL steps (and at step 0 and the last step).")
     eval_prompts: int = option(100, "How many held-out eval prompts each evaluation uses (0 = all).")
     eval_samples_per_prompt: int = option(4, "Completions sampled per eval prompt at each evaluation.")
+    bootstrap: int = option(2000, "Prompt resamples for each evaluation row's 95% intervals (paired gains, KL).")
 
     def validate(self) -> None:
+        check_bootstrap(self.bootstrap)
         if self.eval_every <= 0:
             raise ConfigError(f"eval_every: {self.eval_every} must be ≥ 1")
         if self.eval_prompts < 0:
@@ -357,6 +375,7 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
         RLEvalConfig.validate(self)
+        check_untruncated(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
         if self.steps <= 0:
@@ -417,6 +436,7 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
         RLEvalConfig.validate(self)
+        check_untruncated(self)
         if self.rollout_batch_size <= 0:
             raise ConfigError(f"rollout_batch_size: {self.rollout_batch_size} must be ≥ 1")
         if self.log_with not in ("none", "tensorboard", "wandb"):
@@ -494,18 +514,27 @@ class ExperimentConfig:
     device: str = option("auto", "Device for every stage.")
     cache_dir: str | None = option(None, "Converted-model cache directory.")
     quiet: bool = option(False, "No progress bars.")
+    eval_prompts: int = option(
+        100, "The shared evaluation set: the first this many held-out prompts, for best-of-n and every RL run "
+        "(0 = the whole eval split). Every method is measured and compared on exactly these prompts."
+    )
     common: dict = option({}, "Settings given to every stage (e.g. policy, gold, prompts, max_new_tokens).")
     # The lists of mappings default to None (= empty) so the generic type coercion leaves their
     # mappings alone; validate() turns None into [] and checks every entry is a mapping.
     train_rm: list | None = option(None, "One mapping of train-rm settings per proxy RM (data-size/backbone sweeps).")
     sample: dict = option({}, "best-of-n settings (n grid, samples_per_prompt, ...).")
-    ppo: list | None = option(None, "One mapping of PPO settings per run (e.g. one per β).")
-    rl: list | None = option(None, "Optional TRL runs: mappings with algo: rloo|grpo and their settings.")
+    ppo: list | None = option(
+        None, "One mapping of PPO settings per run (e.g. one per β); `seeds: [0, 1, 2]` in an entry runs one "
+        "replicate per seed (stages ppo-K-seedS), pooled into one curve by the report."
+    )
+    rl: list | None = option(None, "Optional TRL runs: mappings with algo: rloo|grpo and their settings (seeds too).")
     report: dict = option({}, "Report settings.")
 
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("name: empty; give the experiment a name")
+        if self.eval_prompts < 0:
+            raise ConfigError(f"eval_prompts: {self.eval_prompts} must be ≥ 0 (0 = the whole eval split)")
         if self.seed < 0:
             raise ConfigError(f"seed: {self.seed} is negative; use a non-negative integer")
         for key in ("common", "sample", "report"):

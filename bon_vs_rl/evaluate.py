@@ -10,21 +10,29 @@ every `eval_every` steps and at the last step,
    the same at every evaluation (common random numbers: the step-to-step differences of a curve are
    then less sampling noise);
 2. score every sample with the proxy and the gold;
-3. estimate KL(π‖π_ref) = E_{y~π}[log π(y|x) − log π_ref(y|x)] by the sample mean of the summed
-   per-token log-ratio (the unbiased "k1" estimator; Schulman 2020, "Approximating KL divergence").
-   Both log-probabilities come from a forward pass of the same code (`token_logprobs`) at the sampling
-   temperature, over the same padded batch, so at step 0 — policy = reference — every log-ratio is
-   exactly 0. (With top-k/top-p truncation the samples come from the truncated distribution while the
-   log-probs are those of π itself, as in the sampler and best-of-n: the estimate is then
-   E_q[log π − log π_ref], the quantity BoN reports too.)
-   Standard errors are taken over prompts (the standard deviation of per-prompt means / sqrt(prompts)),
-   because samples of one prompt are correlated. A single estimate can be negative by chance; one more
+3. estimate KL(π‖π_ref) two ways from the same forward passes of policy and reference, both at the
+   sampling temperature over the same padded batch (so at step 0 — policy = reference — both are 0):
+     kl          the exact per-token KL, sum over the vocabulary of π log(π/π_ref) at every position of
+                 each sampled completion, summed along it. By the chain rule its mean over completions
+                 y ~ π is unbiased for KL(π‖π_ref) over whole completions, and it has far less variance
+                 than the sampled log-ratio because each position's KL is computed, not sampled.
+     kl_sampled  the sampled "k1" estimate, the summed log π(y_t) − log π_ref(y_t) of the sampled tokens
+                 (Schulman 2020, "Approximating KL divergence"), kept beside it as a check.
+   RL runs refuse top-k/top-p truncation (their ratios and KL assume the untruncated policy), so the
+   full softmax is the distribution sampled. A single k1 estimate can be negative by chance; one more
    than 3 standard errors below 0 cannot be, since KL ≥ 0 — it means policy and reference disagree on
-   how log-probs are computed. It is never clipped: it is recorded as is, flagged by `kl_negative = 1`
-   in the row, and announced with a warning on stderr;
-4. write one row to the shared results table (method ppo / rloo / grpo) and the samples, in
-   best-of-n's saved-samples format (`Samples.to_frame`) plus step, ref_logprob and kl columns, to
-   OUTPUT/eval_samples/step-NNNNNN.parquet.
+   how log-probs are computed. It is recorded as is, flagged by `kl_negative = 1`, and announced.
+   Standard errors are taken over prompts (the standard deviation of per-prompt means / sqrt(prompts)),
+   because samples of one prompt are correlated;
+4. gains over the initial policy, paired by prompt: the first evaluation of a run (step 0, the
+   untrained policy) is its initial-policy measurement, and every row records proxy_gain and gold_gain —
+   the mean over prompts of (prompt's mean now − its mean at step 0) — with 95% intervals from resampling
+   prompts (`statistics.paired_gain_interval`), and kl_lo / kl_hi likewise. Pairing removes the
+   prompt-to-prompt variation that an unpaired difference of two means would carry;
+5. write one row to the shared results table (method ppo / rloo / grpo) and the samples, in
+   best-of-n's saved-samples format (`Samples.to_frame`) plus step, ref_logprob, kl and kl_sampled
+   columns, to OUTPUT/eval_samples/step-NNNNNN.parquet (the row's samples_path is absolute, so it does
+   not depend on the working directory).
 
 Under `accelerate launch` every process samples its share of the eval prompts; the per-sample numbers
 are gathered and the main process alone writes the row and the file.
@@ -119,6 +127,36 @@ def token_logprobs(model, batch: Packed, temperature: float, chunk: int, autocas
     return torch.cat(out)
 
 
+@torch.no_grad()
+def logprobs_and_exact_kl(policy, reference, batch: Packed, temperature: float, chunk: int, autocast=None):
+    """Per-token log π and log π_ref of the sampled tokens and the exact per-token KL, each [B, T].
+
+    KL_t = sum over the vocabulary of π(v | x, y_<t) log(π(v | x, y_<t) / π_ref(v | x, y_<t)), at the
+    sampling temperature; 0 past each completion's end. Policy and reference run on the same chunk so
+    only one chunk's [chunk, T, vocab] distributions are held at a time.
+    """
+    logprob, ref_logprob, kl = [], [], []
+    for start in range(0, len(batch), chunk):
+        part = batch[slice(start, start + chunk)]
+        with autocast() if autocast else contextlib.nullcontext():
+            _, logits = completion_logits(policy, part, temperature)
+            _, ref_logits = completion_logits(reference, part, temperature)
+        log_p, log_q = torch.log_softmax(logits, dim=-1), torch.log_softmax(ref_logits, dim=-1)
+        ids, mask = part.completion_ids[..., None], part.completion_mask
+        logprob.append(log_p.gather(-1, ids).squeeze(-1) * mask)
+        ref_logprob.append(log_q.gather(-1, ids).squeeze(-1) * mask)
+        kl.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0) * mask)  # clamp: rounding only
+    return torch.cat(logprob), torch.cat(ref_logprob), torch.cat(kl)
+
+
+def per_prompt_means(values, prompt_index) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt ids ascending, each prompt's mean of `values`): the unit of sampling is the prompt."""
+    values, prompt_index = np.asarray(values, dtype=np.float64), np.asarray(prompt_index)
+    ids, inverse = np.unique(prompt_index, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(ids))
+    return ids, sums / np.bincount(inverse, minlength=len(ids))
+
+
 def clustered_mean_se(values: np.ndarray, prompt_index: np.ndarray) -> tuple[float, float]:
     """Mean over samples, and its standard error over prompts (samples of one prompt are correlated)."""
     values = np.asarray(values, dtype=np.float64)
@@ -163,6 +201,11 @@ class Evaluator:
         self.seed = int(np.random.SeedSequence([cfg.seed, 7, self.rank]).generate_state(1)[0])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.tokens_used = 0  # tokens generated by the last evaluation, summed over processes
+        # The initial policy on these prompts: per-prompt proxy and gold means of the run's first
+        # evaluation (step 0), the baseline every later row's gains are paired against.
+        self.baseline: dict[str, np.ndarray] | None = None
+        self.setting = setting_id(cfg)
+        self.prompt_set = prompt_set_id(self.prompts)
 
     def _gather(self, items: list) -> list:
         if self.world == 1:
@@ -191,28 +234,31 @@ class Evaluator:
         encoded = sampling.encode_prompts(self.tokenizer, local_prompts, cfg.max_prompt_tokens)
         batch = pack_completions([encoded[i] for i in samples.prompt_index], samples.completion_ids,
                                  samples.token_count, self.pad_id, device)
-        logprob = token_logprobs(policy, batch, cfg.temperature, cfg.batch_size, autocast).sum(1).double().cpu()
-        ref_logprob = token_logprobs(self.reference, batch, cfg.temperature, cfg.batch_size,
-                                     autocast).sum(1).double().cpu()
+        token_lp, token_ref_lp, token_kl = logprobs_and_exact_kl(policy, self.reference, batch, cfg.temperature,
+                                                                 cfg.batch_size, autocast)
+        logprob, ref_logprob = token_lp.sum(1).double().cpu(), token_ref_lp.sum(1).double().cpu()
+        kl_exact = token_kl.sum(1).double().cpu().numpy()
         if was_training:
             policy.train()
         sample_prompts = [local_prompts[i] for i in samples.prompt_index]
         proxy, proxy_ok = score_or_stop(self.proxy, sample_prompts, samples.completions)
         gold, gold_ok = score_or_stop(self.gold, sample_prompts, samples.completions)
-        kl = (logprob - ref_logprob).numpy()
+        kl_sampled = (logprob - ref_logprob).numpy()
 
         local = {
             "prompt_id": [self.local[i] for i in samples.prompt_index], "prompt": sample_prompts,
             "completion": samples.completions, "tokens": samples.token_count.tolist(),
             "sampler_logprob": samples.logprob.tolist(), "logprob": logprob.tolist(),
             "ref_logprob": ref_logprob.tolist(), "ended": samples.ended.tolist(),
-            "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl.tolist(),
+            "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl_exact.tolist(),
+            "kl_sampled": kl_sampled.tolist(),
         }
         merged = {key: self._gather(values) for key, values in local.items()}
         bad = [name for name, ok in (("proxy", proxy_ok), ("gold", gold_ok)) if not ok]
         bad_everywhere = self._gather(bad)
         kl_all = np.asarray(merged["kl"], dtype=np.float64)
-        if bad_everywhere or not np.isfinite(kl_all).all():
+        kl_sampled_all = np.asarray(merged["kl_sampled"], dtype=np.float64)
+        if bad_everywhere or not (np.isfinite(kl_all).all() and np.isfinite(kl_sampled_all).all()):
             what = ", ".join(sorted(set(bad_everywhere))) or "KL"
             path = Path(self.output) / f"nonfinite-eval-step-{step:06d}.parquet"
             if self.rank == 0:  # every process holds the gathered batch; one writes it
@@ -225,12 +271,13 @@ class Evaluator:
         prompt_index = np.asarray(merged["prompt_id"])
         tokens = np.asarray(merged["tokens"], dtype=np.int64)
         kl_mean, kl_se = clustered_mean_se(kl_all, prompt_index)
+        sampled_mean, sampled_se = clustered_mean_se(kl_sampled_all, prompt_index)
         proxy_mean, proxy_se = clustered_mean_se(merged["proxy"], prompt_index)
         gold_mean, gold_se = clustered_mean_se(merged["gold"], prompt_index)
-        negative = bool(np.isfinite(kl_se) and kl_mean < -NEGATIVE_KL_SIGMAS * max(kl_se, 1e-12))
+        negative = bool(np.isfinite(sampled_se) and sampled_mean < -NEGATIVE_KL_SIGMAS * max(sampled_se, 1e-12))
         if negative:
-            sigmas = -kl_mean / max(kl_se, 1e-12)
-            message = (f"{self.method} step {step}: KL estimate {kl_mean:.4g} is {sigmas:.1f} standard errors "
+            sigmas = -sampled_mean / max(sampled_se, 1e-12)
+            message = (f"{self.method} step {step}: sampled KL estimate {sampled_mean:.4g} is {sigmas:.1f} standard errors "
                        "below 0 — impossible for a true KL; policy and reference log-probs disagree (temperature, "
                        "dtype or padding). Recorded unclipped with kl_negative=1.")
             warnings.warn(message, stacklevel=2)
@@ -248,12 +295,15 @@ class Evaluator:
         frame["ref_logprob"] = merged["ref_logprob"]
         frame["policy_logprob"] = merged["logprob"]
         frame["kl"] = kl_all
-        samples_path = self.output / "eval_samples" / f"step-{step:06d}.parquet"
+        frame["kl_sampled"] = kl_sampled_all
+        samples_path = (self.output / "eval_samples" / f"step-{step:06d}.parquet").resolve()
         files.write_parquet(samples_path, frame)
+        intervals = self.paired_intervals(prompt_index, merged["proxy"], merged["gold"], kl_all, step)
 
         row = {
             # sqrt_kl is filled in by the results table (sqrt of max(KL, 0)); kl itself is kept unclipped.
             "method": self.method, "n": None, "step": step, "kl": kl_mean, "kl_se": kl_se,
+            "kl_sampled": sampled_mean, "kl_sampled_se": sampled_se, **intervals,
             "proxy_mean": proxy_mean, "proxy_se": proxy_se, "gold_mean": gold_mean, "gold_se": gold_se,
             "proxy_std": float(np.std(merged["proxy"], ddof=1)) if len(tokens) > 1 else float("nan"),
             "gold_std": float(np.std(merged["gold"], ddof=1)) if len(tokens) > 1 else float("nan"),
@@ -262,6 +312,7 @@ class Evaluator:
             "generated_tokens": int(generated_tokens + tokens.sum()), "trained_tokens": int(trained_tokens),
             "beta": float(beta), "policy": cfg.policy, "proxy": cfg.proxy, "gold": cfg.gold, "seed": cfg.seed,
             "samples_path": str(samples_path), "kl_negative": int(negative),
+            "setting": self.setting, "prompt_set": self.prompt_set, "bootstrap": cfg.bootstrap,
             "eval_seconds": time.perf_counter() - start, **(extra or {}),
         }
         if self.store is not None:
@@ -269,3 +320,58 @@ class Evaluator:
         console.note(f"{self.method} eval step {step}: KL {kl_mean:.4g} ± {kl_se:.2g}, proxy {proxy_mean:.4g} "
                      f"± {proxy_se:.2g}, gold {gold_mean:.4g} ± {gold_se:.2g}, length {tokens.mean():.1f}", cfg.quiet)
         return row
+
+    def paired_intervals(self, prompt_index, proxy, gold, kl, step: int) -> dict:
+        """Gains over this run's initial policy, paired by prompt, and their 95% intervals (see 4. above)."""
+        from bon_vs_rl import statistics
+
+        ids, proxy_means = per_prompt_means(proxy, prompt_index)
+        gold_means, kl_means = per_prompt_means(gold, prompt_index)[1], per_prompt_means(kl, prompt_index)[1]
+        if self.baseline is None:
+            self.baseline = self.load_baseline(step, ids, proxy_means, gold_means)
+        if not np.array_equal(self.baseline["prompt_id"], ids):  # cannot happen with a fixed prompt list
+            raise RuntimeError(f"{self.method} step {step}: evaluated prompts differ from the initial evaluation's")
+        seed = int(np.random.SeedSequence([self.cfg.seed, 11, step]).generate_state(1)[0])
+        B = self.cfg.bootstrap
+        out = {}
+        for name, values in (("proxy", proxy_means), ("gold", gold_means)):
+            est = statistics.paired_gain_interval(values, self.baseline[name], B=B, rng=seed)
+            out.update({f"{name}_gain": float(est["gain"]), f"{name}_gain_lo": float(est["gain_lo"]),
+                        f"{name}_gain_hi": float(est["gain_hi"])})
+        est = statistics.paired_gain_interval(kl_means, np.zeros_like(kl_means), B=B, rng=seed)
+        out.update({"kl_lo": float(est["mean_lo"]), "kl_hi": float(est["mean_hi"])})
+        return out
+
+    def load_baseline(self, step: int, ids, proxy_means, gold_means) -> dict[str, np.ndarray]:
+        """The run's step-0 per-prompt means: this evaluation's at step 0, else (a resumed run) its saved file."""
+        if step != 0:
+            import pandas as pd
+
+            path = self.output / "eval_samples" / f"step-{0:06d}.parquet"
+            if not path.is_file():
+                raise RuntimeError(f"{self.method}: no step-0 evaluation in {path.parent}; the gains over the initial "
+                                   "policy need it (was the run's output directory changed?)")
+            frame = pd.read_parquet(path)
+            ids, proxy_means = per_prompt_means(frame["proxy"], frame["prompt_id"])
+            gold_means = per_prompt_means(frame["gold"], frame["prompt_id"])[1]
+        return {"prompt_id": ids, "proxy": proxy_means, "gold": gold_means}
+
+
+def setting_id(cfg) -> str:
+    """What a run computes, minus its seed and where it writes: replicate seeds of one setting share it,
+    so the report can pool them into one curve."""
+    import hashlib
+    import json
+
+    from bon_vs_rl.config import to_dict
+
+    skip = {"seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "log_with"}
+    config = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prompt_set_id(prompts: list[str]) -> str:
+    """A fingerprint of the evaluation prompts (text and order): curves compared by prompt must share it."""
+    import hashlib
+
+    return hashlib.sha256("\x1e".join(prompts).encode()).hexdigest()[:12]

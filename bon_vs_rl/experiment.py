@@ -14,6 +14,13 @@ experiment's name:
     rl-0, ...          `bonrl rl`, one per `rl` entry (algo: rloo | grpo)
     report             `bonrl report` over exactly the runs of the stages above (OUTPUT/report)
 
+One shared evaluation set: the experiment's `eval_prompts` (the first that many held-out prompts) is
+given to best-of-n and to every RL stage, and no stage may set its own, so every method is measured on
+the same prompts and the report can pair their gains prompt by prompt (issue: compare like with like).
+Replicate seeds: an RL entry with `seeds: [0, 1, 2]` becomes one stage per seed (ppo-0-seed0,
+ppo-0-seed1, ...; `--force ppo-0` reruns them all); the report pools them into one curve whose interval
+includes the seed-to-seed spread.
+
 A stage's config is built the way the stage's own command builds it (`config.resolve`): built-in
 defaults < `common` (the keys that stage has) < the stage's entry < what the experiment fixes (seed
 unless the entry sets one, device, cache_dir, quiet, experiment, results, output). All of them are
@@ -59,7 +66,7 @@ STAGES = {
     "ppo": (C.PPOConfig, "bon_vs_rl.ppo:train"),
     "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
 }
-FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet")  # set by the experiment only
+FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet", "eval_prompts")  # set by the experiment only
 UNHASHED = ("quiet", "device", "cache_dir", "resume")  # how a stage runs, not what it computes
 RM_STAGE = re.compile(r"rm-\d+")
 
@@ -114,6 +121,8 @@ def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, whe
     values.update(entry)
     values.update(output=str(Path(cfg.output) / name), results=results, experiment=cfg.name,
                   device=cfg.device, cache_dir=cfg.cache_dir, quiet=cfg.quiet)
+    if "eval_prompts" in fields_of(cls):  # the shared evaluation set (train-rm's held-out pairs are its own)
+        values["eval_prompts"] = cfg.eval_prompts
     try:
         return C.resolve(cls, values)
     except C.ConfigError as exc:
@@ -152,8 +161,17 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
                 raise C.ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
                                     f"add one {kind} entry per proxy")
             entry["proxy"] = entry["proxy"][0]
-            name = f"{kind}-{i}"
-            stages.append(Stage(name, kind, stage_config(cfg, kind, name, entry, f"{kind}[{i}]", results), needs))
+            seeds = replicate_seeds(entry.pop("seeds", None), f"{kind}[{i}]")
+            if seeds is None:
+                name = f"{kind}-{i}"
+                stages.append(Stage(name, kind, stage_config(cfg, kind, name, entry, f"{kind}[{i}]", results), needs))
+                continue
+            if "seed" in entry:
+                raise C.ConfigError(f"{kind}[{i}]: give either seed or seeds, not both")
+            for seed in seeds:
+                name = f"{kind}-{i}-seed{seed}"
+                stages.append(Stage(name, kind, stage_config(cfg, kind, name, {**entry, "seed": seed}, f"{kind}[{i}]",
+                                                             results), needs))
 
     by_name = {s.name: s for s in stages}
     for s in stages:  # in run order, so every stage's needs are hashed before it
@@ -176,6 +194,19 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     return stages, report_cfg
 
 
+def replicate_seeds(value, where: str) -> list[int] | None:
+    """`seeds: [0, 1, 2]` (or `seeds: 3` for 0, 1, 2) -> the list; None when the entry has no seeds key."""
+    if value is None:
+        return None
+    seeds = list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           and s >= 0 for s in seeds):
+        raise C.ConfigError(f"{where}: seeds must be a non-empty list of non-negative integers, e.g. seeds: [0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise C.ConfigError(f"{where}: seeds {seeds} repeat a seed; replicates need distinct seeds")
+    return seeds
+
+
 def forced(stages: list[Stage], force: list[str]) -> set[str]:
     """--force names: a stage (rm-0), a kind (rm, ppo, ...), `report` or `all`."""
     names = {s.name for s in stages}
@@ -185,6 +216,8 @@ def forced(stages: list[Stage], force: list[str]) -> set[str]:
             out |= names
         elif item in names:
             out.add(item)
+        elif any(n.startswith(f"{item}-seed") for n in names):  # an entry with seeds: all its replicates
+            out |= {n for n in names if n.startswith(f"{item}-seed")}
         elif item in STAGES and any(s.kind == item for s in stages):
             out |= {s.name for s in stages if s.kind == item}
         elif item != "report":  # the report always runs

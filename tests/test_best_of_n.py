@@ -27,9 +27,10 @@ TIED = f"python:{TOYS}:tied_proxy"
 HASHED = f"python:{TOYS}:hashed_proxy"
 GOLD = f"python:{TOYS}:length_gold"
 NS = [1, 2, 4, 8]
-ESTIMATES = ["n", "kl", "sqrt_kl", "kl_beirami", "kl_beirami_se", "kl_exact", "tied_prompts", "proxy_mean",
-             "proxy_se", "gold_mean", "gold_se", "length_mean", "length_se", "sample_count", "prompt_count",
-             "generated_tokens", "samples_per_prompt", "policy", "proxy", "gold", "seed"]
+ESTIMATES = ["n", "kl", "sqrt_kl", "kl_analytic", "kl_lo", "kl_hi", "kl_beirami", "kl_beirami_se", "tied_prompts",
+             "proxy_mean", "proxy_se", "gold_mean", "gold_se", "length_mean", "length_se", "proxy_gain",
+             "proxy_gain_lo", "proxy_gain_hi", "gold_gain", "gold_gain_lo", "gold_gain_hi", "sample_count",
+             "prompt_count", "generated_tokens", "samples_per_prompt", "policy", "proxy", "gold", "seed", "prompt_set"]
 
 
 @pytest.fixture(scope="module")
@@ -78,28 +79,31 @@ def samples_path_of(result) -> Path:
 
 
 def assert_rows_match_samples(rows: pd.DataFrame, frame: pd.DataFrame) -> None:
-    """Every estimate of every row, recomputed prompt by prompt from the samples file."""
+    """Every estimate of every row, recomputed prompt by prompt from the samples file with the one-prompt
+    functions (weights, tie-aware KL), and every gain as a per-prompt difference from the prompt's mean."""
     groups = [g for _, g in frame.groupby("prompt_id")]
     for row in rows.itertuples():
         n = row.n
-        assert row.kl == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-12)
+        assert row.kl_analytic == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-12)
+        per_prompt_kl = [bon.kl_bon_tie_aware(g[row.proxy].to_numpy(), n) for g in groups]
+        assert row.kl == pytest.approx(np.mean(per_prompt_kl), rel=1e-12, abs=1e-12)
+        assert row.kl <= row.kl_analytic + 1e-12 and row.kl_lo <= row.kl + 1e-12 <= row.kl_hi + 2e-12
         assert row.sqrt_kl == pytest.approx(math.sqrt(row.kl))
         weights = [bon.best_of_n_weights(g[row.proxy].to_numpy(), n) for g in groups]
-        for column, name in ((row.proxy, "proxy_mean"), (GOLD, "gold_mean"), ("tokens", "length_mean")):
-            expected = np.mean([w @ g[column].to_numpy() for w, g in zip(weights, groups, strict=True)])
-            assert getattr(row, name) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-        gold_per_prompt = [w @ g[GOLD].to_numpy() for w, g in zip(weights, groups, strict=True)]
-        se = np.std(gold_per_prompt, ddof=1) / math.sqrt(len(groups))
-        assert row.gold_se == pytest.approx(se, rel=1e-9, abs=1e-12)
+        for column, name in ((row.proxy, "proxy"), (GOLD, "gold"), ("tokens", "length")):
+            per_prompt = [w @ g[column].to_numpy() for w, g in zip(weights, groups, strict=True)]
+            assert getattr(row, f"{name}_mean") == pytest.approx(np.mean(per_prompt), rel=1e-9, abs=1e-12)
+            se = np.std(per_prompt, ddof=1) / math.sqrt(len(groups))
+            assert getattr(row, f"{name}_se") == pytest.approx(se, rel=1e-9, abs=1e-12)
+            if name != "length":  # the gain is paired: each prompt against the mean of its own N samples
+                gains = [b - g[column].mean() for b, g in zip(per_prompt, groups, strict=True)]
+                gain, lo, hi = (getattr(row, f"{name}_gain{s}") for s in ("", "_lo", "_hi"))
+                assert gain == pytest.approx(np.mean(gains), rel=1e-9, abs=1e-12)
+                assert min(gains) - 1e-12 <= lo <= gain + 1e-12 <= hi + 2e-12 <= max(gains) + 3e-12
         beirami = np.mean([w @ bon.kl_bon_beirami_from_logprob(g["logprob"].to_numpy(), n)
                            for w, g in zip(weights, groups, strict=True)])
         assert row.kl_beirami == pytest.approx(beirami, rel=1e-9, abs=1e-12)
-        assert -1e-12 <= row.kl_beirami <= row.kl + 1e-12
-        if row.tied_prompts:
-            exact = np.mean([bon.kl_bon_exact_empirical(g[row.proxy].to_numpy(), n) for g in groups])
-            assert row.kl_exact == pytest.approx(exact, rel=1e-9, abs=1e-12) and row.kl_exact <= row.kl + 1e-12
-        else:
-            assert math.isnan(row.kl_exact)
+        assert -1e-12 <= row.kl_beirami <= row.kl_analytic + 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def first_run(rm_proxy, tmp_path_factory):
     """One run with two proxies (the RM and the tied toy), its rows and its samples file."""
     root = tmp_path_factory.mktemp("first")
     results = root / "results.sqlite"
-    result = invoke(*sample_args(rm_proxy, TIED, extra=("--bootstrap", "50", "--output", str(root / "bon"),
+    result = invoke(*sample_args(rm_proxy, TIED, extra=("--bootstrap", "200", "--output", str(root / "bon"),
                                                          "--results", str(results))))
     rows = rows_of(result, results)
     frame, metadata = best_of_n.read_samples(samples_path_of(result))
@@ -133,18 +137,24 @@ def test_rows_match_the_estimator_recomputed_from_the_samples_file(first_run, rm
     # {0, 1, 2, 3}-valued scores on 8 samples always tie; the random RM's never do.
     assert (rows.loc[rows["proxy"] == TIED, "tied_prompts"] == 3).all()
     assert (rows.loc[rows["proxy"] == rm_proxy, "tied_prompts"] == 0).all()
-    # n = 1 keeps a uniformly random sample, whichever proxy: the same gold for both.
+    # n = 1 keeps a uniformly random sample, whichever proxy: the same gold for both, and no gain at all.
     at_one = rows[rows["n"] == 1]
     assert at_one["gold_mean"].iloc[0] == pytest.approx(at_one["gold_mean"].iloc[1])
+    for name in ("gold_gain", "gold_gain_lo", "gold_gain_hi", "proxy_gain", "kl", "kl_hi"):
+        assert np.allclose(at_one[name], 0.0, atol=1e-12), name
+    # The tied toy proxy has repeated scores on every prompt: its KL is below the analytic value.
+    tied_rows = rows[(rows["proxy"] == TIED) & (rows["n"] > 1)]
+    assert (tied_rows["kl"] < tied_rows["kl_analytic"]).all()
     assert (samples_path_of(result).parent / "resolved_config.json").is_file()
 
 
 def test_same_seed_gives_identical_rows_and_samples(first_run, rm_proxy):
     _, rows, frame, _ = first_run
-    again = invoke(*sample_args(rm_proxy, TIED, extra=("--bootstrap", "50")))
+    again = invoke(*sample_args(rm_proxy, TIED, extra=("--bootstrap", "200")))
     rows_again = rows_of(again)
     pd.testing.assert_frame_equal(rows[ESTIMATES + ["gold_lo", "gold_hi"]],
                                   rows_again[ESTIMATES + ["gold_lo", "gold_hi"]])
+    assert rows["setting"].nunique() == 1 and (rows["setting"] == rows_again["setting"]).all()
     pd.testing.assert_frame_equal(frame, best_of_n.read_samples(samples_path_of(again))[0])
     other = invoke(*sample_args(TIED, extra=("--seed", "1")))
     assert other.exit_code == 0
@@ -157,7 +167,7 @@ def test_rescoring_the_samples_file_reproduces_rows_and_adds_a_proxy(first_run, 
     path = samples_path_of(first)
     # --seed differs on purpose: the samples' own seed is the one that counts when rescoring.
     result = invoke("--policy", "tiny", "--gold", GOLD, "--n", "1,2,4,8", "--from-samples", str(path),
-                    "--proxy", rm_proxy, "--proxy", TIED, "--proxy", HASHED, "--bootstrap", "50", "--seed", "5")
+                    "--proxy", rm_proxy, "--proxy", TIED, "--proxy", HASHED, "--bootstrap", "200", "--seed", "5")
     rescored = rows_of(result)
     same = rescored[rescored["proxy"] != HASHED].reset_index(drop=True)
     pd.testing.assert_frame_equal(rows[ESTIMATES + ["gold_lo", "gold_hi"]], same[ESTIMATES + ["gold_lo", "gold_hi"]])
@@ -184,7 +194,7 @@ def test_a_low_entropy_policy_has_beirami_kl_well_below_the_formula(tmp_path):
     assert_rows_match_samples(rows, frame)
     at_16 = rows[rows["n"] == 16].iloc[0]
     assert at_16["tied_prompts"] == 4  # identical completions get identical proxy scores
-    assert at_16["kl_beirami"] < 0.9 * at_16["kl"] and at_16["kl_exact"] < 0.9 * at_16["kl"]
+    assert at_16["kl_beirami"] < 0.9 * at_16["kl_analytic"] and at_16["kl"] < 0.9 * at_16["kl_analytic"]
 
 
 def test_a_proxy_that_fails_while_scoring_fails_the_run_with_no_rows(tmp_path):
@@ -217,6 +227,7 @@ def bad_inputs(saved_samples, corrupt_rm):
         "broken python proxy": sample_args(f"python:{TOYS}:no_such_function"),
         "corrupt rm proxy": sample_args(f"rm:{corrupt_rm}"),
         "no proxy": ["--policy", "tiny", "--gold", GOLD, "--n", "1,2"],
+        "too few resamples": sample_args(TIED, extra=("--bootstrap", "20")),
         "samples of another policy": ["--policy", "smollm2-135m", "--from-samples", str(saved_samples),
                                       "--proxy", TIED, "--gold", GOLD, "--n", "1,2"],
         "n > N of the samples file": ["--policy", "tiny", "--from-samples", str(saved_samples), "--proxy", TIED,
@@ -242,7 +253,7 @@ def corrupt_rm(rm_proxy):
 
 
 @pytest.mark.parametrize("case", ["n = 0", "n > N", "empty prompt set", "missing rm proxy", "broken python proxy",
-                                  "corrupt rm proxy", "no proxy", "samples of another policy",
+                                  "corrupt rm proxy", "no proxy", "too few resamples", "samples of another policy",
                                   "n > N of the samples file", "missing samples file", "not a samples file"])
 def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_path):
     result = invoke(*bad_inputs(saved_samples, corrupt_rm)[case])

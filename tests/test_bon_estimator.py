@@ -22,6 +22,7 @@ from bon_vs_rl.bon_estimator import (
     kl_bon_beirami_from_logprob,
     kl_bon_exact,
     kl_bon_exact_empirical,
+    kl_bon_tie_aware,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +272,43 @@ def test_kl_exact_empirical_merges_ties():
         assert kl_bon_exact_empirical(proxy, n) == pytest.approx(kl_bon_exact([0.5, 1 / 3, 1 / 6], n), abs=1e-14)
     assert kl_bon_exact_empirical(proxy, 10_000) == pytest.approx(math.log(6), abs=1e-12)
     assert kl_bon_exact_empirical(np.ones(50), 64) == 0.0
+
+
+def test_kl_tie_aware_is_the_analytic_value_without_ties_and_zero_when_all_tie():
+    samples = np.random.default_rng(1).standard_normal(40)
+    for n in (1, 2, 16, 64, 65536):
+        assert kl_bon_tie_aware(samples, n) == kl_bon_analytic(n)
+        assert kl_bon_tie_aware(np.full(40, 0.25), n) == 0.0
+
+
+def test_kl_tie_aware_equals_exact_kl_when_every_outcome_is_an_atom():
+    proxy = np.repeat([0.1, 0.4, 0.9], [4, 2, 6])  # every score repeated: a purely discrete reference
+    for n in (1, 3, 50, 10_000):
+        assert kl_bon_tie_aware(proxy, n) == pytest.approx(kl_bon_exact(np.array([4, 2, 6]) / 12, n), abs=1e-13)
+
+
+@pytest.mark.parametrize("atom_at_top", [False, True])
+def test_kl_tie_aware_converges_to_quadrature_for_an_atom_plus_continuous_reward(atom_at_top):
+    """Reference reward: an atom of mass a (one repeated completion) and a continuous part. The exact
+    KL of best-of-n is the atom's q log(q/a) plus the integral of the continuous log density ratio over
+    the continuous part's CDF range, computed here by quadrature, independent of the estimator."""
+    a, N = 0.3, 400_000
+    rng = np.random.default_rng(7)
+    is_atom = rng.random(N) < a
+    continuous = rng.random(N)
+    samples = np.where(is_atom, 5.0 if atom_at_top else -5.0, continuous)
+    for n in (2, 8, 64):
+        def log_ratio(u):
+            return n * u ** (n - 1) * math.log(n * u ** (n - 1))
+        if atom_at_top:  # continuous on F in (0, 1-a], atom on (1-a, 1]
+            q = 1 - (1 - a) ** n
+            exact = integrate.quad(log_ratio, 0, 1 - a)[0] + q * math.log(q / a)
+        else:  # atom on (0, a], continuous on (a, 1]
+            q = a**n
+            exact = q * math.log(q / a) + integrate.quad(log_ratio, a, 1)[0]
+        estimate = kl_bon_tie_aware(samples, n)
+        assert estimate == pytest.approx(exact, rel=3e-3, abs=1e-4)
+        assert estimate <= kl_bon_analytic(n) + 1e-12  # ties only ever lower the KL
 
 
 EPS_GRID = np.concatenate([np.logspace(-300, -1, 300), np.linspace(0.1, 1.0, 91)])

@@ -96,10 +96,11 @@ def test_rows_and_samples_have_the_shared_evaluation_format(beta0):
     assert rows["trained_tokens"].iloc[-1] == sum(m["rollout/tokens"] for m in beta0["metrics"])
     frame = pd.read_parquet(rows["samples_path"].iloc[-1])
     for column in ("prompt_id", "prompt", "completion", "tokens", "logprob", "ended", "proxy", "gold", "kl",
-                   "ref_logprob", "step"):
+                   "kl_sampled", "ref_logprob", "step"):
         assert column in frame, column
     assert len(frame) == 16 and (frame["step"] == 6).all()
-    assert np.allclose(frame["kl"], frame["policy_logprob"] - frame["ref_logprob"])
+    assert np.allclose(frame["kl_sampled"], frame["policy_logprob"] - frame["ref_logprob"])
+    assert (frame["kl"] >= 0).all()  # the exact per-token KL is a sum of KLs
     assert json.loads((Path(beta0["args"]["output"]) / "resolved_config.json").read_text())["beta"] == 0.0
 
 
@@ -107,7 +108,7 @@ def test_kl_at_step_zero_is_zero_within_its_standard_error(beta0):
     first = beta0["rows"].iloc[0]
     assert abs(first["kl"]) <= 3 * first["kl_se"] + 1e-9 and first["kl_negative"] == 0
     # Policy and reference log-probs come from the same computation, so every log-ratio is 0 at step 0 ...
-    assert np.abs(pd.read_parquet(first["samples_path"])["kl"]).max() < 1e-6
+    assert np.abs(pd.read_parquet(first["samples_path"])[["kl", "kl_sampled"]].to_numpy()).max() < 1e-6
     # ... and the sampler's incremental log-probs agree with that forward pass.
     frame = pd.read_parquet(first["samples_path"])
     assert np.allclose(frame["logprob"], frame["policy_logprob"], atol=1e-3)
@@ -297,9 +298,10 @@ def test_negative_kl_estimate_is_reported_loudly_not_clipped(tmp_path):
             warnings.simplefilter("always")
             row = evaluator.evaluate(policy, 0, 0, 0, 0.0)
     assert any("standard errors below 0" in str(w.message) for w in caught)
-    assert row["kl"] < -10 and row["kl_negative"] == 1  # recorded as measured, flagged
+    assert row["kl_sampled"] < -10 and row["kl_negative"] == 1  # recorded as measured, flagged
+    assert row["kl"] > 10  # the exact KL sees the oracle's point masses: it is large and positive, as it must be
     stored = R.load(tmp_path / "r.sqlite").iloc[0]
-    assert stored["kl"] == pytest.approx(row["kl"]) and stored["kl_negative"] == 1
+    assert stored["kl_sampled"] == pytest.approx(row["kl_sampled"]) and stored["kl_negative"] == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CUDA-less machine gives")
