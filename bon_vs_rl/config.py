@@ -13,6 +13,7 @@ ConfigError into one line on stderr and exit code 2, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -476,11 +477,19 @@ class ReportConfig:
     scale: str = option("relative", "Gold scale: relative (minus KL-0 value) or unit (also ÷ initial std).")
     fit_kl_max: float = option(0.0, "If > 0, also fit on KL ≤ this and report prediction error beyond it.")
     gold_level: float | None = option(
-        None, "Gold level (on the report's scale) for 'KL needed to reach it'; default: half the smaller peak."
+        None, "Gold gain (on the report's scale) for 'KL needed to reach it'; default: half the smaller peak."
     )
+    kl_target: float | None = option(
+        None, "KL (nats) at which to compare gold gains; default: the largest KL both curves reliably reach."
+    )
+    bootstrap: int = option(2000, "Prompt (and seed) resamples behind every 95% interval; at least 100.")
+    seed: int = option(0, "Seed of the resampling, so a report is reproducible.")
     quiet: bool = option(False, "No progress output.")
 
     def validate(self) -> None:
+        check_bootstrap(self.bootstrap)
+        if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
+            raise ConfigError(f"kl_target: {self.kl_target} must be a positive number of nats, e.g. --kl-target 2")
         if self.scale not in ("relative", "unit"):
             raise ConfigError(f"scale: {self.scale!r}; use relative or unit")
         if self.fit_kl_max < 0:

@@ -1,31 +1,35 @@
-"""`bonrl report`: what best-of-n and RL bought, measured by the gold reward, at the same KL.
+"""`bonrl report`: what best-of-n and RL bought, measured by the gold reward, at the same KL — with intervals.
 
     bonrl report --experiment cpu-demo --output runs/cpu-demo/report
     bonrl report --results runs/results.sqlite --methods bon,ppo --scale unit --fit-kl-max 2
 
-Reads the shared results table (only `bonrl report` draws; every other command writes rows) and
-writes one self-contained directory, replaced atomically so a failed report never leaves half a one:
+Reads the shared results table (only `bonrl report` draws; every other command writes rows) and the
+per-sample records every row links to, and writes one self-contained directory, replaced atomically
+so a failed report never leaves half a one:
 
     report.md, report.html   the same content; the HTML embeds its figures (opens offline)
-    reward_vs_kl.png         gold (top) and proxy (bottom) against sqrt(KL), one column per proxy RM
-    proxy_vs_gold.png        gold against proxy: how much of the proxy's gain is real
-    kl_vs_proxy.png          KL spent per unit of proxy (RL drifts further than BoN at equal proxy?)
+    reward_vs_kl.png         gold (top) and proxy (bottom) gain against sqrt(KL), one column per proxy RM
+    proxy_vs_gold.png        gold gain against proxy gain: how much of the proxy's gain is real
+    kl_vs_proxy.png          KL spent per unit of proxy gain
     length_vs_kl.png         completion length against KL (length exploitation is the commonest hack)
-    points.csv               every selected row with its relative/unit gold
-    fits.csv, comparison.csv, matched_kl.csv, (fit_check.csv)
+    points.csv, fits.csv, comparison.csv, (fit_check.csv, reward_models.csv)
 
 Vocabulary (Gao, Schulman & Hilton 2022):
-- A *curve* is one optimization run against one proxy: best-of-n over its n grid (a point per n), or
-  one RL run (a point per evaluation step); an RL curve is named by its method and β.
-- d = sqrt(KL(π || π_init)). Gold is shown relative to the initial policy, i.e. minus the curve's value
-  at KL 0 (BoN n = 1, RL step 0), so curves are comparable (§3); with --scale unit it is also divided by
-  the initial policy's gold standard deviation, the unit-variance gold of §2.2.
-- Fits: BoN R(d) = d(α − β d), RL R(d) = d(α − β log d) (eq. 1-2), by `fits.fit_gold_vs_kl`. On the
-  figures a fit is solid over the measured range of d and dashed where it only extrapolates.
-- A comparison pairs two curves on the same policy, proxy and gold: gold at matched KL (the largest
-  KL both reached, interpolated), the KL each needs to reach a gold level, gold at matched proxy, the
-  measured peak, and the tokens spent to get there. Interpolation follows each curve in its own order
-  (n or step) and takes the first point where it reaches the target, linearly between measurements.
+- A *panel* is one (policy, proxy, gold); a *curve* one optimization setting against that proxy:
+  best-of-n over its n grid, the KL-regularized optimum over its β grid, or an RL setting over its
+  steps — replicate seeds of one RL setting (same `setting` fingerprint) pooled into one curve.
+- Every curve of a panel is re-measured from its per-prompt records on the prompts all of them share,
+  and every gain is paired, prompt by prompt, against one measurement of the initial policy on those
+  prompts (best-of-n's N samples per prompt when there are any, else an RL run's step 0).
+- d = sqrt(KL(π || π_init)); gold is shown as that paired gain (with --scale unit, divided by the initial
+  policy's per-sample gold standard deviation, the unit-variance gold of §2.2).
+- Uncertainty: `statistics.analyse` resamples prompts (and seeds) through the whole pipeline — per-prompt
+  estimates, gains, fits, interpolated comparisons — so every number printed here carries a 95% interval,
+  and a comparison is called only when the interval of the difference excludes 0.
+- Fits: BoN R(d) = d(α − β d), RL R(d) = d(α − β log d) (eq. 1-2), drawn solid over the measured range of d
+  and dashed where they only extrapolate.
+
+This module selects, draws and writes; every statistic comes from `statistics.py`.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,30 +98,128 @@ def _values(frame: pd.DataFrame, column: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Curves: one per (panel, run); gold relative to the initial policy, optionally unit-variance.
+# 2. Per-prompt records: what each run measured on each prompt, read back from its saved samples.
+
+
+@dataclass
+class Records:
+    """One run's measurements of one curve, prompt by prompt: arrays [P, K] (prompts × points).
+
+    For best-of-n, point k is n = x[k] and entry [p, k] the prompt's unbiased best-of-n estimate; for an
+    RL run, point k is step x[k] and the entry the prompt's mean over its eval samples at that step. The
+    initial policy on the same prompts is [P]: the mean of all N samples (best-of-n) or step 0 (RL).
+    """
+
+    run_id: str
+    prompt_ids: np.ndarray  # [P] ints, ascending
+    prompt_texts: list[str]
+    x: np.ndarray  # [K]
+    kl: np.ndarray
+    proxy: np.ndarray
+    gold: np.ndarray
+    initial_proxy: np.ndarray | None = None
+    initial_gold: np.ndarray | None = None
+    initial_gold_std: float = math.nan  # per-sample gold std of the initial policy (unit scale)
+    samples_per_prompt: int = 0  # how many samples the initial policy's per-prompt means average
+
+
+def bon_records(group: pd.DataFrame) -> Records:
+    """Best-of-n of one proxy: the run's samples file, re-estimated for the rows' n (best_of_n.bon_per_prompt)."""
+    from bon_vs_rl import best_of_n
+
+    frame, metadata = best_of_n.read_samples(group["samples_path"].iloc[0])
+    N = int(metadata["samples_per_prompt"])
+    ns = [int(n) for n in group["n"]]
+    proxy_spec, gold_spec = str(group["proxy"].iloc[0]), str(group["gold"].iloc[0])
+    per = best_of_n.bon_per_prompt(frame, proxy_spec, gold_spec, ns, N)
+    firsts = frame.groupby("prompt_id", sort=True)["prompt"].first()
+    return Records(str(group["run_id"].iloc[0]), firsts.index.to_numpy(), firsts.tolist(), np.asarray(ns, float),
+                   per["kl"], per["proxy"], per["gold"], per["proxy_initial"], per["gold_initial"],
+                   float(frame[gold_spec].std(ddof=1)), N)
+
+
+def rl_records(group: pd.DataFrame) -> Records:
+    """An RL run: one eval-samples file per row (step), each reduced to per-prompt means."""
+    from bon_vs_rl.evaluate import per_prompt_means
+
+    ids, texts, columns, initial = None, None, {"kl": [], "proxy": [], "gold": []}, None
+    for _, row in group.iterrows():
+        frame = pd.read_parquet(row["samples_path"])
+        step_ids = np.unique(frame["prompt_id"].to_numpy())
+        if ids is None:
+            ids = step_ids
+            texts = frame.groupby("prompt_id", sort=True)["prompt"].first().tolist()
+        elif not np.array_equal(ids, step_ids):
+            raise ValueError(f"run {row['run_id']}: step {row['step']} was evaluated on other prompts than step "
+                             f"{group['step'].iloc[0]}")
+        for name in columns:
+            columns[name].append(per_prompt_means(frame[name], frame["prompt_id"])[1])
+        if row["step"] == 0:
+            initial = (columns["proxy"][-1], columns["gold"][-1], float(frame["gold"].std(ddof=1)),
+                       int(len(frame) // len(step_ids)))
+    stacked = {name: np.column_stack(values) for name, values in columns.items()}
+    records = Records(str(group["run_id"].iloc[0]), ids, texts, group["step"].to_numpy(dtype=float),
+                      stacked["kl"], stacked["proxy"], stacked["gold"])
+    if initial is not None:
+        records.initial_proxy, records.initial_gold, records.initial_gold_std, records.samples_per_prompt = initial
+    return records
+
+
+# Methods whose per-prompt records are re-estimated from one samples file; every other method (ppo, rloo,
+# grpo, ...) is an RL-style run with one eval-samples file per row.
+RECORDS = {"bon": bon_records}
+
+
+def load_records(method: str, group: pd.DataFrame) -> tuple[Records | None, str]:
+    """The run's per-prompt records, or None and why (rows without files: the curve gets no intervals)."""
+    paths = group["samples_path"] if "samples_path" in group else pd.Series(dtype=object)
+    if paths.isna().any() or not len(paths):
+        return None, "it saved no per-sample records"
+    missing = [p for p in dict.fromkeys(paths) if not Path(str(p)).is_file()]
+    if missing:
+        return None, f"its samples file {missing[0]} is gone"
+    try:
+        return RECORDS.get(method, rl_records)(group), ""
+    except Exception as exc:  # an unreadable or edited file: report without intervals rather than fail
+        return None, f"its samples could not be read ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Curves: the runs of one setting (replicate seeds pooled) on one panel.
+
+
+ORDER = {"bon": "n", "tilted": "beta"}  # the coordinate along a curve; RL methods go by step
+FORMS = {"bon": "bon", "tilted": "bon"}  # Gao et al.'s form for each method (eq. 1 for BoN, eq. 2 for RL)
 
 
 @dataclass
 class Curve:
     panel: tuple[str, str, str]  # (policy, proxy, gold): only curves in one panel are compared
     method: str
-    run_id: str
     label: str
-    points: pd.DataFrame  # in the curve's own order (n or step); columns below
-    form: str  # functional form of Gao et al. eq. 1 (bon) or eq. 2 (rl)
-    initial_note: str = ""  # set when the curve has no KL-0 point
-    scale_note: str = ""  # unit scale: where the std came from, or why there is none
-    initial_std: float = math.nan  # gold standard deviation of the initial policy's samples, if recorded
-    scale_missing: bool = False  # unit scale asked for, and no std to divide by
+    form: str
+    run_ids: list[str]  # one per replicate seed
+    seeds: list
+    runs: list[pd.DataFrame]  # each run's rows, in curve order, restricted to the points all runs share
+    records: list[Records] | None = None  # per run, when every run has them
+    records_note: str = ""
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)  # the pooled curve (filled by `measure`)
+    seed_points: list[pd.DataFrame] = field(default_factory=list)  # each seed's own curve (spread)
     fit: fits.Fit | None = None
+    fit_interval: dict = field(default_factory=dict)
     fit_note: str = ""
-    check: dict | None = None  # fit on KL ≤ k, predict the rest
+    check: dict | None = None
     check_fit: fits.Fit | None = None
     check_note: str = ""
+    in_analysis: bool = False  # measured on the panel's shared prompts, with intervals
 
     @property
     def is_bon(self) -> bool:
         return self.method == "bon"
+
+    @property
+    def order(self) -> str:
+        return ORDER.get(self.method, "step")
 
 
 def column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -126,10 +229,24 @@ def column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
 
 
-def build_curves(rows: pd.DataFrame, scale: str) -> tuple[list[Curve], list[str]]:
+def run_outputs(rows: pd.DataFrame, results_path: Path) -> dict[str, str]:
+    """run id -> the run's output directory name (ppo-0, sample, ...), to tell apart runs whose labels match."""
+    from bon_vs_rl import results
+
+    with results.ResultsStore(results_path) as store:
+        runs = store.runs()
+    out = {}
+    for _, run in runs[runs["run_id"].isin(set(rows["run_id"]))].iterrows():
+        try:
+            out[str(run["run_id"])] = Path(json.loads(run["config_json"]).get("output") or "").name
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def group_curves(rows: pd.DataFrame) -> tuple[list[Curve], list[str]]:
+    """One curve per (panel, method, setting): replicate seeds of one setting pooled; no setting, one per run."""
     notes: list[str] = []
-    rm_rows = rows[rows["method"] == "rm"]
-    curves: list[Curve] = []
     data = rows[rows["method"] != "rm"].copy()
     for name in ("policy", "proxy", "gold"):
         data[name] = data[name].fillna("?").astype(str) if name in data else "?"
@@ -137,111 +254,235 @@ def build_curves(rows: pd.DataFrame, scale: str) -> tuple[list[Curve], list[str]
     if bad_kl.any():
         notes.append(f"{int(bad_kl.sum())} row(s) without a KL value were left out.")
         data = data[~bad_kl]
-    for (policy, proxy, gold, method, run_id), group in data.groupby(
-            ["policy", "proxy", "gold", "method", "run_id"], sort=True):
-        order = "n" if method == "bon" else "step"
-        group = group.sort_values([c for c in (order, "kl") if c in group]).reset_index(drop=True)
-        curve = Curve(panel=(policy, proxy, gold), method=method, run_id=str(run_id), label=method,
-                      points=pd.DataFrame(), form="bon" if method == "bon" else "rl")
-        curve.points = curve_points(group, curve)
-        status = str(group["run_status"].iloc[0]) if "run_status" in group else "finished"
-        if status != "finished":
-            notes.append(f"{method} run {run_id} is {status}: its curve may stop early.")
-        curves.append(curve)
-    name_curves(curves)
-    if scale == "unit":
-        unit_scale(curves, rm_rows)
-    curves.sort(key=lambda c: (c.panel, not c.is_bon, c.method, c.label))
+    setting = data["setting"] if "setting" in data else pd.Series(np.nan, index=data.index)
+    data["curve_key"] = setting.where(setting.notna(), data["run_id"]).astype(str)
+    curves = []
+    for (policy, proxy, gold, method, _), group in data.groupby(["policy", "proxy", "gold", "method", "curve_key"],
+                                                                sort=True):
+        order = ORDER.get(method, "step")
+        runs = [g.sort_values(order, ascending=order != "beta").reset_index(drop=True)
+                for _, g in group.groupby("run_id", sort=True)]
+        # Replicates that stopped early: pool only the points every seed reached.
+        shared = set.intersection(*(set(column(r, order)) for r in runs))
+        runs = [r[np.isin(column(r, order), list(shared))].reset_index(drop=True) for r in runs]
+        for r in runs:
+            status = str(r["run_status"].iloc[0]) if "run_status" in r and len(r) else "finished"
+            if status != "finished":
+                notes.append(f"{method} run {r['run_id'].iloc[0]} is {status}: its curve may stop early.")
+        seeds = [r["seed"].iloc[0] if "seed" in r else None for r in runs]
+        curves.append(Curve(panel=(policy, proxy, gold), method=method, label=method, form=FORMS.get(method, "rl"),
+                            run_ids=[str(r["run_id"].iloc[0]) for r in runs], seeds=seeds, runs=runs))
     return curves, notes
 
 
-def curve_points(group: pd.DataFrame, curve: Curve) -> pd.DataFrame:
-    kl = column(group, "kl")
-    p = pd.DataFrame({
-        "run_id": curve.run_id, "method": curve.method, "n": column(group, "n"), "step": column(group, "step"),
-        "beta": column(group, "beta"), "seed": column(group, "seed"), "kl": kl, "kl_se": column(group, "kl_se"),
-        # d = sqrt(KL); an estimate a hair below 0 (RL's sampled KL at step 0) is drawn at d = 0.
-        "d": np.sqrt(np.clip(kl, 0, None)),
-        "proxy_mean": column(group, "proxy_mean"), "proxy_se": column(group, "proxy_se"),
-        "gold_mean": column(group, "gold_mean"), "gold_se": column(group, "gold_se"),
-        "length_mean": column(group, "length_mean"), "generated_tokens": column(group, "generated_tokens"),
-        "trained_tokens": column(group, "trained_tokens"), "gold_std": column(group, "gold_std"),
-    })
-    if curve.is_bon:
-        # The stage drew N samples per prompt once to estimate every n; doing best-of-n costs n of them.
-        N = column(group, "samples_per_prompt")
-        p["generated_tokens"] = np.where(N > 0, p["generated_tokens"] * p["n"] / N, p["generated_tokens"])
-    # The initial policy: best-of-1 is a plain sample, RL step 0 is the untrained policy (KL 0).
-    initial = (p["n"] == 1) if curve.is_bon else (p["step"] == 0)
-    if not initial.any():
-        initial = p["kl"] == p["kl"].min()
-        curve.initial_note = (f"{curve.method} run {curve.run_id} has no KL-0 point; its gold is relative to "
-                              f"its smallest-KL point (KL {p['kl'].min():.3g}).")
-    gold0 = float(p.loc[initial, "gold_mean"].mean())
-    p["gold_rel"] = p["gold_mean"] - gold0
-    p["gold_rel_se"] = p["gold_se"]
-    p["scaled"], p["scaled_se"] = p["gold_rel"], p["gold_rel_se"]
-    curve.initial_std = float(p.loc[initial, "gold_std"].mean())
-    return p
-
-
-def unit_scale(curves: list[Curve], rm_rows: pd.DataFrame) -> None:
-    """Divide relative gold by the initial policy's gold std (Gao et al. §2.2: unit-variance gold).
-
-    BoN and RL on one policy share their initial policy, so a curve that recorded no std borrows one
-    measured on the same policy and gold: another curve's initial point (RL's step-0 evaluation), else
-    a proxy's held-out evaluation (samples of the initial policy scored by the gold).
-    """
+def name_curves(curves: list[Curve], outputs: dict[str, str]) -> None:
+    """BoN, optimum (tilted), or method β=…, with the seed count; where two curves of a panel would still
+    read the same, each gets its output directory (or, failing that, its whole run id) so they never do."""
     for c in curves:
-        std0, source = c.initial_std, ""
-        if not (math.isfinite(std0) and std0 > 0):
-            shared = [o.initial_std for o in curves if o.panel[0] == c.panel[0] and o.panel[2] == c.panel[2]
-                      and math.isfinite(o.initial_std) and o.initial_std > 0]
-            same = rm_rows[(rm_rows["policy"].astype(str) == c.panel[0]) & (rm_rows["gold"].astype(str) == c.panel[2])]
-            from_rm = column(same, "gold_std")
-            from_rm = from_rm[np.isfinite(from_rm) & (from_rm > 0)]
-            if shared:
-                std0, source = float(np.mean(shared)), "another curve's initial policy (same policy and gold)"
-            elif len(from_rm):
-                std0, source = float(from_rm.mean()), "the proxy RM's held-out samples (same policy and gold)"
-        if math.isfinite(std0) and std0 > 0:
-            c.points["scaled"] = fits.unit_variance_scale(c.points["gold_rel"], std0)
-            c.points["scaled_se"] = c.points["gold_rel_se"] / std0
-            if source:
-                c.scale_note = f"{c.label} on {c.panel[1]}: gold std {std0:.3g} taken from {source}."
+        beta = column(c.runs[0], "beta")
+        beta = beta[np.isfinite(beta)]
+        if c.is_bon:
+            c.label = "BoN"
+        elif c.method == "tilted":
+            c.label = "optimum (tilted)"
         else:
-            c.scale_note = (f"unit-variance scale unavailable for {c.label} on {c.panel[1]}: no gold_std was "
-                            "recorded for its initial policy; its gold is shown relative only.")
-            c.scale_missing = True
-
-
-def name_curves(curves: list[Curve]) -> None:
-    """BoN, or method β=…; a run id is added only where two runs in a panel would share a name."""
-    for c in curves:
-        beta = c.points["beta"].dropna()
-        c.label = "BoN" if c.is_bon else (f"{c.method} β={beta.iloc[0]:g}" if len(beta) else c.method)
-    for _, group in itertools.groupby(sorted(curves, key=lambda c: (c.panel, c.label)), key=lambda c: (c.panel, c.label)):
+            c.label = f"{c.method} β={beta[0]:g}" if len(beta) else c.method
+        if len(c.runs) > 1:
+            c.label += f" ({len(c.runs)} seeds)"
+    key = lambda c: (c.panel, c.label)  # noqa: E731
+    for _, group in itertools.groupby(sorted(curves, key=key), key=key):
         group = list(group)
         if len(group) > 1:
-            for c in group:
-                c.label = f"{c.label} ({c.run_id[:8]})"
+            names = [",".join(dict.fromkeys(outputs.get(r, "") for r in c.run_ids)) for c in group]
+            unique = all(names) and len(set(names)) == len(names)
+            for c, name in zip(group, names):
+                c.label = f"{c.label} [{name if unique else ','.join(c.run_ids)}]"
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Fits (Gao et al. eq. 1-2) and the fit-on-KL≤k, predict-the-rest check.
+# 4. Measuring: every curve of a panel on the panel's shared prompts, through statistics.analyse.
+
+
+@dataclass
+class Panel:
+    key: tuple[str, str, str]
+    curves: list[Curve]
+    prompt_ids: np.ndarray | None = None  # the shared prompts the analysis used (None: no analysis)
+    baseline_source: str = ""
+    gold_std: float = math.nan  # the initial policy's per-sample gold std (the unit scale)
+    comparisons: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def shared_prompts(records: list[Records]) -> tuple[np.ndarray, dict[int, str]]:
+    """Prompt ids every run measured, with one text each; ids whose text differs between runs are dropped
+    (another prompt set, template or truncation: not the same prompt)."""
+    ids = set.intersection(*(set(r.prompt_ids.tolist()) for r in records))
+    texts: dict[int, str] = {}
+    for r in records:
+        for pid, text in zip(r.prompt_ids.tolist(), r.prompt_texts):
+            if pid in ids and texts.setdefault(pid, text) != text:
+                ids.discard(pid)
+    return np.asarray(sorted(ids), dtype=int), texts
+
+
+def pick_baseline(curves: list[Curve]) -> tuple[Curve | None, str]:
+    """The initial policy measured once: the best-of-n samples with the most samples per prompt (all N of
+    them, the most precise measurement), else an RL curve's step-0 evaluations (pooled over its seeds)."""
+    candidates = [c for c in curves if c.records and all(r.initial_gold is not None for r in c.records)]
+    if not candidates:
+        return None, ""
+    best = max(candidates, key=lambda c: (c.is_bon, sum(r.samples_per_prompt for r in c.records)))
+    per_prompt = sum(r.samples_per_prompt for r in best.records)
+    what = "the best-of-n samples" if best.is_bon else f"the step-0 evaluations of {best.label}"
+    return best, f"the initial policy measured once ({what}, {per_prompt} samples per prompt)"
+
+
+def restrict(records: Records, ids: np.ndarray) -> Records:
+    rows = np.searchsorted(records.prompt_ids, ids)
+    pick = lambda a: None if a is None else a[rows]  # noqa: E731
+    return Records(records.run_id, ids, [records.prompt_texts[i] for i in rows], records.x, records.kl[rows],
+                   records.proxy[rows], records.gold[rows], pick(records.initial_proxy), pick(records.initial_gold),
+                   records.initial_gold_std, records.samples_per_prompt)
+
+
+def measure(curves: list[Curve], cfg: ReportConfig) -> tuple[list[Panel], list[str]]:
+    """Per panel: records -> shared prompts -> baseline -> statistics.analyse -> points, fits, comparisons."""
+    from bon_vs_rl import statistics
+
+    notes: list[str] = []
+    panels = []
+    for key, group in itertools.groupby(curves, key=lambda c: c.panel):
+        panel = Panel(key, list(group))
+        for c in panel.curves:
+            loaded = [load_records(c.method, run) for run in c.runs]
+            missing = [why for records, why in loaded if records is None]
+            if missing:
+                c.records_note = f"{c.label} on {key[1]}: no intervals, {missing[0]}."
+            else:
+                c.records = [records for records, _ in loaded]
+        analysed = [c for c in panel.curves if c.records]
+        if analysed:
+            ids, _ = shared_prompts([r for c in analysed for r in c.records])
+            base_curve, source = pick_baseline(analysed)
+            if base_curve is None:
+                panel.notes.append(f"panel {key[1]}: no measurement of the initial policy (no best-of-n samples, "
+                                   "no RL step 0), so no paired intervals.")
+            elif len(ids) < 2:
+                panel.notes.append(f"panel {key[1]}: the curves share {len(ids)} prompt(s); paired intervals need "
+                                   "at least 2 (evaluate every method on the same prompts: experiment eval_prompts).")
+            else:
+                analyse_panel(panel, analysed, ids, base_curve, source, cfg, statistics)
+        for c in panel.curves:
+            if not c.in_analysis:
+                c.points = row_points(c)
+        panels.append(panel)
+    return panels, notes
+
+
+def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_curve: Curve, source: str,
+                  cfg: ReportConfig, statistics) -> None:
+    counts = {c.label: sum(len(r.prompt_ids) for r in c.records) // len(c.records) for c in analysed}
+    if any(n != len(ids) for n in counts.values()):
+        panel.notes.append(f"panel {panel.key[1]}: compared on the {len(ids)} prompts every curve measured "
+                           f"(curves had {', '.join(f'{k}: {v}' for k, v in counts.items())}).")
+    for c in analysed:
+        c.records = [restrict(r, ids) for r in c.records]
+    base = base_curve.records
+    baseline = statistics.Baseline(proxy=np.mean([r.initial_proxy for r in base], axis=0),
+                                   gold=np.mean([r.initial_gold for r in base], axis=0))
+    panel.prompt_ids, panel.baseline_source = ids, source
+    panel.gold_std = float(np.nanmean([r.initial_gold_std for r in base]))
+    scale = panel.gold_std if cfg.scale == "unit" and panel.gold_std > 0 else 1.0
+    samples = [statistics.CurveSamples(c.label, c.form, np.stack([r.kl for r in c.records]),
+                                       np.stack([r.proxy for r in c.records]), np.stack([r.gold for r in c.records]))
+               for c in analysed]
+    # Targets on the report's scale are converted back to raw gold for the statistics.
+    gold_target = None if cfg.gold_level is None else cfg.gold_level * scale
+    result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=gold_target,
+                                kl_target=cfg.kl_target)
+    for c, s in zip(analysed, samples):
+        c.in_analysis = True
+        c.points = analysed_points(c, result.points[c.label], scale)
+        c.seed_points = [analysed_points(c, statistics.curve_estimate(
+            statistics.CurveSamples(c.label, c.form, s.kl[i:i + 1], s.proxy[i:i + 1], s.gold[i:i + 1]), baseline),
+            scale) for i in range(s.seeds)] if s.seeds > 1 else []
+        c.fit_interval = {k: v / scale if k.startswith("peak_gold") else v for k, v in result.fits[c.label].items()}
+    for row in result.comparisons:
+        row = dict(row)
+        if row["quantity"] == "gold_at_kl":
+            for part in ("a", "b", "diff"):
+                for suffix in ("", "_lo", "_hi"):
+                    row[part + suffix] /= scale
+        elif row["quantity"] == "kl_to_gold":
+            row["target"] /= scale
+        panel.comparisons.append({"policy": panel.key[0], "proxy": panel.key[1], "gold": panel.key[2],
+                                  "prompts": len(ids), **row})
+
+
+POINT_EXTRAS = ("length_mean", "generated_tokens", "trained_tokens", "ess", "low_ess", "n", "step", "beta")
+
+
+def extras(c: Curve) -> pd.DataFrame:
+    """Per-point columns that are not estimated from per-prompt records: length, token counts, ESS (the
+    mean over seeds of each run's row values)."""
+    frames = [pd.DataFrame({name: column(r, name) for name in POINT_EXTRAS}) for r in c.runs]
+    out = sum(frames[1:], frames[0]) / len(frames) if len(frames) > 1 else frames[0]
+    if c.is_bon:  # the stage drew N samples per prompt once for every n; best-of-n itself costs n of them
+        N = column(c.runs[0], "samples_per_prompt")
+        out["generated_tokens"] = np.where(N > 0, out["generated_tokens"] * out["n"] / N, out["generated_tokens"])
+    out["low_ess"] = out["low_ess"].fillna(0) > 0
+    return out
+
+
+def analysed_points(c: Curve, point: dict, scale: float) -> pd.DataFrame:
+    p = extras(c)
+    for name in ("kl", "proxy", "gold", "proxy_gain", "gold_gain"):
+        for suffix in ("", "_lo", "_hi"):
+            if name + suffix in point:
+                p[name + suffix] = np.asarray(point[name + suffix], dtype=float)
+    for suffix in ("", "_lo", "_hi"):
+        p["scaled" + suffix] = p.get("gold_gain" + suffix, np.nan) / scale
+    p["d"] = np.sqrt(np.clip(p["kl"], 0, None))
+    return p
+
+
+def row_points(c: Curve) -> pd.DataFrame:
+    """A curve without per-prompt records (old rows, a moved file, the exact lab): its rows' own values.
+    Gains are relative to the curve's own initial point and carry the rows' intervals where recorded."""
+    run = c.runs[0]
+    p = extras(c)
+    for name in ("kl", "kl_lo", "kl_hi"):
+        p[name] = column(run, name)
+    initial = (p["n"] == 1) if c.is_bon else (p["step"] == 0) if c.order == "step" else p["kl"] == p["kl"].min()
+    if not initial.any():
+        initial = p["kl"] == p["kl"].min()
+    for name in ("proxy", "gold"):
+        mean = column(run, f"{name}_mean")
+        recorded = column(run, f"{name}_gain")
+        p[name] = mean
+        p[f"{name}_gain"] = np.where(np.isfinite(recorded), recorded, mean - np.nanmean(mean[initial.to_numpy()]))
+        p[f"{name}_gain_lo"], p[f"{name}_gain_hi"] = column(run, f"{name}_gain_lo"), column(run, f"{name}_gain_hi")
+    for suffix in ("", "_lo", "_hi"):
+        p["scaled" + suffix] = p["gold_gain" + suffix]
+    p["d"] = np.sqrt(np.clip(p["kl"], 0, None))
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Fits (Gao et al. eq. 1-2): the point fit for drawing; its intervals came from statistics.analyse.
 
 
 def fit_curves(curves: list[Curve], fit_kl_max: float) -> None:
     for c in curves:
         p = c.points
-        se = p["scaled_se"].to_numpy() if np.all(p["scaled_se"].to_numpy() > 0) else None
         try:
-            c.fit = fits.fit_gold_vs_kl(p["kl"], p["scaled"], c.form, gold_se=se)
+            c.fit = fits.fit_gold_vs_kl(p["kl"], p["scaled"], c.form)
         except fits.FitRefused as refusal:
             c.fit_note = f"{c.label} on {c.panel[1]}: no {c.form} fit — {refusal.reason}."
         if fit_kl_max > 0:
             try:
-                c.check_fit, c.check = fits.fit_and_predict(p["kl"], p["scaled"], c.form, fit_kl_max, gold_se=se)
+                c.check_fit, c.check = fits.fit_and_predict(p["kl"], p["scaled"], c.form, fit_kl_max)
             except fits.FitRefused as refusal:
                 c.check_note = f"{c.label} on {c.panel[1]}: no fit on KL ≤ {fit_kl_max:g} — {refusal.reason}."
 
@@ -251,12 +492,16 @@ def fits_table(curves: list[Curve]) -> pd.DataFrame:
     for c in curves:
         if c.fit is None:
             continue
-        f = c.fit
+        f, i = c.fit, c.fit_interval
         rows.append({
-            "policy": c.panel[0], "proxy": c.panel[1], "gold": c.panel[2], "curve": c.label, "run_id": c.run_id,
-            "form": f.form, "alpha": f.alpha, "alpha_se": f.alpha_se, "beta": f.beta, "beta_se": f.beta_se,
+            "policy": c.panel[0], "proxy": c.panel[1], "gold": c.panel[2], "curve": c.label,
+            "run_id": ",".join(c.run_ids), "form": f.form,
+            "alpha": f.alpha, "alpha_lo": i.get("alpha_lo", math.nan), "alpha_hi": i.get("alpha_hi", math.nan),
+            "beta": f.beta, "beta_lo": i.get("beta_lo", math.nan), "beta_hi": i.get("beta_hi", math.nan),
             "rmse": f.rmse, "points": f.n_points, "d_min": f.d_min, "d_max": f.d_max,
-            "peak_kl": f.peak_kl, "peak_gold": f.peak_reward, "peak_in_range": f.peak_in_range,
+            "peak_kl": f.peak_kl, "peak_kl_lo": i.get("peak_kl_lo", math.nan), "peak_kl_hi": i.get("peak_kl_hi", math.nan),
+            "peak_gold": f.peak_reward, "peak_in_range": f.peak_in_range,
+            "no_peak_share": i.get("no_peak", math.nan),
         })
     return pd.DataFrame(rows)
 
@@ -273,144 +518,115 @@ def check_table(curves: list[Curve]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------------------------
-# 4. Comparisons between the curves of one panel.
+def comparison_table(panels: list[Panel]) -> pd.DataFrame:
+    rows = [r for p in panels for r in p.comparisons]
+    return pd.DataFrame(rows)
 
 
-def along(p: pd.DataFrame, key: str, level: float, value: str) -> float:
-    """`value` where `key` first reaches `level` along the curve, linear between measurements; NaN if never."""
-    x, y = p[key].to_numpy(dtype=float), p[value].to_numpy(dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if not len(x) or not math.isfinite(level):
-        return math.nan
-    if x[0] >= level:  # already there at the start: only an exact hit counts (no reaching from below)
-        return float(y[0]) if math.isclose(x[0], level, rel_tol=1e-9, abs_tol=1e-12) else math.nan
-    for i in range(1, len(x)):
-        if x[i] >= level:
-            t = (level - x[i - 1]) / (x[i] - x[i - 1])
-            return float(y[i - 1] + t * (y[i] - y[i - 1]))
-    return math.nan
+def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One pair's comparisons as a readable table: quantity, each curve with its interval, the difference."""
+    return pd.DataFrame([{
+        "quantity": QUANTITY_WORDS[r["quantity"]].format(target=fmt(r["target"])),
+        r["curve_a"]: span(r["a"], r["a_lo"], r["a_hi"]), r["curve_b"]: span(r["b"], r["b_lo"], r["b_hi"]),
+        "difference (a − b)": span(r["diff"], r["diff_lo"], r["diff_hi"]),
+        "verdict": verdict_words(r),
+    } for _, r in frame.iterrows()])
 
 
-def peak(p: pd.DataFrame) -> pd.Series:
-    return p.loc[p["scaled"].idxmax()] if p["scaled"].notna().any() else pd.Series(dtype=float)
-
-
-def compare(a: Curve, b: Curve, gold_level: float | None) -> dict:
-    pa, pb = a.points, b.points
-    # Matched KL: the largest KL both curves reached (every KL below it is covered by both).
-    kl_match = min(pa["kl"].max(), pb["kl"].max())
-    covered = kl_match >= max(pa["kl"].min(), pb["kl"].min())
-    peak_a, peak_b = peak(pa), peak(pb)
-    # Gold level: half the smaller measured peak gain, unless given; both curves reach it.
-    level = gold_level
-    if level is None and len(peak_a) and len(peak_b):
-        smaller = min(peak_a["scaled"], peak_b["scaled"])
-        level = smaller / 2 if smaller > 0 else math.nan
-    proxy_match = min(pa["proxy_mean"].max(), pb["proxy_mean"].max())
-    if not proxy_match >= max(pa["proxy_mean"].min(), pb["proxy_mean"].min()):
-        proxy_match = math.nan
-    row = {
-        "policy": a.panel[0], "proxy": a.panel[1], "gold": a.panel[2], "a": a.label, "b": b.label,
-        "matched_kl": kl_match if covered else math.nan,
-    }
-    for tag, c in (("a", a), ("b", b)):
-        p = c.points
-        row[f"gold_{tag}_at_kl"] = along(p, "kl", kl_match, "scaled") if covered else math.nan
-        row[f"gold_se_{tag}_at_kl"] = along(p, "kl", kl_match, "scaled_se") if covered else math.nan
-    row["gold_level"] = level if level is not None else math.nan
-    for tag, c in (("a", a), ("b", b)):
-        row[f"kl_{tag}_to_level"] = along(c.points, "scaled", row["gold_level"], "kl")
-    row["matched_proxy"] = proxy_match
-    for tag, c in (("a", a), ("b", b)):
-        row[f"gold_{tag}_at_proxy"] = along(c.points, "proxy_mean", proxy_match, "scaled")
-    for tag, pk in (("a", peak_a), ("b", peak_b)):
-        row[f"peak_gold_{tag}"] = pk.get("scaled", math.nan)
-        row[f"peak_kl_{tag}"] = pk.get("kl", math.nan)
-        row[f"generated_tokens_{tag}"] = pk.get("generated_tokens", math.nan)
-        row[f"trained_tokens_{tag}"] = pk.get("trained_tokens", math.nan)
-    return row
-
-
-def pair_table(r: pd.Series) -> pd.DataFrame:
-    """One comparison as rows of quantities with a column per curve: readable where 20 columns are not."""
-    rows = [
-        (f"gold at matched KL {fmt(r['matched_kl'])}", r["gold_a_at_kl"], r["gold_b_at_kl"]),
-        (f"KL to reach gold {fmt(r['gold_level'])}", r["kl_a_to_level"], r["kl_b_to_level"]),
-        (f"gold at matched proxy {fmt(r['matched_proxy'])}", r["gold_a_at_proxy"], r["gold_b_at_proxy"]),
-        ("peak gold (measured)", r["peak_gold_a"], r["peak_gold_b"]),
-        ("KL at the peak", r["peak_kl_a"], r["peak_kl_b"]),
-        ("generated tokens to the peak", r["generated_tokens_a"], r["generated_tokens_b"]),
-        ("trained tokens to the peak", r["trained_tokens_a"], r["trained_tokens_b"]),
-    ]
-    return pd.DataFrame(rows, columns=["quantity", r["a"], r["b"]])
-
-
-def matched_kl_grid(a: Curve, b: Curve) -> pd.DataFrame:
-    """Gold of both curves at every KL either measured inside the range both cover."""
-    lo = max(a.points["kl"].min(), b.points["kl"].min())
-    hi = min(a.points["kl"].max(), b.points["kl"].max())
-    kls = sorted({k for k in np.concatenate([a.points["kl"], b.points["kl"]]) if lo <= k <= hi})
-    return pd.DataFrame([{"proxy": a.panel[1], "a": a.label, "b": b.label, "kl": k,
-                          "gold_a": along(a.points, "kl", k, "scaled"), "gold_b": along(b.points, "kl", k, "scaled")}
-                         for k in kls])
-
-
-def pairs(curves: list[Curve]) -> list[tuple[Curve, Curve]]:
-    out = []
-    for _, group in itertools.groupby(curves, key=lambda c: c.panel):
-        out.extend(itertools.combinations(list(group), 2))
-    return out
+def verdict_words(r) -> str:
+    if r["verdict"] == "unresolved":
+        more = r["prompts_needed"]
+        return f"not resolved (~{int(more)} prompts would)" if math.isfinite(more) else "not resolved"
+    winner = r["curve_a"] if r["verdict"] == "ahead" else r["curve_b"]
+    return f"{winner} ahead"
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. The plain-words summary, generated from the numbers above.
+# 5. The plain-words summary, generated from the numbers above; every figure with its interval.
 
 
 def fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
         return "—"
     if isinstance(x, (float, np.floating)):
         return f"{x:.{digits}g}"
     return str(x)
 
 
-def summary(curves: list[Curve], comparisons: pd.DataFrame, scale_words: str) -> list[str]:
+def span(value, lo, hi, digits: int = 3) -> str:
+    """'0.31 [0.27, 0.35]': a value with its 95% interval (an open side reads '?'; an exact value, alone)."""
+    exact = lambda v: isinstance(v, (float, np.floating)) and math.isclose(v, value, rel_tol=1e-9, abs_tol=1e-12)  # noqa: E731
+    if exact(lo) and exact(hi):
+        return fmt(value, digits)
+    if not (isinstance(lo, (float, np.floating)) and isinstance(hi, (float, np.floating))) or \
+            (not math.isfinite(lo) and not math.isfinite(hi)):
+        return fmt(value, digits)
+    side = lambda v: fmt(v, digits) if math.isfinite(v) else ("∞" if v == math.inf else "?")  # noqa: E731
+    return f"{fmt(value, digits)} [{side(lo)}, {side(hi)}]"
+
+
+QUANTITY_WORDS = {
+    "gold_at_kl": "gold gain at KL {target} nats",
+    "kl_at_proxy": "KL (nats) to reach proxy gain {target}",
+    "kl_to_gold": "KL (nats) to reach gold gain {target}",
+}
+
+
+def sentence_case(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def verdict_sentence(r: pd.Series) -> str:
+    what = sentence_case(QUANTITY_WORDS[r["quantity"]].format(target=fmt(r["target"])))
+    both = (f"{r['curve_a']} {span(r['a'], r['a_lo'], r['a_hi'])}, {r['curve_b']} {span(r['b'], r['b_lo'], r['b_hi'])}; "
+            f"difference {span(r['diff'], r['diff_lo'], r['diff_hi'])}")
+    if not math.isfinite(r["target"]):
+        return f"{what}: no common range to compare {r['curve_a']} and {r['curve_b']} on."
+    short = [r[f"curve_{t}"] for t in ("a", "b") if not math.isfinite(r[t])]
+    if short:
+        return f"{what}: {' and '.join(short)} never reach{'es' if len(short) == 1 else ''} it on the measured points."
+    if r["verdict"] == "unresolved":
+        more = r["prompts_needed"]
+        hint = (f" (roughly {int(more)} prompts instead of {int(r['prompts'])} would resolve a difference this size)"
+                if math.isfinite(more) else "")
+        return f"{what}: {both} — not resolved at this sample size{hint}."
+    winner, loser = (r["curve_a"], r["curve_b"]) if r["verdict"] == "ahead" else (r["curve_b"], r["curve_a"])
+    return (f"{what}: {both} — **{winner} is ahead of {loser}** (the 95% interval of the difference "
+            "excludes 0).")
+
+
+def summary(panels: list[Panel]) -> list[str]:
     lines = []
-    for panel, group in itertools.groupby(curves, key=lambda c: c.panel):
-        group = list(group)
-        where = f"policy {panel[0]}, proxy {panel[1]}, gold {panel[2]}"
-        lines.append(f"**{where}** — {len(group)} curve(s): " + ", ".join(c.label for c in group) + ".")
-        for c in group:
+    for panel in panels:
+        where = f"policy {panel.key[0]}, proxy {panel.key[1]}, gold {panel.key[2]}"
+        lines.append(f"**{where}** — {len(panel.curves)} curve(s): " + ", ".join(c.label for c in panel.curves)
+                     + (f"; measured on {len(panel.prompt_ids)} shared prompts, gains paired against "
+                        f"{panel.baseline_source}." if panel.prompt_ids is not None else "."))
+        for c in panel.curves:
             p = c.points
-            pk = peak(p)
-            rise = p["proxy_mean"].iloc[-1] - p["proxy_mean"].iloc[0]
-            text = (f"{c.label}: proxy {'rose' if rise > 0 else 'fell'} by {fmt(abs(rise))} up to KL "
-                    f"{fmt(p['kl'].max())} nats; gold peaked at {fmt(pk.get('scaled'), 3)} at KL "
-                    f"{fmt(pk.get('kl'))}, and ended at {fmt(p['scaled'].iloc[-1])}.")
+            if not len(p):
+                continue
+            last = p.iloc[-1]
+            best = p.loc[p["scaled"].idxmax()] if p["scaled"].notna().any() else last
+            text = (f"{c.label}: up to KL {span(last['kl'], last['kl_lo'], last['kl_hi'])} nats the proxy gain is "
+                    f"{span(last['proxy_gain'], last['proxy_gain_lo'], last['proxy_gain_hi'])} and the gold gain "
+                    f"{span(last['scaled'], last['scaled_lo'], last['scaled_hi'])}; the largest measured gold gain is "
+                    f"{span(best['scaled'], best['scaled_lo'], best['scaled_hi'])} at KL {fmt(best['kl'])}.")
             if c.fit is not None and c.fit.peak_kl is not None:
-                text += (f" The {c.form} form puts its peak at KL {fmt(c.fit.peak_kl)}"
-                         f"{'' if c.fit.peak_in_range else ' (an extrapolation beyond the measured range)'}.")
+                f = c.fit_interval
+                text += (f" The {c.form} form puts its peak at KL "
+                         f"{span(c.fit.peak_kl, f.get('peak_kl_lo', math.nan), f.get('peak_kl_hi', math.nan))}"
+                         f"{'' if c.fit.peak_in_range else ' (beyond the measured range: an extrapolation)'}.")
             elif c.fit is not None:
                 text += f" The {c.form} form has no peak: gold is still rising."
+            if len(c.runs) > 1:
+                finals = [sp["scaled"].iloc[-1] for sp in c.seed_points if len(sp)]
+                if finals:
+                    text += (f" Its {len(c.runs)} seeds end at gold gains {', '.join(fmt(v) for v in finals)} "
+                             "(the interval includes this spread).")
             lines.append(text)
-        here = comparisons[comparisons["proxy"] == panel[1]] if len(comparisons) else comparisons
-        here = here[(here["policy"] == panel[0]) & (here["gold"] == panel[2])] if len(here) else here
-        for _, r in here.iterrows():
-            if not math.isfinite(r["matched_kl"]):
-                lines.append(f"{r['a']} and {r['b']} cover no common KL range, so they are not compared at matched KL.")
-                continue
-            diff = r["gold_a_at_kl"] - r["gold_b_at_kl"]
-            noise = 2 * math.hypot(r["gold_se_a_at_kl"], r["gold_se_b_at_kl"])
-            verdict = ("within two standard errors of each other" if math.isfinite(noise) and abs(diff) <= noise
-                       else f"{r['a'] if diff > 0 else r['b']} is ahead by {fmt(abs(diff))}")
-            lines.append(f"At KL {fmt(r['matched_kl'])} nats (the largest KL both reach), {r['a']}'s gold is "
-                         f"{fmt(r['gold_a_at_kl'])} and {r['b']}'s is {fmt(r['gold_b_at_kl'])} ({scale_words}): "
-                         f"{verdict}.")
-            if math.isfinite(r["matched_proxy"]):
-                lines.append(f"At equal proxy score {fmt(r['matched_proxy'])}, {r['a']}'s gold is "
-                             f"{fmt(r['gold_a_at_proxy'])} and {r['b']}'s is {fmt(r['gold_b_at_proxy'])}.")
+        for r in panel.comparisons:
+            lines.append(verdict_sentence(pd.Series(r)))
     return lines
 
 
@@ -446,18 +662,40 @@ def draw_fit(ax, colour: str, d_right: float, fit: fits.Fit, style_in: str, styl
                 mfc=colour if fit.peak_in_range else "white")
 
 
-def style_legend(fit_kl_max: float) -> list:
+def style_legend(fit_kl_max: float, seeds: bool, low_ess: bool) -> list:
     """Grey stand-ins explaining the line styles (the colours name the curves)."""
     from matplotlib.lines import Line2D
 
     grey = "0.4"
-    handles = [Line2D([], [], color=grey, marker="o", ms=3.5, lw=1.4, label="measured (band: ±1 SE)"),
+    handles = [Line2D([], [], color=grey, marker="o", ms=3.5, lw=1.4, label="measured (band: 95% interval)"),
                Line2D([], [], color=grey, lw=1, label="fit, measured range"),
                Line2D([], [], color=grey, lw=1, ls="--", label="fit, extrapolated"),
                Line2D([], [], color=grey, marker="*", ms=9, lw=0, label="fitted peak (hollow: extrapolated)")]
+    if seeds:
+        handles.append(Line2D([], [], color=grey, lw=0.7, alpha=0.5, label="one seed"))
+    if low_ess:
+        handles.append(Line2D([], [], color=grey, marker="o", mfc="white", lw=0, label="too few effective samples"))
     if fit_kl_max > 0:
         handles.append(Line2D([], [], color=grey, lw=1, ls=":", label=f"fit on KL ≤ {fit_kl_max:g} only"))
     return handles
+
+
+def draw_measured(ax, p: pd.DataFrame, y: str, colour: str, label: str, seed_points: list[pd.DataFrame]) -> None:
+    """Points with their 95% band (and horizontal KL interval bars); points too uncertain to trust (a tilted
+    optimum with too few effective samples) hollow and off the line: not drawn as measured."""
+    trusted = ~p["low_ess"].to_numpy(dtype=bool) if "low_ess" in p else np.ones(len(p), bool)
+    ax.plot(p["d"][trusted], p[y][trusted], "o-", color=colour, ms=3.5, lw=1.4, label=label)
+    if (~trusted).any():
+        ax.plot(p["d"][~trusted], p[y][~trusted], "o", color=colour, mfc="white", ms=4)
+    lo, hi = p.get(f"{y}_lo"), p.get(f"{y}_hi")
+    if lo is not None and np.isfinite(lo).any():
+        ax.fill_between(p["d"], lo, hi, color=colour, alpha=0.18, lw=0)
+    if "kl_lo" in p and np.isfinite(p["kl_lo"]).any() and (p["kl_hi"] > p["kl_lo"]).any():
+        d_lo, d_hi = np.sqrt(np.clip(p["kl_lo"], 0, None)), np.sqrt(np.clip(p["kl_hi"], 0, None))
+        ax.errorbar(p["d"], p[y], xerr=[np.clip(p["d"] - d_lo, 0, None), np.clip(d_hi - p["d"], 0, None)],
+                    fmt="none", ecolor=colour, elinewidth=0.7, alpha=0.6)
+    for sp in seed_points:
+        ax.plot(sp["d"], sp[y], "-", color=colour, lw=0.7, alpha=0.45)
 
 
 def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) -> list[tuple[str, str]]:
@@ -471,10 +709,9 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
     by_panel = {p: [c for c in curves if c.panel == p] for p in panels}
     made = []
 
-    def grid(rows: int, sharey: bool | str = False):
+    def grid(rows: int):
         width = max(7.0, 4.6 * len(panels))  # wide enough for the legend below the panels
-        fig, axes = plt.subplots(rows, len(panels), figsize=(width, 3.4 * rows), squeeze=False,
-                                 sharex="col", sharey=sharey)
+        fig, axes = plt.subplots(rows, len(panels), figsize=(width, 3.4 * rows), squeeze=False, sharex="col")
         return fig, axes
 
     def save(fig, name: str, caption: str, extra: list | None = None):
@@ -494,61 +731,63 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
         plt.close(fig)
         made.append((name, caption))
 
-    # Gold and proxy against sqrt(KL), fits drawn: solid where measured, dashed where extrapolated.
+    # Gold and proxy gains against sqrt(KL), fits drawn: solid where measured, dashed where extrapolated.
     fig, axes = grid(2)
     for j, panel in enumerate(panels):
         top, bottom = axes[0, j], axes[1, j]
-        d_right = 1.25 * max(c.points["d"].max() for c in by_panel[panel])
+        d_right = 1.25 * max(np.nanmax(c.points["d"]) for c in by_panel[panel])
         low, high = [], []  # the y range of what was measured: extrapolations may leave the frame
         for c in by_panel[panel]:
             p, col = c.points, colour[c.label]
-            top.plot(p["d"], p["scaled"], "o-", color=col, ms=3.5, lw=1.4, label=c.label)
-            top.fill_between(p["d"], p["scaled"] - p["scaled_se"], p["scaled"] + p["scaled_se"], color=col, alpha=0.2)
-            bottom.plot(p["d"], p["proxy_mean"], "o-", color=col, ms=3.5, lw=1.4, label=c.label)
-            bottom.fill_between(p["d"], p["proxy_mean"] - p["proxy_se"], p["proxy_mean"] + p["proxy_se"],
-                                color=col, alpha=0.2)
-            low.append(np.nanmin(p["scaled"] - p["scaled_se"].fillna(0)))
-            high.append(np.nanmax(p["scaled"] + p["scaled_se"].fillna(0)))
+            draw_measured(top, p, "scaled", col, c.label, c.seed_points)
+            draw_measured(bottom, p, "proxy_gain", col, c.label, c.seed_points)
+            low.append(np.nanmin(p["scaled_lo"].fillna(p["scaled"])))
+            high.append(np.nanmax(p["scaled_hi"].fillna(p["scaled"])))
             if c.fit is not None:
                 draw_fit(top, col, d_right, c.fit, "-", "--", peak=True)
                 if c.fit.peak_reward is not None and c.fit.peak_d <= d_right:
                     high.append(c.fit.peak_reward)
             if c.check_fit is not None:
                 draw_fit(top, col, d_right, c.check_fit, ":", ":", peak=False)
-        span = max(high) - min(low) or 1.0
-        top.set_ylim(min(low) - 0.15 * span, max(high) + 0.15 * span)
+        lo_y, hi_y = np.nanmin(low), np.nanmax(high)
+        gap = (hi_y - lo_y) or 1.0
+        top.set_ylim(lo_y - 0.15 * gap, hi_y + 0.15 * gap)
         if fit_kl_max > 0:
             top.axvline(math.sqrt(fit_kl_max), color="grey", ls=":", lw=0.8)
         top.axhline(0, color="grey", lw=0.5)
+        bottom.axhline(0, color="grey", lw=0.5)
         top.set_title(panel_title(panel, panels), fontsize=9)
         top.set_ylabel(gold_label)
-        bottom.set_ylabel("proxy reward")
+        bottom.set_ylabel("proxy − initial")
         bottom.set_xlabel("sqrt(KL) from the initial policy, sqrt(nats)")
+    seeds = any(c.seed_points for c in curves)
+    low_ess = any(bool(c.points.get("low_ess", pd.Series(dtype=bool)).any()) for c in curves)
     save(fig, "reward_vs_kl.png",
-         "Gold (top, relative to the initial policy) and proxy (bottom) reward against sqrt(KL), ±1 SE bands. "
-         "Thin lines: Gao et al. functional-form fits, solid over the measured range, dashed where extrapolated; "
-         "stars: fitted peaks (hollow when outside the measured range).", style_legend(fit_kl_max))
+         "Gold (top) and proxy (bottom) gain over the initial policy on the same prompts, against sqrt(KL); bands "
+         "and bars: 95% intervals from resampling prompts (and seeds). Thin lines: Gao et al. functional-form fits, "
+         "solid over the measured range, dashed where extrapolated; stars: fitted peaks (hollow when outside the "
+         "measured range).", style_legend(fit_kl_max, seeds, low_ess))
 
     fig, axes = grid(1)
     for j, panel in enumerate(panels):
         ax = axes[0, j]
         for c in by_panel[panel]:
-            ax.plot(c.points["proxy_mean"], c.points["scaled"], "o-", color=colour[c.label], ms=3.5, label=c.label)
+            ax.plot(c.points["proxy_gain"], c.points["scaled"], "o-", color=colour[c.label], ms=3.5, label=c.label)
         ax.set_title(panel_title(panel, panels), fontsize=9)
-        ax.set_xlabel("proxy reward")
+        ax.set_xlabel("proxy − initial")
         ax.set_ylabel(gold_label)
-    save(fig, "proxy_vs_gold.png", "Gold against proxy reward: where the curves bend over, proxy gains stop being real.")
+    save(fig, "proxy_vs_gold.png", "Gold against proxy gain: where the curves bend over, proxy gains stop being real.")
 
     fig, axes = grid(1)
     for j, panel in enumerate(panels):
         ax = axes[0, j]
         for c in by_panel[panel]:
-            ax.plot(c.points["proxy_mean"], c.points["kl"], "o-", color=colour[c.label], ms=3.5, label=c.label)
+            ax.plot(c.points["proxy_gain"], c.points["kl"], "o-", color=colour[c.label], ms=3.5, label=c.label)
         ax.set_title(panel_title(panel, panels), fontsize=9)
-        ax.set_xlabel("proxy reward")
+        ax.set_xlabel("proxy − initial")
         ax.set_ylabel("KL from the initial policy, nats")
-    save(fig, "kl_vs_proxy.png", "KL spent against proxy reward: the higher curve drifts further from the initial "
-         "policy for the same proxy score.")
+    save(fig, "kl_vs_proxy.png", "KL spent against proxy gain: the higher curve drifts further from the initial "
+         "policy for the same proxy gain.")
 
     if any(c.points["length_mean"].notna().any() for c in curves):
         fig, axes = grid(1)
@@ -633,18 +872,21 @@ def render_html(blocks: list[tuple], directory: Path) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-POINT_COLUMNS = ["run_id", "method", "policy", "proxy", "gold", "n", "step", "beta", "kl", "kl_se", "proxy_mean",
-                 "proxy_se", "gold_mean", "gold_se", "gold_rel", "length_mean", "generated_tokens", "trained_tokens"]
+POINT_COLUMNS = ["run_id", "method", "curve", "policy", "proxy", "gold", "n", "step", "beta", "kl", "kl_lo", "kl_hi",
+                 "proxy_mean", "proxy_gain", "proxy_gain_lo", "proxy_gain_hi", "gold_mean", "gold_gain",
+                 "gold_gain_lo", "gold_gain_hi", "scaled", "scaled_lo", "scaled_hi", "ess", "low_ess", "length_mean",
+                 "generated_tokens", "trained_tokens"]
 
 
 def points_table(curves: list[Curve]) -> pd.DataFrame:
     frames = []
     for c in curves:
-        p = c.points.copy()
+        p = c.points.rename(columns={"proxy": "proxy_mean", "gold": "gold_mean"})
+        p["run_id"], p["method"], p["curve"] = ",".join(c.run_ids), c.method, c.label
         p["policy"], p["proxy"], p["gold"] = c.panel
         frames.append(p)
     table = pd.concat(frames, ignore_index=True)
-    return table[[col for col in POINT_COLUMNS if col in table and (col in POINT_COLUMNS[:7] or table[col].notna().any())]]
+    return table[[col for col in POINT_COLUMNS if col in table and (col in POINT_COLUMNS[:6] or table[col].notna().any())]]
 
 
 def rm_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -655,58 +897,68 @@ def rm_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(cfg: ReportConfig) -> Path:
-    """Selected rows -> curves, fits, comparisons -> report directory (returned, and printed on stdout)."""
+    """Selected rows -> per-prompt records -> curves -> statistics -> report directory (returned and printed)."""
+    from bon_vs_rl import results
+
     rows = select_rows(cfg)  # bad or empty selection: ConfigError before anything is written
-    curves, notes = build_curves(rows, cfg.scale)
-    fit_curves(curves, cfg.fit_kl_max)
-    comparisons = pd.DataFrame([compare(a, b, cfg.gold_level) for a, b in pairs(curves)])
-    grids = [matched_kl_grid(a, b) for a, b in pairs(curves)]
-    matched = pd.concat(grids, ignore_index=True) if grids else pd.DataFrame()
-    unit = cfg.scale == "unit" and not any(c.scale_missing for c in curves)
-    scale_words = ("relative to the initial policy, in units of its gold standard deviation" if unit
-                   else "relative to the initial policy")
-    gold_label = "gold − initial, unit variance" if unit else "gold − initial"
-    notes += [c.initial_note for c in curves if c.initial_note] + [c.scale_note for c in curves if c.scale_note]
+    curves, notes = group_curves(rows)
+    name_curves(curves, run_outputs(rows, results.resolve_results_path(cfg.results)))
+    curves.sort(key=lambda c: (c.panel, not c.is_bon, c.method != "tilted", c.method, c.label))
+    panels, more = measure(curves, cfg)
+    notes += more
+    unit = cfg.scale == "unit" and all(p.prompt_ids is not None and p.gold_std > 0 for p in panels)
     if cfg.scale == "unit" and not unit:
-        notes.append("Unit scale was asked for but is not available for every curve; all gold is shown relative to "
-                     "the initial policy instead, so the curves stay on one scale.")
+        notes.append("Unit scale was asked for but some panel has no measured initial gold std (no per-prompt "
+                     "records); all gold is shown relative to the initial policy instead.")
         for c in curves:
-            c.points["scaled"], c.points["scaled_se"] = c.points["gold_rel"], c.points["gold_rel_se"]
-        fit_curves(curves, cfg.fit_kl_max)
+            for suffix in ("", "_lo", "_hi"):
+                c.points["scaled" + suffix] = c.points["gold_gain" + suffix]
+    fit_curves(curves, cfg.fit_kl_max)
+    scale_words = ("gain over the initial policy on the same prompts, in units of its gold standard deviation"
+                   if unit else "gain over the initial policy on the same prompts")
+    gold_label = "gold − initial (unit variance)" if unit else "gold − initial"
+    notes += [c.records_note for c in curves if c.records_note] + [n for p in panels for n in p.notes]
     notes = list(dict.fromkeys(notes))
     refusals = [c.fit_note for c in curves if c.fit_note] + [c.check_note for c in curves if c.check_note]
 
     points = points_table(curves)
     fit_frame, check_frame, rms = fits_table(curves), check_table(curves), rm_table(rows)
+    comparisons = comparison_table(panels)
+    lines = summary(panels)
     out = Path(cfg.output)
     with files.atomic_directory(out) as tmp:
         made = figures(curves, tmp, gold_label, cfg.fit_kl_max)
         blocks: list[tuple] = [("h1", "bonrl report: best-of-n against RL, measured by the gold reward")]
         selection = {k: getattr(cfg, k) for k in (*FILTERS, "methods") if getattr(cfg, k)}
-        blocks.append(("p", f"{len(points)} measured points in {len(curves)} curve(s) from {points['run_id'].nunique()} "
-                       f"run(s); selection: {selection or 'the whole table'}; gold is {scale_words}."))
-        blocks += [("h2", "Summary"), ("list", summary(curves, comparisons, scale_words))]
+        blocks.append(("p", f"{len(points)} measured points in {len(curves)} curve(s) from "
+                       f"{len({r for c in curves for r in c.run_ids})} run(s); selection: {selection or 'the whole table'}; "
+                       f"gold is shown as the {scale_words}. Every interval is a 95% percentile interval from "
+                       f"{cfg.bootstrap} resamples of the evaluation prompts (and of the seeds, where a setting has "
+                       "several), taken through the whole pipeline: per-prompt estimates, gains, fits and "
+                       "interpolations."))
+        blocks += [("h2", "Summary"), ("list", lines)]
         if notes or refusals:
             blocks += [("h2", "Notes"), ("list", notes + refusals)]
         blocks.append(("h2", "Figures"))
         blocks += [("figure", name, caption) for name, caption in made]
         if len(comparisons):
-            blocks += [("h2", "Comparison"),
-                       ("p", "For each pair of curves on the same policy, proxy and gold: gold at the largest KL both "
-                        "reach (interpolated), the KL each needs to reach gold_level (default: half the smaller "
-                        "measured peak), gold at the largest proxy score both reach, the measured peak and the "
-                        "tokens generated / trained up to it (best-of-n: the tokens of n samples per eval prompt; "
-                        "RL: every token generated or trained on up to that step, evaluations included). Gold "
-                        + scale_words + "."),
-                       ("p", "All pairs in one table: comparison.csv.")]
-            for i, (_, r) in enumerate(comparisons.iterrows()):
-                blocks += [("p", f"**{r['a']} vs {r['b']}** — proxy {r['proxy']}, policy {r['policy']}, gold {r['gold']}"),
-                           ("table", pair_table(r), f"comparison-{i}")]
-        if len(matched):
-            blocks += [("h2", "Gold at matched KL"), ("table", matched, "matched_kl")]
+            blocks += [("h2", "Comparisons"),
+                       ("p", "For each pair of curves on the same policy, proxy, gold and prompts: the gold gain at a "
+                        "matched KL (by default the largest KL both curves reach in at least 97.5% of resamples), "
+                        "the KL each spends to reach a proxy gain (the largest both reach likewise), and the KL each "
+                        "needs to reach a gold gain (by default half the smaller measured peak, a fixed target). "
+                        "A curve is called ahead only where the 95% interval of the difference excludes 0. "
+                        "All rows: comparison.csv.")]
+            for i, ((a, b), frame) in enumerate(comparisons.groupby(["curve_a", "curve_b"], sort=False)):
+                first = frame.iloc[0]
+                blocks += [("p", f"**{a} vs {b}** — proxy {first['proxy']}, policy {first['policy']}, gold "
+                                 f"{first['gold']}, {int(first['prompts'])} prompts"),
+                           ("table", pair_table(frame), f"comparison-{i}")]
         blocks.append(("h2", "Functional-form fits (Gao et al. 2022, eq. 1-2)"))
         blocks.append(("p", "BoN: R(d) = d(α − β d); RL: R(d) = d(α − β log d); d = sqrt(KL), R = gold "
-                       + scale_words + ". Peak: BoN d* = α/2β, RL d* = exp(α/β − 1)."))
+                       + scale_words + ". Peak: BoN d* = α/2β, RL d* = exp(α/β − 1). Intervals from refitting "
+                       "every prompt resample (a d = 0 point adds no degree of freedom); no_peak_share is the "
+                       "share of resamples with β ≤ 0 (no peak), which is why a peak interval may be open above."))
         if len(fit_frame):
             blocks.append(("table", fit_frame, "fits"))
         if refusals:
@@ -718,14 +970,13 @@ def report(cfg: ReportConfig) -> Path:
             blocks.append(("table", check_frame, "fit_check") if len(check_frame) else ("p", "No curve could be fitted."))
         if len(rms):
             blocks += [("h2", "Proxy reward models"), ("table", rms, "reward_models")]
-        blocks += [("h2", "Measured points"), ("p", "Every selected row of the results table."),
+        blocks += [("h2", "Measured points"), ("p", "Every point of every curve, with its 95% intervals."),
                    ("table", points, "points")]
         blocks += [("h2", "Settings"), ("p", f"`bonrl report` with {to_dict(cfg)}")]
 
         points.to_csv(tmp / "points.csv", index=False)
         fit_frame.to_csv(tmp / "fits.csv", index=False)
         comparisons.to_csv(tmp / "comparison.csv", index=False)
-        matched.to_csv(tmp / "matched_kl.csv", index=False)
         if cfg.fit_kl_max > 0:
             check_frame.to_csv(tmp / "fit_check.csv", index=False)
         if len(rms):
@@ -734,7 +985,7 @@ def report(cfg: ReportConfig) -> Path:
         files.write_text(tmp / "report.md", render_markdown(blocks))
         files.write_text(tmp / "report.html", render_html(blocks, tmp))
 
-    for line in summary(curves, comparisons, scale_words):
+    for line in lines:
         console.note(line.replace("**", ""), cfg.quiet)
     for line in notes + refusals:
         console.note("note: " + line, cfg.quiet)

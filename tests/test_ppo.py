@@ -104,6 +104,62 @@ def test_rows_and_samples_have_the_shared_evaluation_format(beta0):
     assert json.loads((Path(beta0["args"]["output"]) / "resolved_config.json").read_text())["beta"] == 0.0
 
 
+def test_every_evaluation_row_is_recomputed_from_its_eval_samples_file(beta0):
+    """KL (exact and sampled), proxy and gold means with their per-prompt standard errors, gold_std, length,
+    counts, and the gains paired by prompt against step 0: all from the saved samples, prompt by prompt."""
+    rows = beta0["rows"]
+    first = pd.read_parquet(rows["samples_path"].iloc[0])
+    initial = first.groupby("prompt_id")[["proxy", "gold"]].mean()
+    for _, row in rows.iterrows():
+        assert Path(row["samples_path"]).is_absolute()
+        frame = pd.read_parquet(row["samples_path"])
+        by_prompt = frame.groupby("prompt_id")
+        for column, name in (("kl", "kl"), ("kl_sampled", "kl_sampled"), ("proxy", "proxy_mean"), ("gold", "gold_mean")):
+            assert row[name] == pytest.approx(frame[column].mean(), rel=1e-9, abs=1e-12), name
+            means = by_prompt[column].mean()
+            se_name = "kl_se" if name == "kl" else "kl_sampled_se" if name == "kl_sampled" else name.replace("mean", "se")
+            assert row[se_name] == pytest.approx(means.std(ddof=1) / np.sqrt(len(means)), rel=1e-9, abs=1e-12)
+        assert row["gold_std"] == pytest.approx(frame["gold"].std(ddof=1), rel=1e-9)
+        assert row["length_mean"] == pytest.approx(frame["tokens"].mean())
+        assert row["ended_frac"] == pytest.approx(frame["ended"].mean())
+        assert row["sample_count"] == len(frame) and row["prompt_count"] == frame["prompt_id"].nunique()
+        for name in ("proxy", "gold"):
+            gains = by_prompt[name].mean() - initial[name]
+            assert row[f"{name}_gain"] == pytest.approx(gains.mean(), rel=1e-9, abs=1e-12)
+            assert gains.min() - 1e-12 <= row[f"{name}_gain_lo"] <= row[f"{name}_gain"] + 1e-12
+            assert row[f"{name}_gain"] - 1e-12 <= row[f"{name}_gain_hi"] <= gains.max() + 1e-12
+        assert row["kl_lo"] <= row["kl"] + 1e-12 <= row["kl_hi"] + 2e-12
+    assert rows["setting"].nunique() == 1 and rows["prompt_set"].nunique() == 1
+
+
+def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_policy):
+    """The last evaluation's exact KL recomputed without the batching code: each completion alone, unpadded,
+    KL_t = sum_v p log(p/q) from the final checkpoint's policy and the reference (the initial policy)."""
+    checkpoint = sorted((Path(beta0["args"]["output"]) / "checkpoints").iterdir())[-1] / "policy"
+    policy, tokenizer = models.load_policy(str(checkpoint), torch.device("cpu"), dtype=torch.float32)
+    reference, _ = models.load_policy(toy_policy, torch.device("cpu"), dtype=torch.float32)
+    frame = pd.read_parquet(beta0["rows"]["samples_path"].iloc[-1]).head(6)
+    from bon_vs_rl import sampling
+
+    checked = 0
+    for _, sample in frame.iterrows():
+        prompt = sampling.encode_prompts(tokenizer, [sample["prompt"]], beta0["args"].get("max_prompt_tokens", 64))[0]
+        completion = tokenizer(sample["completion"], add_special_tokens=False)["input_ids"][: int(sample["tokens"])]
+        if len(completion) != int(sample["tokens"]):  # an EOS the text does not show: skip, decoding is lossy
+            continue
+        ids = torch.tensor([prompt + completion])
+        with torch.no_grad():
+            logp = torch.log_softmax(policy(ids).logits[0].double(), -1)
+            logq = torch.log_softmax(reference(ids).logits[0].double(), -1)
+        positions = range(len(prompt) - 1, len(prompt) - 1 + len(completion))
+        exact = sum(float((logp[t].exp() * (logp[t] - logq[t])).sum()) for t in positions)
+        sampled = sum(float(logp[t, ids[0, t + 1]] - logq[t, ids[0, t + 1]]) for t in positions)
+        assert sample["kl"] == pytest.approx(exact, rel=1e-3, abs=1e-5)  # float32 softmax against float64
+        assert sample["kl_sampled"] == pytest.approx(sampled, rel=1e-3, abs=1e-5)
+        checked += 1
+    assert checked >= 3 and frame["kl"].max() > 1.0  # enough samples, and a KL far from 0 to get wrong
+
+
 def test_kl_at_step_zero_is_zero_within_its_standard_error(beta0):
     first = beta0["rows"].iloc[0]
     assert abs(first["kl"]) <= 3 * first["kl_se"] + 1e-9 and first["kl_negative"] == 0

@@ -1,8 +1,12 @@
-"""`bonrl report` over synthetic results tables written with ResultsStore, as the stages write them.
+"""`bonrl report` over synthetic studies whose truth is known, written the way the stages write them:
+a results table whose rows link to per-sample records (a best-of-n samples file, RL eval-samples files).
 
-Gold is generated from the Gao et al. (2022) forms with known α, β plus noise, so the fits the report
-draws must recover them; the HTML must parse and hold every selected row; a curve with two points
-must be refused with a note; an empty or mismatched selection must stop with exit code 2.
+The evaluation prompts carry fixed per-prompt offsets shared by every method, as real prompts do.
+Best-of-n: gold = offset + GOLD_STD·z, proxy = z + x with x ~ N(0, S²) per sample, so the gold gain of
+best-of-n at n is GOLD_STD·E[max of n]/sqrt(1 + S²) (Gao et al.'s regressional Goodhart). RL: each
+step's per-prompt gold follows Gao et al.'s RL form GOLD_STD·d(α − β log d) plus noise, at a known KL.
+The report must re-measure every curve from those records on the shared prompts, pair every gain
+against one initial-policy measurement, and attach intervals that contain the truth.
 """
 
 import base64
@@ -13,70 +17,99 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import integrate, stats
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, fits
+from bon_vs_rl import best_of_n, cli
 from bon_vs_rl import results as R
 
 runner = CliRunner()
-BON = dict(alpha=1.0, beta=0.3)  # peak at d* ≈ 1.67, inside d ∈ [0, 2.4]
-RL = dict(alpha=0.8, beta=0.4)  # peak at d* = e ≈ 2.7, inside d ∈ [0, 3.2]
-GOLD0, GOLD_STD = 0.2, 0.5  # the initial policy's gold mean and standard deviation
-NOISE = 0.01
+P, N = 48, 64  # evaluation prompts, best-of-n samples per prompt
+NS = [1, 2, 4, 8, 16, 32, 64]
+S = 0.6  # proxy error scale (per sample)
+RL = dict(alpha=0.8, beta=0.4)  # peak at d* = e^(α/β - 1) = e ≈ 2.7 (KL 7.4)
+GOLD0, GOLD_STD = 0.2, 0.5  # the initial policy's gold mean and its per-sample standard deviation
+OFFSETS = np.random.default_rng(123).normal(0, 0.7, P)  # each prompt's own gold level, shared by every method
+PROMPTS = [f"Write about thing number {p}." for p in range(P)]
 
 
-def bon_rows(proxy: str, ns, rng, gold_std: bool = True) -> list[dict]:
-    rows = []
-    for n in ns:
-        kl = math.log(n) - (n - 1) / n  # the analytic best-of-n KL
-        d = math.sqrt(kl)
-        rows.append({
-            "method": "bon", "n": n, "kl": kl, "proxy": proxy, "policy": "tiny", "gold": "vader",
-            "proxy_mean": 0.1 + 0.8 * d, "proxy_se": 0.02,
-            "gold_mean": GOLD0 + GOLD_STD * d * (BON["alpha"] - BON["beta"] * d) + rng.normal(0, NOISE),
-            "gold_se": NOISE, "length_mean": 12 + d, "sample_count": 64 * n, "prompt_count": 64,
-            "generated_tokens": 12 * 64 * 256, "samples_per_prompt": 256, "trained_tokens": 0, "seed": 0,
-            **({"gold_std": GOLD_STD} if gold_std else {}),
-        })
-    return rows
+def expected_max(n: int) -> float:
+    """E[max of n standard normals], by quadrature (independent of bonrl's code)."""
+    return integrate.quad(lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1), -12, 12)[0]
 
 
-def rl_rows(proxy: str, beta: float, steps, rng, gold_std: bool = True) -> list[dict]:
-    rows = []
-    for step in steps:
-        kl = (0.1 / beta) * step / 10  # smaller β drifts further per step
-        d = math.sqrt(kl)
-        rl = d * (RL["alpha"] - RL["beta"] * math.log(d)) if d > 0 else 0.0
-        rows.append({
-            "method": "ppo", "step": step, "kl": kl, "kl_se": 0.01, "beta": beta, "proxy": proxy,
-            "policy": "tiny", "gold": "vader", "proxy_mean": 0.1 + 0.9 * d, "proxy_se": 0.02,
-            "gold_mean": GOLD0 + GOLD_STD * rl + rng.normal(0, NOISE), "gold_se": NOISE,
-            "length_mean": 12 + 2 * d, "sample_count": 64, "prompt_count": 32,
-            "generated_tokens": 1000 * (step + 1), "trained_tokens": 800 * step, "seed": 0,
-            **({"gold_std": GOLD_STD} if gold_std and step == 0 else {}),
-        })
-    return rows
-
-
-def add_run(path: Path, command: str, rows: list[dict], experiment: str) -> str:
-    with R.ResultsStore(path) as store, R.run_context(store, command, {"synthetic": True}, 0, experiment) as run_id:
+def add_run(path: Path, command: str, rows: list[dict], experiment: str, output: str) -> str:
+    with R.ResultsStore(path) as store, R.run_context(store, command, {"output": output}, 0, experiment) as run_id:
         store.add_rows(run_id, rows)
     return run_id
 
 
+def bon_run(path: Path, root: Path, proxy: str, seed: int, experiment: str = "synth", output: str = "bon",
+            ns=NS, prompts: int = P) -> str:
+    """A best-of-n run: its samples file, and its rows from best_of_n.bon_rows as `bonrl sample` writes them."""
+    rng = np.random.default_rng(seed)
+    z, x = rng.standard_normal((prompts, N)), rng.normal(0, S, (prompts, N))
+    frame = pd.DataFrame({
+        "prompt_id": np.repeat(np.arange(prompts), N), "prompt": np.repeat(PROMPTS[:prompts], N),
+        "completion": "text", "tokens": 12, "logprob": -rng.uniform(1, 30, prompts * N), "ended": True,
+        proxy: (z + x + 0.5 * OFFSETS[:prompts, None]).ravel(),
+        "vader": (GOLD0 + OFFSETS[:prompts, None] + GOLD_STD * z).ravel(),
+    })
+    samples = root / output / f"{seed}-samples.parquet"
+    best_of_n.write_samples(samples, frame, {"format": best_of_n.SAMPLES_FORMAT, "policy": "tiny",
+                                             "samples_per_prompt": N, "seed": seed})
+    rows = [{**row, "method": "bon", "policy": "tiny", "proxy": proxy, "gold": "vader", "seed": seed,
+             "samples_path": str(samples), "samples_per_prompt": N, "prompt_count": prompts,
+             "generated_tokens": 12 * prompts * N, "setting": f"bon-{output}-{seed}"}
+            for row in best_of_n.bon_rows(frame, proxy, "vader", ns, N, 200, seed)]
+    return add_run(path, "sample", rows, experiment, output)
+
+
+def rl_gain(d: float, alpha: float = RL["alpha"], beta: float = RL["beta"]) -> float:
+    return GOLD_STD * d * (alpha - beta * math.log(d)) if d > 0 else 0.0
+
+
+def rl_run(path: Path, root: Path, proxy: str, beta: float, seed: int, *, experiment: str = "synth",
+           output: str = "ppo", steps=range(0, 55, 5), kl_per_step: float = 0.2, gain=rl_gain,
+           seed_effect: float = 0.0, setting: str | None = None, noise: float = 0.3) -> str:
+    """An RL run: one eval-samples file per evaluation (4 samples per prompt), and its rows."""
+    rng = np.random.default_rng(1000 + seed)
+    shift = rng.normal(0, seed_effect) if seed_effect else 0.0  # this training seed's own luck
+    rows = []
+    for step in steps:
+        kl = kl_per_step * step
+        d = math.sqrt(kl)
+        g = gain(d) + (shift * d if step else 0.0)
+        ids = np.repeat(np.arange(P), 4)
+        frame = pd.DataFrame({
+            "step": step, "prompt_id": ids, "prompt": [PROMPTS[i] for i in ids], "completion": "text", "tokens": 12,
+            "logprob": -5.0, "ended": True,
+            "proxy": 0.1 + 0.9 * d + 0.5 * OFFSETS[ids] + rng.normal(0, noise, ids.size),
+            "gold": GOLD0 + OFFSETS[ids] + g + rng.normal(0, GOLD_STD, ids.size),
+            "kl": kl * rng.uniform(0.5, 1.5, ids.size) if step else 0.0, "kl_sampled": 0.0,
+        })
+        file = root / output / f"seed{seed}" / f"step-{step:06d}.parquet"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(file, index=False)
+        rows.append({"method": "ppo", "step": step, "beta": beta, "kl": frame["kl"].mean(), "policy": "tiny",
+                     "proxy": proxy, "gold": "vader", "proxy_mean": frame["proxy"].mean(),
+                     "gold_mean": frame["gold"].mean(), "samples_path": str(file), "seed": seed,
+                     "setting": setting or f"{output}-{beta}", "length_mean": 12.0,
+                     "generated_tokens": 1000 * (step + 1), "trained_tokens": 800 * step})
+    return add_run(path, "ppo", rows, experiment, output)
+
+
 @pytest.fixture
 def table(tmp_path):
-    """Experiment 'synth': BoN on two proxies and PPO at two β on proxy A, plus an unrelated experiment."""
-    rng = np.random.default_rng(0)
+    """Experiment 'synth': BoN on proxies A and B; PPO at β 0.05 (travels far, rises then falls) and β 0.2 on
+    proxy A; plus an unrelated experiment."""
     path = tmp_path / "results.sqlite"
-    ns = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     runs = {
-        # Like the sample stage, BoN records no gold std; PPO's step-0 evaluation does.
-        "bon": add_run(path, "sample", bon_rows("rm:a", ns, rng, gold_std=False)
-                       + bon_rows("rm:b", ns[:2], rng, gold_std=False), "synth"),
-        "ppo-0.05": add_run(path, "ppo", rl_rows("rm:a", 0.05, range(0, 55, 5), rng), "synth"),
-        "ppo-0.2": add_run(path, "ppo", rl_rows("rm:a", 0.2, range(0, 55, 5), rng), "synth"),
-        "other": add_run(path, "sample", bon_rows("rm:z", ns[:4], rng), "other"),
+        "bon": bon_run(path, tmp_path, "rm:a", seed=1),
+        "bon-b": bon_run(path, tmp_path, "rm:b", seed=2, output="bon-b", ns=[1, 2]),
+        "ppo-0.05": rl_run(path, tmp_path, "rm:a", 0.05, seed=0, output="ppo-0"),
+        "ppo-0.2": rl_run(path, tmp_path, "rm:a", 0.2, seed=0, output="ppo-1", kl_per_step=0.05),
+        "other": bon_run(path, tmp_path, "rm:z", seed=3, experiment="other", output="other", ns=[1, 2, 4, 8]),
     }
     return path, runs
 
@@ -150,144 +183,196 @@ def row_key(r: dict) -> tuple:
     return str(r["run_id"]), r["method"], str(r["proxy"]), g4(float(x)), g4(float(r["gold_mean"]))
 
 
+def report(path: Path, *args: str, out: str = "rep") -> Path:
+    result = invoke("--results", str(path), "--output", out, "--quiet", "--bootstrap", "1000", *args)
+    assert result.exit_code == 0, result.output
+    return Path(out).resolve()
+
+
 def test_report_holds_every_selected_row_and_embeds_its_figures(table, tmp_path):
     path, runs = table
-    result = invoke("--results", str(path), "--experiment", "synth", "--output", "rep", "--quiet")
-    assert result.exit_code == 0, result.output
-    out = tmp_path / "rep"
-    assert result.stdout.strip() == "rep"
+    out = report(path, "--experiment", "synth")
     assert {"report.md", "report.html", "points.csv", "fits.csv", "comparison.csv", "reward_vs_kl.png",
             "proxy_vs_gold.png", "kl_vs_proxy.png", "length_vs_kl.png"} <= {p.name for p in out.iterdir()}
-
     html = page(out)
-    # Self-contained: every figure is an embedded PNG, none is a link to a file.
     assert len(html.images) == 4
-    for src in html.images:
+    for src in html.images:  # self-contained: every figure an embedded PNG
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-
-    # The points table holds exactly the experiment's rows (not the other experiment's).
+    # The points are exactly the experiment's rows, their means re-measured from the records.
     stored = R.load(path)
     stored = stored[stored["experiment"] == "synth"]
     points = html.frame("points")
     assert sorted(map(row_key, points.to_dict("records"))) == sorted(map(row_key, stored.to_dict("records")))
-    assert set(points["run_id"]) == {runs["bon"], runs["ppo-0.05"], runs["ppo-0.2"]}
-    csv = pd.read_csv(out / "points.csv")
-    assert len(csv) == len(stored)
-    # Gold relative to the initial policy: zero at n = 1 and at step 0.
-    initial = csv[(csv["n"] == 1) | (csv["step"] == 0)]
-    assert np.allclose(initial["gold_rel"], 0)
-
-    # The same content in Markdown, pointing at the PNGs beside it.
+    assert len(pd.read_csv(out / "points.csv")) == len(stored)
     md = (out / "report.md").read_text()
-    assert "![" in md and "(reward_vs_kl.png)" in md and runs["ppo-0.2"] in md
+    assert "![" in md and "(reward_vs_kl.png)" in md and "ppo β=0.05" in md
 
 
-def test_report_fits_recover_the_forms_and_match_fits_module(table, tmp_path):
-    path, runs = table
-    result = invoke("--results", str(path), "--experiment", "synth", "--output", "rep", "--quiet")
-    assert result.exit_code == 0, result.output
-    fitted = pd.read_csv(tmp_path / "rep" / "fits.csv")
-    # gold relative to the initial policy is GOLD_STD · R(d): α and β come back times GOLD_STD.
-    bon = fitted[(fitted["curve"] == "BoN") & (fitted["proxy"] == "rm:a")].iloc[0]
-    assert bon["form"] == "bon"
-    assert bon["alpha"] == pytest.approx(GOLD_STD * BON["alpha"], rel=0.1)
-    assert bon["beta"] == pytest.approx(GOLD_STD * BON["beta"], rel=0.15)
+def test_gains_are_paired_against_one_initial_measurement_and_cover_the_truth(table, tmp_path):
+    path, _ = table
+    points = pd.read_csv(report(path, "--experiment", "synth", "--proxy", "rm:a") / "points.csv")
+    frame = best_of_n.read_samples(R.load(path, method="bon", proxy="rm:a")["samples_path"].iloc[0])[0]
+    baseline = frame.groupby("prompt_id")["vader"].mean()  # all N samples of each prompt: the initial policy
+    bon = points[points["method"] == "bon"].set_index("n")
+    assert bon.loc[1, "gold_gain"] == pytest.approx(0, abs=1e-12) and bon.loc[1, "gold_gain_hi"] == pytest.approx(0)
+    for n, p in bon.iterrows():  # regressional Goodhart: GOLD_STD·E[max n]/sqrt(1 + S²), inside the interval
+        truth = GOLD_STD * expected_max(int(n)) / math.sqrt(1 + S**2)
+        assert p["gold_gain_lo"] - 1e-12 <= truth <= p["gold_gain_hi"] + 1e-12, (n, truth, p["gold_gain_lo"])
+    # The RL curve's gain is paired against the same baseline, prompt by prompt, not against its own step 0.
+    ppo = points[(points["method"] == "ppo") & (points["beta"] == 0.05)].set_index("step")
+    rows = R.load(path, method="ppo", beta=0.05).set_index("step")
+    for step in (0, 25, 50):
+        per_prompt = pd.read_parquet(rows.loc[step, "samples_path"]).groupby("prompt_id")["gold"].mean()
+        assert ppo.loc[step, "gold_gain"] == pytest.approx((per_prompt - baseline).mean(), rel=1e-9, abs=1e-12)
+        truth = rl_gain(math.sqrt(0.2 * step))
+        assert ppo.loc[step, "gold_gain_lo"] <= truth <= ppo.loc[step, "gold_gain_hi"]
+        # Paired: narrower than the interval of a difference of two independent means would be.
+        unpaired = 2 * 1.96 * math.hypot(per_prompt.std(ddof=1), baseline.std(ddof=1)) / math.sqrt(P)
+        assert ppo.loc[step, "gold_gain_hi"] - ppo.loc[step, "gold_gain_lo"] < 0.6 * unpaired
+        # KL carries its own interval (the eval samples' KL varies prompt to prompt).
+        if step:
+            assert ppo.loc[step, "kl_lo"] < ppo.loc[step, "kl"] < ppo.loc[step, "kl_hi"]
+
+
+def test_fits_recover_the_rl_form_with_intervals_that_cover_it(table, tmp_path):
+    path, _ = table
+    fitted = pd.read_csv(report(path, "--experiment", "synth") / "fits.csv")
     ppo = fitted[fitted["curve"] == "ppo β=0.05"].iloc[0]
     assert ppo["form"] == "rl"
-    assert ppo["alpha"] == pytest.approx(GOLD_STD * RL["alpha"], rel=0.1)
-    assert ppo["beta"] == pytest.approx(GOLD_STD * RL["beta"], rel=0.15)
-    # It is fits.fit_gold_vs_kl on the relative gold, weighted by the standard errors, not a rewrite.
-    rows = R.load(path)
-    rows = rows[(rows["run_id"] == runs["ppo-0.05"])].sort_values("step")
-    expected = fits.fit_gold_vs_kl(rows["kl"], rows["gold_mean"] - rows["gold_mean"].iloc[0], "rl",
-                                   gold_se=rows["gold_se"])
-    assert ppo["alpha"] == pytest.approx(expected.alpha, rel=1e-9)
-    assert ppo["peak_kl"] == pytest.approx(expected.peak_kl, rel=1e-9)
-
-    # The BoN curve on proxy B has two points: refused, and said so in the report.
+    for name in ("alpha", "beta"):
+        truth = GOLD_STD * RL[name]
+        assert ppo[f"{name}_lo"] <= truth <= ppo[f"{name}_hi"], (name, ppo[f"{name}_lo"], ppo[f"{name}_hi"])
+        assert ppo[name] == pytest.approx(truth, rel=0.2)
+    peak_kl = math.exp(2 * (RL["alpha"] / RL["beta"] - 1))  # d* = exp(α/β − 1)
+    assert ppo["peak_kl_lo"] <= peak_kl <= ppo["peak_kl_hi"]
+    # A curve of two points is refused, and the report says so.
     assert not (fitted["proxy"] == "rm:b").any()
-    notes = " ".join(page(tmp_path / "rep").items)
-    assert "rm:b" in notes and "needs at least 3" in notes
+    assert "needs at least 3" in " ".join(page(tmp_path / "rep").items)
 
 
-def test_comparison_interpolates_at_matched_kl_and_summary_quotes_it(table, tmp_path):
+def test_matched_kl_comparison_interpolates_both_curves_and_calls_a_resolved_winner(table, tmp_path):
     path, _ = table
-    result = invoke("--results", str(path), "--experiment", "synth", "--proxy", "rm:a", "--output", "rep",
-                    "--quiet", "--methods", "bon,ppo")
-    assert result.exit_code == 0, result.output
-    comparison = pd.read_csv(tmp_path / "rep" / "comparison.csv")
-    assert len(comparison) == 3  # BoN, ppo β=0.05, ppo β=0.2: three pairs
-    row = comparison[(comparison["a"] == "BoN") & (comparison["b"] == "ppo β=0.2")].iloc[0]
-    points = pd.read_csv(tmp_path / "rep" / "points.csv")
+    out = report(path, "--experiment", "synth", "--proxy", "rm:a")
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert len(comparison) == 3 * 3  # three pairs of curves, three quantities each
+    row = comparison[(comparison["curve_a"] == "BoN") & (comparison["curve_b"] == "ppo β=0.2")
+                     & (comparison["quantity"] == "gold_at_kl")].iloc[0]
+    points = pd.read_csv(out / "points.csv")
     bon = points[points["method"] == "bon"].sort_values("n")
     ppo = points[(points["method"] == "ppo") & (points["beta"] == 0.2)].sort_values("step")
-    # The largest KL both reach, and each curve's gold there by linear interpolation.
-    assert row["matched_kl"] == pytest.approx(min(bon["kl"].max(), ppo["kl"].max()))
-    assert row["gold_a_at_kl"] == pytest.approx(np.interp(row["matched_kl"], bon["kl"], bon["gold_rel"]))
-    assert row["gold_b_at_kl"] == pytest.approx(np.interp(row["matched_kl"], ppo["kl"], ppo["gold_rel"]))
-    # The KL each needs to reach the gold level: on each curve, gold there equals the level.
-    level = row["gold_level"]
-    assert level > 0
-    assert np.interp(row["kl_a_to_level"], bon["kl"], bon["gold_rel"]) == pytest.approx(level)
-    assert row["peak_gold_b"] == pytest.approx(ppo["gold_rel"].max())
-    assert row["trained_tokens_b"] == ppo.loc[ppo["gold_rel"].idxmax(), "trained_tokens"]
-    # Best-of-n at n costs n of the N = 256 samples per prompt the stage drew (12 tokens, 64 prompts).
-    assert row["generated_tokens_a"] == pytest.approx(12 * 64 * bon.loc[bon["gold_rel"].idxmax(), "n"])
-
-    summary = " ".join(page(tmp_path / "rep").items)
-    assert f"At KL {row['matched_kl']:.3g} nats" in summary
-    assert f"BoN's gold is {row['gold_a_at_kl']:.3g}" in summary
+    # Each curve's gold gain at the matched KL, by linear interpolation of its own points.
+    k = row["target"]
+    assert 0 < k <= min(bon["kl"].max(), ppo["kl"].max())
+    assert row["a"] == pytest.approx(np.interp(k, bon["kl"], bon["gold_gain"]))
+    assert row["b"] == pytest.approx(np.interp(k, ppo["kl"], ppo["gold_gain"]))
+    assert row["diff"] == pytest.approx(row["a"] - row["b"])
+    # Best-of-n's truth is far above the RL form's at the KL both reach: resolved, and said with the interval.
+    assert row["verdict"] == "ahead" and row["diff_lo"] > 0
+    summary = " ".join(page(out).items)
+    assert "BoN is ahead of ppo β=0.2" in summary and f"{row['diff']:.3g} [{row['diff_lo']:.3g}" in summary
 
 
-def test_unit_scale_divides_by_the_initial_gold_std_or_says_it_cannot(table, tmp_path):
+def test_an_unresolved_difference_says_so_and_how_many_prompts_would_resolve_it(tmp_path):
+    """Two RL settings with the same truth: their difference must not be called, and the report says how many
+    prompts would resolve a difference of the size seen."""
+    path = tmp_path / "r.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1)
+    rl_run(path, tmp_path, "rm:a", 0.05, seed=0, output="ppo-0")
+    rl_run(path, tmp_path, "rm:a", 0.06, seed=1, output="ppo-1")
+    out = report(path, "--methods", "ppo")
+    row = pd.read_csv(out / "comparison.csv").query("quantity == 'gold_at_kl'").iloc[0]
+    assert row["verdict"] == "unresolved" and row["diff_lo"] < 0 < row["diff_hi"]
+    needed = math.ceil(P * ((row["diff_hi"] - row["diff_lo"]) / 2 / abs(row["diff"])) ** 2)
+    assert row["prompts_needed"] == pytest.approx(needed, abs=1)
+    assert "not resolved at this sample size" in " ".join(page(out).items)
+
+
+def test_kl_to_reach_a_gold_level_takes_the_first_crossing_of_a_rising_then_falling_curve(table, tmp_path):
     path, _ = table
-    result = invoke("--results", str(path), "--experiment", "synth", "--output", "unit", "--scale", "unit",
-                    "--quiet")
-    assert result.exit_code == 0, result.output
-    points = pd.read_csv(tmp_path / "unit" / "points.csv")
-    fitted = pd.read_csv(tmp_path / "unit" / "fits.csv")
-    bon = fitted[(fitted["curve"] == "BoN") & (fitted["proxy"] == "rm:a")].iloc[0]
-    assert bon["alpha"] == pytest.approx(BON["alpha"], rel=0.1)  # unit variance: the generating α itself
-    ppo = fitted[fitted["curve"] == "ppo β=0.05"].iloc[0]
-    assert ppo["alpha"] == pytest.approx(RL["alpha"], rel=0.1)
-    # BoN borrowed the std PPO measured on the same initial policy, and the report says so.
-    assert "BoN on rm:a: gold std 0.5 taken from another curve's initial policy" in " ".join(page(tmp_path / "unit").items)
-    assert "in units of its gold standard deviation" in (tmp_path / "unit" / "report.md").read_text()
-    assert np.isfinite(points["gold_rel"]).all()
+    level = 0.3  # the β 0.05 curve rises through 0.3 near KL 1.4 and falls back through it far later
+    out = report(path, "--experiment", "synth", "--methods", "ppo", "--gold-level", str(level))
+    points = pd.read_csv(out / "points.csv")
+    ppo = points[points["beta"] == 0.05].sort_values("step").reset_index(drop=True)
+    first = int(np.argmax(ppo["gold_gain"].to_numpy() >= level))
+    assert first > 0 and ppo["gold_gain"].iloc[-1] < ppo["gold_gain"].max()  # rises, peaks, falls
+    lo, hi = ppo.iloc[first - 1], ppo.iloc[first]
+    expected = lo["kl"] + (level - lo["gold_gain"]) / (hi["gold_gain"] - lo["gold_gain"]) * (hi["kl"] - lo["kl"])
+    row = pd.read_csv(out / "comparison.csv").query("quantity == 'kl_to_gold'").iloc[0]
+    assert row["target"] == level
+    assert row["a" if row["curve_a"] == "ppo β=0.05" else "b"] == pytest.approx(expected)
 
-    rng = np.random.default_rng(1)
-    bare = tmp_path / "bare.sqlite"
-    add_run(bare, "sample", bon_rows("rm:a", [1, 2, 4, 8], rng, gold_std=False), "bare")
-    result = invoke("--results", str(bare), "--output", "bare", "--scale", "unit", "--quiet")
-    assert result.exit_code == 0, result.output
-    notes = " ".join(page(tmp_path / "bare").items)
-    assert "unit-variance scale unavailable" in notes
+
+def test_replicate_seeds_pool_into_one_curve_whose_interval_holds_the_seed_spread(tmp_path):
+    path = tmp_path / "r.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1)
+    ids = [rl_run(path, tmp_path, "rm:a", 0.05, seed=s, output=f"ppo-seed{s}", setting="same", seed_effect=0.3)
+           for s in (0, 1, 2)]
+    out = report(path)
+    points = pd.read_csv(out / "points.csv")
+    pooled = points[points["method"] == "ppo"]
+    assert set(pooled["curve"]) == {"ppo β=0.05 (3 seeds)"} and len(pooled) == 11
+    single = pd.read_csv(report(path, "--run-id", ids[0], out="one") / "points.csv")
+    last, last_single = pooled.iloc[-1], single[single["method"] == "ppo"].iloc[-1]
+    assert (last["gold_gain_hi"] - last["gold_gain_lo"]) > 1.5 * (last_single["gold_gain_hi"] - last_single["gold_gain_lo"])
+    assert "3 seeds end at gold gains" in " ".join(page(out).items)
+
+
+def test_two_runs_of_one_kind_get_labels_that_tell_them_apart(tmp_path):
+    path = tmp_path / "r.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1, output="bon-first")
+    bon_run(path, tmp_path, "rm:a", seed=2, output="bon-second")
+    points = pd.read_csv(report(path) / "points.csv")
+    assert set(points["curve"]) == {"BoN [bon-first]", "BoN [bon-second]"}
+
+
+def test_unit_scale_divides_by_the_initial_policys_gold_std(table, tmp_path):
+    path, _ = table
+    relative = pd.read_csv(report(path, "--experiment", "synth", out="rel") / "points.csv")
+    unit = pd.read_csv(report(path, "--experiment", "synth", "--scale", "unit", out="unit") / "points.csv")
+    frame = best_of_n.read_samples(R.load(path, method="bon", proxy="rm:a")["samples_path"].iloc[0])[0]
+    std = frame["vader"].std(ddof=1)
+    a = relative[relative["proxy"] == "rm:a"].reset_index(drop=True)
+    b = unit[unit["proxy"] == "rm:a"].reset_index(drop=True)
+    assert np.allclose(b["scaled"], a["gold_gain"] / std) and np.allclose(b["scaled_hi"], a["gold_gain_hi"] / std)
+    assert "in units of its gold standard deviation" in (tmp_path / "unit" / "report.md").read_text()
+
+
+def test_a_curve_whose_records_are_gone_is_reported_without_intervals(table, tmp_path):
+    path, _ = table
+    gone = R.load(path, method="ppo", beta=0.2)["samples_path"].iloc[3]
+    Path(gone).unlink()
+    out = report(path, "--experiment", "synth", "--proxy", "rm:a")
+    notes = " ".join(page(out).items)
+    assert "ppo β=0.2 on rm:a: no intervals, its samples file" in notes and "is gone" in notes
+    points = pd.read_csv(out / "points.csv")
+    ppo = points[points["beta"] == 0.2].sort_values("step")
+    rows = R.load(path, method="ppo", beta=0.2).sort_values("step")
+    assert np.allclose(ppo["gold_gain"], rows["gold_mean"] - rows["gold_mean"].iloc[0])  # its own step 0
+    assert ppo["gold_gain_lo"].isna().all()
 
 
 def test_fit_on_small_kl_predicts_the_rest(table, tmp_path):
     path, _ = table
-    result = invoke("--results", str(path), "--experiment", "synth", "--proxy", "rm:a", "--output", "rep",
-                    "--quiet", "--fit-kl-max", "2")
-    assert result.exit_code == 0, result.output
-    check = pd.read_csv(tmp_path / "rep" / "fit_check.csv")
-    bon = check[check["curve"] == "BoN"].iloc[0]
-    assert bon["kl_max"] == 2 and bon["held_out_points"] > 0 and bon["fit_points"] >= 3
-    # Noise 0.01 on data drawn from the form itself: the held-out points are predicted closely.
-    assert bon["rmse_held_out"] < 0.1
-    assert "fit_check" in page(tmp_path / "rep").tables
+    out = report(path, "--experiment", "synth", "--proxy", "rm:a", "--fit-kl-max", "4")
+    check = pd.read_csv(out / "fit_check.csv")
+    ppo = check[check["curve"] == "ppo β=0.05"].iloc[0]
+    assert ppo["kl_max"] == 4 and ppo["held_out_points"] > 0 and ppo["fit_points"] >= 3
+    assert ppo["rmse_held_out"] < 0.1  # data drawn from the form itself: the held-out points are predicted
+    assert "fit_check" in page(out).tables
 
 
 def test_a_second_report_replaces_the_first(table, tmp_path):
     path, _ = table
-    assert invoke("--results", str(path), "--experiment", "synth", "--output", "rep", "--quiet").exit_code == 0
+    report(path, "--experiment", "synth")
     (tmp_path / "rep" / "stale.txt").write_text("from before")
-    assert invoke("--results", str(path), "--experiment", "other", "--output", "rep", "--quiet").exit_code == 0
+    report(path, "--experiment", "other")
     assert not (tmp_path / "rep" / "stale.txt").exists()
     assert set(pd.read_csv(tmp_path / "rep" / "points.csv")["proxy"]) == {"rm:z"}
 
 
-@pytest.mark.parametrize("case", ["missing-table", "empty-table", "experiment", "policy", "run-id", "method", "only-rm"])
+@pytest.mark.parametrize("case", ["missing-table", "empty-table", "experiment", "policy", "run-id", "method", "only-rm",
+                                  "bootstrap", "kl-target"])
 def test_empty_or_mismatched_selection_exits_2_and_writes_nothing(case, table, tmp_path):
     path, runs = table
     args = {
@@ -298,15 +383,18 @@ def test_empty_or_mismatched_selection_exits_2_and_writes_nothing(case, table, t
         "run-id": ["--results", str(path), "--run-id", "not-a-run"],
         "method": ["--results", str(path), "--experiment", "synth", "--methods", "grpo"],
         "only-rm": ["--results", str(tmp_path / "rm-only.sqlite")],
+        "bootstrap": ["--results", str(path), "--bootstrap", "10"],
+        "kl-target": ["--results", str(path), "--kl-target", "-1"],
     }[case]
     expected = {"missing-table": "does not exist", "empty-table": "no rows", "experiment": "no rows match",
                 "policy": "no rows match", "run-id": "not-a-run", "method": "no grpo rows",
-                "only-rm": "no best-of-n or RL"}[case]
+                "only-rm": "no best-of-n or RL", "bootstrap": "bootstrap: 10 prompt resamples are too few",
+                "kl-target": "kl_target: -1.0 must be a positive number"}[case]
     if case == "empty-table":
         with R.ResultsStore(tmp_path / "empty.sqlite") as store:
             store.start_run("sample", {}, 0, "synth")
     if case == "only-rm":
-        add_run(tmp_path / "rm-only.sqlite", "train-rm", [{"method": "rm", "proxy": "rm:a", "accuracy": 0.7}], "x")
+        add_run(tmp_path / "rm-only.sqlite", "train-rm", [{"method": "rm", "proxy": "rm:a", "accuracy": 0.7}], "x", "rm")
     result = invoke(*args, "--output", "rep")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
