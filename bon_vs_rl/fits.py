@@ -9,7 +9,10 @@ the initial policy (R(0) = 0), is well described as a function of d = sqrt(KL(π
 
 Both are linear in (α, β), so a fit is one linear least-squares solve with the design matrix
 [d, -d²] or [d, -d log d]; no iterative optimizer, no starting point, no local minima. Standard
-errors come from σ² (XᵀWX)⁻¹ with σ² the residual variance on n - 2 degrees of freedom.
+errors come from σ² (XᵀWX)⁻¹ with σ² the residual variance of the points with d > 0 on n₊ - 2
+degrees of freedom (a d = 0 point lies on every curve of either form and says nothing about α, β).
+These standard errors treat the points as independent; points of one curve that share samples or
+prompts are not, and `statistics.fit_replicates` (refits on resampled prompts) gives honest intervals.
 
 The fitted maximum (the point where optimizing the proxy harder starts to cost gold reward):
 
@@ -101,7 +104,7 @@ class Fit:
     form: str
     alpha: float
     beta: float
-    alpha_se: float  # NaN when there are no residual degrees of freedom (2 points)
+    alpha_se: float  # NaN when there are no residual degrees of freedom (2 points with KL > 0)
     beta_se: float
     rmse: float  # root-mean-square residual over the fitted points, in reward units (unweighted)
     n_points: int  # points used in the fit
@@ -220,9 +223,15 @@ def fit_gold_vs_kl(
 
     resid = y - _design(d, form) @ theta
     rmse = float(np.sqrt(np.mean(resid**2)))
-    dof = n - 2
+    # Both forms pass through R(0) = 0 with no intercept, so a d = 0 row of the design is all zeros: it
+    # carries no information about α, β and its residual is whatever the caller's gold is there (0 by
+    # construction when gold is relative to the initial policy). Counting it as a degree of freedom
+    # would shrink σ² and the standard errors, so σ² uses only the points with d > 0.
+    pos = d > 0
+    dof = n_pos - 2
     if dof > 0:
-        sigma2 = float(np.sum(w * resid**2) / dof)  # residual variance, as curve_fit(absolute_sigma=False)
+        # residual variance, as curve_fit(absolute_sigma=False) on the d > 0 points
+        sigma2 = float(np.sum(w[pos] * resid[pos] ** 2) / dof)
         cov = sigma2 * (Vt.T / s**2) @ Vt / np.outer(norms, norms)  # σ² (XᵀWX)⁻¹
         alpha_se, beta_se = float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
     else:

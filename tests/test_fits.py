@@ -133,14 +133,17 @@ def test_no_peak_when_beta_not_positive(form, points, params):
 
 @pytest.mark.parametrize("form", ["bon", "rl"])
 def test_standard_errors_match_curve_fit(form):
-    """σ²(XᵀWX)⁻¹ with σ² on n-2 dof is what curve_fit(absolute_sigma=False) reports, weighted or not."""
+    """σ²(XᵀWX)⁻¹ with σ² on n₊-2 dof is what curve_fit(absolute_sigma=False) reports on the d > 0 points,
+    weighted or not (bon_points includes a d = 0 point, which the oracle never sees)."""
     kl, gold = bon_points() if form == "bon" else rl_points()
     d = np.sqrt(kl)
     model = r_bon if form == "bon" else r_rl
     se = np.random.default_rng(1).uniform(0.01, 0.05, d.size)
+    pos = d > 0
     for gold_se in (None, se):
         fit = fit_gold_vs_kl(kl, gold, form, gold_se=gold_se)
-        popt, pcov = curve_fit(model, d, gold, p0=[0.5, 0.1], sigma=gold_se, absolute_sigma=False)
+        popt, pcov = curve_fit(model, d[pos], gold[pos], p0=[0.5, 0.1],
+                               sigma=None if gold_se is None else gold_se[pos], absolute_sigma=False)
         assert fit.weighted == (gold_se is not None)
         np.testing.assert_allclose([fit.alpha, fit.beta], popt, rtol=1e-6)
         np.testing.assert_allclose([fit.alpha_se, fit.beta_se], np.sqrt(np.diag(pcov)), rtol=1e-4)
@@ -154,6 +157,30 @@ def test_standard_errors_are_calibrated():
     assert np.std(betas) == pytest.approx(np.mean([f.beta_se for f in fits]), rel=0.15)
     covered = np.mean([abs(f.alpha - BON["alpha"]) < 2 * f.alpha_se for f in fits])
     assert 0.88 < covered < 0.99  # ≈ 95% for a 2-SE interval
+
+
+@pytest.mark.parametrize("form", ["bon", "rl"])
+def test_kl_zero_points_are_not_degrees_of_freedom(form):
+    """A d = 0 point lies on every curve of eq. 1-2: adding such points must not shrink the standard errors
+    (they used to count as residual degrees of freedom, with a zero residual)."""
+    kl, gold = bon_points(n=6) if form == "bon" else rl_points(n=5)
+    kl, gold = kl[kl > 0], gold[kl > 0]
+    plain = fit_gold_vs_kl(kl, gold, form)
+    padded = fit_gold_vs_kl(np.concatenate([np.zeros(4), kl]), np.concatenate([np.zeros(4), gold]), form)
+    assert padded.n_points == plain.n_points + 4
+    assert (padded.alpha, padded.beta) == pytest.approx((plain.alpha, plain.beta), rel=1e-12)
+    assert (padded.alpha_se, padded.beta_se) == pytest.approx((plain.alpha_se, plain.beta_se), rel=1e-12)
+    # Independent check: σ² = RSS / (n₊ - 2) from the residuals of the d > 0 points, (XᵀX)⁻¹ by hand.
+    d = np.sqrt(kl)
+    X = np.column_stack([d, -(d * d if form == "bon" else d * np.log(d))])
+    resid = gold - X @ np.array([plain.alpha, plain.beta])
+    cov = resid @ resid / (d.size - 2) * np.linalg.inv(X.T @ X)
+    np.testing.assert_allclose([padded.alpha_se, padded.beta_se], np.sqrt(np.diag(cov)), rtol=1e-9)
+
+
+def test_two_points_beyond_kl_zero_have_no_standard_error():
+    fit = fit_gold_vs_kl([0.0, 0.0, 1.0, 4.0], [0.0, 0.0, 0.5, 0.8], "bon")
+    assert fit.n_points == 4 and math.isnan(fit.alpha_se) and math.isnan(fit.beta_se)
 
 
 def test_weights_downweight_noisy_points():

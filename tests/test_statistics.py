@@ -1,0 +1,534 @@
+"""bon_vs_rl.statistics against independent computations: coverage of nominal 95% intervals over
+repeated synthetic experiments with a known answer (closed forms, quadrature), brute-force loops for the
+vectorised pieces, and hand-built curves for `along`.
+
+A coverage test repeats an experiment R times and counts how often the interval holds the truth; with
+R = 400 a correct 95% interval covers 0.95 ± 0.011 (one binomial SD), so [0.91, 0.985] fails a true
+95% interval with probability ~1e-3 and catches one that covers 85% or 99.9%. Every draw uses a fixed
+seed, so the counts are reproducible.
+"""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+
+from bon_vs_rl import fits, report
+from bon_vs_rl import statistics as st
+from bon_vs_rl.bon_estimator import best_of_n_per_prompt, kl_bon_analytic
+
+R = 400  # repetitions of a synthetic experiment
+B = 500  # bootstrap replicates inside each repetition
+COVERS = (0.91, 0.985)  # binomial tolerance around 0.95 for R = 400
+
+
+def covered(lo, hi, truth) -> np.ndarray:
+    return (np.asarray(lo) <= truth) & (truth <= np.asarray(hi))
+
+
+def e_max_normal(n: int) -> float:
+    """E[max of n iid N(0, 1)] by quadrature of x · n φ(x) Φ(x)^(n-1): independent of the estimator."""
+    value, _ = integrate.quad(lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1), -12, 12)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Best-of-n on Gaussian scores: paired gain intervals cover rho·E[max of n], and beat unpaired ones.
+# --------------------------------------------------------------------------------------------------
+
+NS = [1, 2, 4, 8]
+
+
+def test_bon_gain_interval_covers_closed_form_and_paired_is_narrower():
+    """Prompt p has offset m_p ~ N(0, τ²); its samples have gold V = m_p + Z and proxy U = V + X, Z ~ N(0, 1),
+    X ~ N(0, s²). Within a prompt corr(U, V) = 1/sqrt(1 + s²), so best-of-n's gold gain over the initial
+    policy is E[max of n std normals] / sqrt(1 + s²). The initial policy is measured on the same prompts
+    with its own samples."""
+    P, N, M, tau, s = 60, 16, 8, 1.0, 1.0
+    truth = np.array([e_max_normal(n) for n in NS]) / math.sqrt(1 + s * s)
+    assert truth[0] == pytest.approx(0.0, abs=1e-9) and truth[1] == pytest.approx(0.5642 / math.sqrt(2), abs=1e-4)
+    rng = np.random.default_rng(10)
+    m = tau * rng.standard_normal((R, P, 1))
+    gold = m + rng.standard_normal((R, P, N))
+    proxy = gold + s * rng.standard_normal((R, P, N))
+    bon = best_of_n_per_prompt(proxy.reshape(R * P, N), {"gold": gold.reshape(R * P, N)}, NS)
+    bon_gold = bon["gold"].reshape(R, P, len(NS))
+    base = (m + rng.standard_normal((R, P, M))).mean(axis=2)  # the initial policy: M fresh samples a prompt
+
+    hits = {"paired": np.zeros(len(NS)), "unpaired": np.zeros(len(NS))}
+    width = {"paired": np.zeros(len(NS)), "unpaired": np.zeros(len(NS))}
+    for r in range(R):
+        row = st.paired_gain_interval(bon_gold[r], base[r], B=B, rng=rng)
+        assert row["gain"] == pytest.approx((bon_gold[r] - base[r][:, None]).mean(axis=0))
+        hits["paired"] += covered(row["gain_lo"], row["gain_hi"], truth)
+        width["paired"] += row["gain_hi"] - row["gain_lo"]
+        # Unpaired: the baseline resampled with its own, independent prompt weights.
+        w1, w2 = st.resample_weights(P, B, rng) / P, st.resample_weights(P, B, rng) / P
+        lo, hi = st.interval(w1 @ bon_gold[r] - (w2 @ base[r])[:, None])
+        hits["unpaired"] += covered(lo, hi, truth)
+        width["unpaired"] += hi - lo
+    rate = {k: v / R for k, v in hits.items()}
+    print("coverage", rate, "mean width", {k: v / R for k, v in width.items()})
+    assert np.all((COVERS[0] <= rate["paired"]) & (rate["paired"] <= COVERS[1])), rate
+    # The prompt offset (variance τ² = 1) cancels only in the paired difference: much narrower.
+    assert np.all(width["paired"] < 0.6 * width["unpaired"]), width
+    assert np.all(rate["unpaired"] >= 0.97)  # the unpaired interval counts τ² twice: it over-covers
+
+
+def test_paired_gain_interval_shapes_and_values():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=30)
+    values = base[:, None] + rng.normal(0.5, 0.1, size=(30, 3))
+    row = st.paired_gain_interval(values, base, B=300, rng=1)
+    assert row["gain"].shape == (3,) and row["mean_lo"].shape == (3,)
+    np.testing.assert_allclose(row["mean"], values.mean(axis=0))
+    assert np.all(row["gain_lo"] < row["gain"]) and np.all(row["gain"] < row["gain_hi"])
+    # Same rng, same resamples: one column alone gives the same interval as inside [P, K]; floats for [P].
+    one = st.paired_gain_interval(values[:, 1], base, B=300, rng=1)
+    assert isinstance(one["gain_lo"], float)
+    assert one["gain_lo"] == pytest.approx(row["gain_lo"][1]) and one["mean_hi"] == pytest.approx(row["mean_hi"][1])
+    kl_only = st.paired_gain_interval(values, None, B=300, rng=1)
+    assert set(kl_only) == {"mean", "mean_lo", "mean_hi"}
+    with pytest.raises(ValueError, match="same prompts"):
+        st.paired_gain_interval(values, base[:-1])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        st.paired_gain_interval(np.full(30, np.nan), base)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Fits: α, β and the peak refitted on resampled prompts cover the true curve.
+# --------------------------------------------------------------------------------------------------
+
+
+def r_bon(d, alpha, beta):
+    return d * (alpha - beta * d)
+
+
+def r_rl(d, alpha, beta):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d > 0, d * (alpha - beta * np.log(np.where(d > 0, d, 1.0))), 0.0)
+
+
+FIT_CASES = {
+    # form: (true α, β, the curve's KL grid, true KL of the peak)
+    "bon": (1.0, 0.3, np.asarray(kl_bon_analytic(np.array([1, 2, 4, 8, 16, 32, 64, 128])))),
+    "rl": (0.8, 0.4, np.linspace(0.0, 3.2, 9) ** 2),
+}
+
+
+def simulate_curves(form, reps, P, rng, kl_noise=0.3, slope_sd=0.5, noise=0.3):
+    """reps experiments of one curve on P prompts: gold gain [reps, P, K] whose mean over prompts follows
+    the form exactly, with a per-prompt slope (correlated across points) plus noise, and a per-prompt KL
+    with mean-one multiplicative noise (so the mean KL is the grid)."""
+    alpha, beta, kl = FIT_CASES[form]
+    d = np.sqrt(kl)
+    mean = r_bon(d, alpha, beta) if form == "bon" else r_rl(d, alpha, beta)
+    K = kl.size
+    slope = slope_sd * rng.standard_normal((reps, P, 1))
+    gain = mean + slope * d + noise * rng.standard_normal((reps, P, K)) * (d > 0)
+    z = kl_noise * rng.standard_normal((reps, P, 1)) + kl_noise * rng.standard_normal((reps, P, K))
+    kl_p = kl * np.exp(z - kl_noise**2)  # E[exp(z)] = exp(σ_z²/2) with σ_z² = 2·kl_noise²
+    return kl_p, gain
+
+
+@pytest.mark.parametrize("form", ["bon", "rl"])
+def test_fit_intervals_cover_alpha_beta_and_peak(form):
+    alpha, beta, kl = FIT_CASES[form]
+    peak_kl = (alpha / (2 * beta)) ** 2 if form == "bon" else math.exp(2 * (alpha / beta - 1))
+    P = 80
+    rng = np.random.default_rng(20)
+    kl_p, gain = simulate_curves(form, R, P, rng)
+    hits = {"alpha": 0, "beta": 0, "peak_kl": 0}
+    se_hits = {"alpha": 0, "beta": 0}
+    for r in range(R):
+        w = st.resample_weights(P, B, rng) / P
+        reps = st.fit_replicates(w @ kl_p[r], w @ gain[r], form)
+        truth = {"alpha": alpha, "beta": beta, "peak_kl": peak_kl}
+        for name in hits:
+            lo, hi = st.interval(reps[name])
+            hits[name] += covered(lo, hi, truth[name])
+        # What fits.py's residual standard errors claim, for contrast (points share prompts).
+        f = fits.fit_gold_vs_kl(kl_p[r].mean(axis=0), gain[r].mean(axis=0), form)
+        se_hits["alpha"] += abs(f.alpha - alpha) <= 1.96 * f.alpha_se
+        se_hits["beta"] += abs(f.beta - beta) <= 1.96 * f.beta_se
+    rate = {k: v / R for k, v in hits.items()}
+    print(form, "bootstrap coverage", rate, "residual-SE coverage", {k: v / R for k, v in se_hits.items()})
+    for name, value in rate.items():
+        assert COVERS[0] <= value <= COVERS[1], (name, value)
+    assert min(se_hits.values()) / R < 0.85  # the residual SEs do not cover: why the refits exist
+
+
+def test_fit_replicates_equals_fits_module_per_replicate():
+    rng = np.random.default_rng(3)
+    for form in ("bon", "rl"):
+        kl_p, gain = simulate_curves(form, 1, 40, rng)
+        w = st.resample_weights(40, 50, rng) / 40
+        kl, g = w @ kl_p[0], w @ gain[0]
+        kl[3, 2], g[4, 5] = np.nan, np.inf  # dropped points
+        kl[5, 0] = -1e-3  # a negative KL estimate is dropped, as fits.py does
+        got = st.fit_replicates(kl, g, form)
+        for b in range(50):
+            f = fits.fit_gold_vs_kl(kl[b], g[b], form)
+            assert got["alpha"][b] == pytest.approx(f.alpha, rel=1e-8, abs=1e-10)
+            assert got["beta"][b] == pytest.approx(f.beta, rel=1e-8, abs=1e-10)
+            if f.peak_kl is None:
+                assert got["peak_kl"][b] == math.inf and got["peak_gold"][b] == math.inf
+            else:
+                assert got["peak_kl"][b] == pytest.approx(f.peak_kl, rel=1e-7)
+                assert got["peak_gold"][b] == pytest.approx(f.peak_reward, rel=1e-7)
+
+
+def test_fit_replicates_refusals_and_no_peak():
+    kl = np.array([[0.0, 1.0, 4.0, 9.0],  # fine
+                   [0.0, 0.0, 0.0, 4.0],  # one point with KL > 0
+                   [np.nan, np.nan, 1.0, 4.0],  # two usable points
+                   [0.0, 4.0, 4.0, 4.0]])  # one KL: α and β not separable
+    d = np.sqrt(kl)
+    gain = d * (0.5 + 0.1 * d)  # β = -0.1: still rising
+    out = st.fit_replicates(kl, gain, "bon")
+    assert out["alpha"][0] == pytest.approx(0.5) and out["beta"][0] == pytest.approx(-0.1)
+    assert out["peak_kl"][0] == math.inf
+    assert np.isnan(out["alpha"][1:]).all() and np.isnan(out["peak_kl"][1:]).all()
+    for case in (1, 2, 3):  # fits.py refuses the same replicates
+        with pytest.raises(fits.FitRefused):
+            fits.fit_gold_vs_kl(kl[case], gain[case], "bon")
+    # A peak far beyond float range is at KL inf, not an overflow warning turned into NaN.
+    big = st.fit_replicates(np.array([1.0, 4.0, 9.0]), r_rl(np.array([1.0, 2.0, 3.0]), 300.0, 0.1), "rl")
+    assert big["peak_kl"] == math.inf
+    with pytest.raises(ValueError, match="unknown functional form"):
+        st.fit_replicates(kl, gain, "ppo")
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. A matched-KL difference between a BoN-like curve and an RL-like curve with a noisy KL.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_matched_kl_difference_covers_and_needs_the_kl_uncertainty():
+    """BoN-like: KL known exactly at each n. RL-like: each prompt's KL is a noisy estimate. Both share
+    each prompt's difficulty (a slope). The truth at kl_target is the linear interpolation between the
+    true mean points, which is what interpolating the estimated means converges to."""
+    P, target = 60, 1.5
+    a_alpha, a_beta, a_kl = FIT_CASES["bon"]
+    b_kl = np.linspace(0.0, 2.6, 7) ** 2
+    a_mean, b_mean = r_bon(np.sqrt(a_kl), a_alpha, a_beta), r_rl(np.sqrt(b_kl), 0.6, 0.3)
+    truth = np.interp(target, a_kl, a_mean) - np.interp(target, b_kl, b_mean)
+    rng = np.random.default_rng(30)
+    hits = hits_fixed_kl = 0
+    for _ in range(R):
+        slope = 0.5 * rng.standard_normal((P, 1))
+        offset = rng.standard_normal(P)  # the prompt's gold under the initial policy
+        base = offset + 0.3 * rng.standard_normal(P)
+        a = st.CurveSamples("BoN", "bon", kl=np.broadcast_to(a_kl, (1, P, a_kl.size)),
+                            proxy=np.zeros((1, P, a_kl.size)),
+                            gold=(offset[:, None] + a_mean + slope * np.sqrt(a_kl)
+                                  + 0.3 * rng.standard_normal((P, a_kl.size)))[None])
+        # Mean-one multiplicative noise on each prompt's KL: exp(z - σ_z²/2) with σ_z² = 2 · 0.8².
+        b_kl_p = b_kl * np.exp(0.8 * rng.standard_normal((P, 1)) + 0.8 * rng.standard_normal((P, b_kl.size)) - 0.64)
+        b = st.CurveSamples("PPO", "rl", kl=b_kl_p[None], proxy=np.zeros((1, P, b_kl.size)),
+                            gold=(offset[:, None] + b_mean + slope * np.sqrt(b_kl)
+                                  + 0.3 * rng.standard_normal((P, b_kl.size)))[None])
+        baseline = st.Baseline(proxy=np.zeros(P), gold=base)
+        w, ones = st.resample_weights(P, B, rng), np.ones((B, 1))
+        out = st.compare_curves(a, b, baseline, w, ones, ones, kl_target=target, proxy_target=None, gold_target=None)
+        lo, hi = st.interval(out["replicates"]["gold_at_kl_diff"])
+        hits += lo <= truth <= hi
+        # The same with the RL curve's KL frozen at its point estimate: what the old report did.
+        rep_b = st.curve_replicates(b, baseline, w, ones)
+        est_b = st.curve_estimate(b, baseline)
+        frozen = st.along(np.broadcast_to(est_b["kl"], rep_b["kl"].shape), rep_b["gold_gain"], target)
+        lo_f, hi_f = st.interval(out["replicates"]["gold_at_kl_a"] - frozen)
+        hits_fixed_kl += lo_f <= truth <= hi_f
+    print("matched-KL coverage", hits / R, "with the RL KL frozen", hits_fixed_kl / R)
+    assert COVERS[0] <= hits / R <= COVERS[1]
+    assert hits_fixed_kl / R < hits / R - 0.05  # measured: 0.9525 against 0.865
+
+
+def test_compare_curves_estimates_and_pairing():
+    """The point estimates are report.along on the mean curves; the replicates use one set of prompt
+    weights for both curves (a curve compared with itself differs by exactly 0 in every replicate)."""
+    rng = np.random.default_rng(4)
+    P = 20
+    kl = np.sort(rng.uniform(0, 3, size=(1, P, 5)), axis=2)
+    c = st.CurveSamples("a", "rl", kl=kl, proxy=kl + rng.normal(size=kl.shape), gold=np.sqrt(kl) + rng.normal(size=kl.shape))
+    twin = st.CurveSamples("b", "rl", kl=c.kl, proxy=c.proxy, gold=c.gold)
+    baseline = st.Baseline(proxy=rng.normal(size=P), gold=rng.normal(size=P))
+    w, ones = st.resample_weights(P, 100, rng), np.ones((100, 1))
+    out = st.compare_curves(c, twin, baseline, w, ones, ones, kl_target=1.0, proxy_target=0.5, gold_target=0.6)
+    est = st.curve_estimate(c, baseline)
+    frame = pd.DataFrame(est)
+    assert out["estimate"]["gold_at_kl_a"] == pytest.approx(report.along(frame, "kl", 1.0, "gold_gain"))
+    assert out["estimate"]["kl_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "kl"), nan_ok=True)
+    assert out["estimate"]["kl_to_gold_a"] == pytest.approx(report.along(frame, "gold_gain", 0.6, "kl"), nan_ok=True)
+    for name in ("gold_at_kl", "kl_at_proxy", "kl_to_gold"):
+        diff = out["replicates"][f"{name}_diff"]
+        assert diff.shape == (100,)
+        a_reached = np.isfinite(out["replicates"][f"{name}_a"])
+        np.testing.assert_array_equal(diff[a_reached], 0.0)
+        assert np.isnan(diff[~a_reached]).all()
+    none = st.compare_curves(c, twin, baseline, w, ones, ones, kl_target=None, proxy_target=None, gold_target=None)
+    assert math.isnan(none["estimate"]["gold_at_kl_a"]) and np.isnan(none["replicates"]["kl_to_gold_b"]).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Replicate seeds: the seed spread is inside the interval, and few seeds are widened.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_seed_random_effect_is_covered_with_three_seeds():
+    """Gold gain of an RL curve = mean + prompt slope + seed effect (a shift and a slope, shared by the
+    seed's whole curve) + noise, with the seed effect dominating. A plain seed bootstrap under-covers with
+    3 seeds; the default t widening covers (scripts/coverage_seeds.py measures S = 2, 3, 5). It is
+    conservative by construction (the t quantile, and a seed's own sampling noise counted twice), so
+    the upper tolerance here is 0.995 rather than 0.985."""
+    S, P, K = 3, 60, 4
+    d = np.linspace(0.5, 2.0, K)
+    mean = r_rl(d, 0.8, 0.4)
+    baseline = st.Baseline(proxy=np.zeros(P), gold=np.zeros(P))
+    rng = np.random.default_rng(40)
+    hits = {"t": 0, "none": 0}
+    for _ in range(R):
+        seed_effect = 0.4 * rng.standard_normal((S, 1, 1)) + 0.2 * rng.standard_normal((S, 1, 1)) * d
+        gold = mean + 0.5 * rng.standard_normal((1, P, 1)) * d + seed_effect + rng.standard_normal((S, P, K))
+        curve = st.CurveSamples("ppo", "rl", kl=np.broadcast_to(d * d, gold.shape), proxy=gold, gold=gold)
+        w = st.resample_weights(P, B, rng)
+        for widen in hits:
+            reps = st.curve_replicates(curve, baseline, w, st.seed_weights(S, B, rng, widen=widen))
+            lo, hi = st.interval(reps["gold_gain"])
+            hits[widen] += covered(lo, hi, mean)
+    rate = {k: v / R for k, v in hits.items()}
+    print("seed coverage per point", rate)
+    assert np.all((COVERS[0] <= rate["t"]) & (rate["t"] <= 0.995)), rate
+    assert np.all(rate["none"] < 0.9), rate
+
+
+def test_seed_weights():
+    rng = np.random.default_rng(5)
+    np.testing.assert_array_equal(st.seed_weights(1, 4, rng), np.ones((4, 1)))
+    counts = st.seed_weights(3, 1000, rng, widen="none")
+    assert set(np.unique(counts)) <= {0.0, 1.0, 2.0, 3.0}
+    for widen in st.WIDEN:
+        np.testing.assert_allclose(st.seed_weights(4, 200, rng, widen=widen).sum(axis=1), 4.0)
+    # "rescale": the variance of a replicate mean is s²/S, the unbiased one, not (S-1)/S of it.
+    x = np.array([0.0, 1.0, 3.0])
+    v = st.seed_weights(3, 200_000, rng, widen="rescale")
+    assert np.var(v @ x / 3) == pytest.approx(np.var(x, ddof=1) / 3, rel=0.02)
+    # "t": the replicate mean is x̄ + s/sqrt(S) · T, T ~ Student t on S-1 dof (here 2: quantile 4.303).
+    t = (st.seed_weights(3, 200_000, rng) @ x / 3 - x.mean()) / (np.std(x, ddof=1) / math.sqrt(3))
+    assert np.quantile(t, 0.975) == pytest.approx(stats.t.ppf(0.975, 2), rel=0.03)
+    with pytest.raises(ValueError, match="widen must be one of"):
+        st.seed_weights(3, 10, rng, widen="bootstrap")
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. `along` on hand-built curves, and vectorised against the scalar loop of report.py.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x, y, level, expected", [
+    ([0, 1, 2, 1, 0], [0, 10, 20, 30, 40], 1.5, 15.0),  # rise then fall: the first crossing wins
+    ([0, 1, 2, 1, 3], [0, 10, 20, 30, 40], 2.5, 37.5),  # first x >= 2.5 is the last point: from (1, 30)
+    ([0, 1, 2], [0, 10, 20], 3.0, math.nan),  # never reaches
+    ([2, 3, 4], [0, 10, 20], 1.0, math.nan),  # starts above: never "reaches" it
+    ([1, 3, 4], [5, 10, 20], 1.0, 5.0),  # an exact hit at the start counts
+    ([1 + 1e-12, 3], [5, 10], 1.0, 5.0),  # ... within the relative tolerance
+    ([0, np.nan, 2, 4], [0, 99, 20, 40], 1.0, 10.0),  # a NaN point is skipped: interpolate 0 -> 2
+    ([np.nan, 1, 3], [7, 10, 30], 2.0, 20.0),  # a NaN first point: the first usable one starts the curve
+    ([0, 1, 3], [0, np.inf, 30], 2.0, 20.0),  # a non-finite y skips its point too: interpolate 0 -> 3
+    ([0, 1, 2], [0, 10, 20], math.nan, math.nan),  # no level
+    ([np.nan, np.nan], [1, 2], 0.0, math.nan),  # nothing usable
+    ([0, 2, 2], [0, 10, 20], 2.0, 10.0),  # reaches exactly at a point
+])
+def test_along_hand_built(x, y, level, expected):
+    got = float(st.along(np.array(x, dtype=float), np.array(y, dtype=float), level))
+    assert got == pytest.approx(expected, nan_ok=True)
+    frame = pd.DataFrame({"x": x, "y": y})
+    assert got == pytest.approx(report.along(frame, "x", level, "y"), nan_ok=True)  # same semantics
+
+
+def test_along_vectorised_equals_scalar_loop():
+    rng = np.random.default_rng(6)
+    x = np.round(np.cumsum(rng.normal(0.3, 1.0, size=(400, 7)), axis=1), 1)
+    y = rng.normal(size=(400, 7))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y[rng.random(y.shape) < 0.05] = np.nan
+    levels = np.round(rng.normal(1.0, 1.5, size=400), 1)
+    levels[:50] = x[:50, 0]  # exact hits at the start, where there is one
+    loop = [report.along(pd.DataFrame({"x": x[i], "y": y[i]}), "x", levels[i], "y") for i in range(400)]
+    np.testing.assert_allclose(st.along(x, y, levels), loop, equal_nan=True)
+    # A scalar level broadcasts over replicates, and [C, 1] levels over [B, K] curves give [C, B].
+    np.testing.assert_allclose(st.along(x, y, 1.0)[:5], [report.along(pd.DataFrame({"x": x[i], "y": y[i]}), "x", 1.0, "y")
+                                                       for i in range(5)], equal_nan=True)
+    grid = st.along(x[None], y[None], np.array([[0.5], [1.0]]))
+    assert grid.shape == (2, 400)
+    np.testing.assert_allclose(grid[1], st.along(x, y, 1.0), equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Verdicts and intervals.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_verdict():
+    assert st.verdict(0.3, 0.1, 0.5, 100) == ("ahead", pytest.approx(math.nan, nan_ok=True))
+    assert st.verdict(-0.3, -0.5, -0.1, 100)[0] == "behind"
+    assert st.verdict(-0.3, -0.5, -0.1, 100, higher_is_better=False)[0] == "ahead"  # less KL spent
+    assert st.verdict(0.3, 0.1, 0.5, 100, higher_is_better=False)[0] == "behind"
+    # Unresolved: half-width 0.4, |diff| 0.1: 100 · (0.4 / 0.1)² = 1600 prompts.
+    assert st.verdict(0.1, -0.3, 0.5, 100) == ("unresolved", 1600.0)
+    assert st.verdict(0.1, -0.3, 0.51, 100) == ("unresolved", math.ceil(100 * (0.405 / 0.1) ** 2))
+    assert st.verdict(0.2, 0.0, 0.4, 64) == ("unresolved", 64.0)  # 0 on the edge is inside the interval
+    assert st.verdict(0.0, -0.1, 0.1, 50) == ("unresolved", math.inf)
+    for lo, hi in ((math.nan, 0.5), (-0.5, math.nan), (-math.inf, 0.5)):
+        label, needed = st.verdict(0.1, lo, hi, 50)
+        assert label == "unresolved" and math.isnan(needed)
+    assert st.verdict(0.1, 0.05, math.inf, 50)[0] == "ahead"  # an unbounded side still excludes 0
+    with pytest.raises(ValueError, match="prompts"):
+        st.verdict(0.1, 0.0, 0.2, 0)
+
+
+def test_interval_matches_numpy_and_nan_rule():
+    rng = np.random.default_rng(7)
+    reps = rng.normal(size=(1000, 3))
+    lo, hi = st.interval(reps)
+    np.testing.assert_allclose(lo, np.quantile(reps, 0.025, axis=0))
+    np.testing.assert_allclose(hi, np.quantile(reps, 0.975, axis=0))
+    lo90, _ = st.interval(reps, 0.9)
+    np.testing.assert_allclose(lo90, np.quantile(reps, 0.05, axis=0))
+
+    values = np.arange(1000.0)
+    few = values.copy()
+    few[:20] = np.nan  # 2% NaN: bounds exist but widen (worst case over where the NaNs lie)
+    lo, hi = st.interval(few)
+    finite = few[20:]
+    assert lo == pytest.approx(np.quantile(finite, (0.025 - 0.02) / 0.98))
+    assert hi == pytest.approx(np.quantile(finite, 0.975 / 0.98))
+    many = values.copy()
+    many[:30] = np.nan  # 3% > 2.5%: not resolvable on either side ...
+    assert np.isnan(st.interval(many)).all()
+    lo, hi = st.interval(many, nan="high")  # ... unless a NaN means "beyond the top" (never reached)
+    assert lo == pytest.approx(np.quantile(values[30:], 0.025 / 0.97)) and np.isnan(hi)
+    lo, hi = st.interval(many, nan="low")
+    assert np.isnan(lo) and hi == pytest.approx(np.quantile(values[30:], (0.975 - 0.03) / 0.97))
+    assert np.isnan(st.interval(np.full(10, np.nan))).all()
+    # Infinite replicates (no peak) are values: the upper bound is inf once more than 2.5% are.
+    peaks = values.copy()
+    peaks[-100:] = np.inf
+    lo, hi = st.interval(peaks)
+    assert hi == math.inf and lo == pytest.approx(np.quantile(values, 0.025))
+    peaks[:] = values
+    peaks[-20:] = np.inf  # 2%: the upper bound is still a number
+    assert st.interval(peaks)[1] == pytest.approx(np.quantile(peaks, 0.975))
+    with pytest.raises(ValueError, match="level"):
+        st.interval(reps, 1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. The whole panel.
+# --------------------------------------------------------------------------------------------------
+
+
+def panel(rng, P=80):
+    """BoN (one seed) and PPO (three seeds) on one prompt set, with a known BoN lead at small KL."""
+    ns = np.array([1, 2, 4, 8, 16, 32])
+    a_kl = np.asarray(kl_bon_analytic(ns))
+    offset = rng.normal(size=P)
+    a_gain = r_bon(np.sqrt(a_kl), 1.0, 0.3)
+    bon = st.CurveSamples("BoN", "bon", kl=np.broadcast_to(a_kl, (1, P, 6)),
+                          proxy=(offset[:, None] + 1.5 * np.sqrt(a_kl) + 0.2 * rng.normal(size=(P, 6)))[None],
+                          gold=(offset[:, None] + a_gain + 0.2 * rng.normal(size=(P, 6)))[None])
+    b_kl = np.linspace(0, 3.5, 8)
+    b_kl_p = b_kl * np.exp(0.3 * rng.normal(size=(3, P, 8)) - 0.045)
+    ppo = st.CurveSamples("PPO β=0.1", "rl", kl=b_kl_p,
+                          proxy=offset[None, :, None] + 1.2 * np.sqrt(b_kl) + 0.2 * rng.normal(size=(3, P, 8)),
+                          gold=offset[None, :, None] + r_rl(np.sqrt(b_kl), 0.5, 0.3) + 0.2 * rng.normal(size=(3, P, 8)))
+    baseline = st.Baseline(proxy=offset + 0.2 * rng.normal(size=P), gold=offset + 0.2 * rng.normal(size=P))
+    return bon, ppo, baseline
+
+
+def test_analyse_panel():
+    bon, ppo, baseline = panel(np.random.default_rng(8))
+    out = st.analyse([bon, ppo], baseline, B=400, seed=1)
+    assert out.prompts == 80 and out.B == 400 and out.level == 0.95
+    for c in (bon, ppo):
+        point = out.points[c.label]
+        est = st.curve_estimate(c, baseline)
+        np.testing.assert_allclose(point["gold_gain"], est["gold_gain"])
+        assert np.all(point["gold_gain_lo"] <= point["gold_gain_hi"])
+        assert out.replicates[c.label]["kl"].shape == (400, c.kl.shape[2])
+        fit = out.fits[c.label]
+        f = fits.fit_gold_vs_kl(est["kl"], est["gold_gain"], c.form)
+        assert fit["alpha"] == pytest.approx(f.alpha) and fit["beta"] == pytest.approx(f.beta)
+        assert fit["alpha_lo"] < fit["alpha"] < fit["alpha_hi"] and fit["failed"] == 0.0
+    # BoN's KL is exact (the analytic value at each n), so its KL interval has zero width.
+    np.testing.assert_allclose(out.points["BoN"]["kl_lo"], out.points["BoN"]["kl_hi"])
+    assert np.all(out.points["PPO β=0.1"]["kl_hi"][1:] > out.points["PPO β=0.1"]["kl_lo"][1:])
+
+    rows = {r["quantity"]: r for r in out.comparisons}
+    assert set(rows) == {"gold_at_kl", "kl_at_proxy", "kl_to_gold"}
+    g = rows["gold_at_kl"]
+    assert (g["curve_a"], g["curve_b"]) == ("BoN", "PPO β=0.1")
+    # Default KL target: a measured KL that both curves reach in >= 97.5% of replicates; no larger
+    # measured KL qualifies.
+    reps = out.pair_replicates[("BoN", "PPO β=0.1")]
+    assert np.isfinite(reps["gold_at_kl_a"]).mean() >= 0.975 and np.isfinite(reps["gold_at_kl_b"]).mean() >= 0.975
+    measured = np.concatenate([out.points["BoN"]["kl"], out.points["PPO β=0.1"]["kl"]])
+    assert g["target"] in measured
+    for larger in measured[measured > g["target"]]:
+        shares = [np.isfinite(st.along(out.replicates[k]["kl"], out.replicates[k]["kl"], larger)).mean()
+                  for k in ("BoN", "PPO β=0.1")]
+        assert min(shares) < 0.975
+    # The truth at the target favours BoN clearly: the interval excludes 0 and the verdict says so.
+    assert g["diff"] == pytest.approx(g["a"] - g["b"])
+    assert g["a_lo"] <= g["a"] <= g["a_hi"] and g["b_lo"] <= g["b"] <= g["b_hi"]
+    assert g["diff_lo"] > 0 and g["verdict"] == "ahead" and math.isnan(g["prompts_needed"])
+    # Gold target: half the smaller measured peak gain, fixed.
+    peak = min(out.points["BoN"]["gold_gain"].max(), out.points["PPO β=0.1"]["gold_gain"].max())
+    assert rows["kl_to_gold"]["target"] == pytest.approx(peak / 2)
+    assert rows["kl_to_gold"]["better"] == "lower"
+    # Same seed, same answer; a user target is used as given.
+    again = st.analyse([bon, ppo], baseline, B=400, seed=1, kl_target=0.5)
+    assert {r["quantity"]: r for r in again.comparisons}["gold_at_kl"]["target"] == 0.5
+    assert again.fits["BoN"]["alpha_lo"] == out.fits["BoN"]["alpha_lo"]
+
+
+def test_analyse_rejects_unpaired_or_unlabelled_input():
+    bon, ppo, baseline = panel(np.random.default_rng(9), P=10)
+    with pytest.raises(ValueError, match="same prompts"):
+        st.analyse([bon], st.Baseline(proxy=np.zeros(9), gold=np.zeros(9)))
+    with pytest.raises(ValueError, match="unique"):
+        st.analyse([bon, bon], baseline)
+    with pytest.raises(ValueError, match="form must be one of"):
+        st.CurveSamples("x", "ppo", kl=np.zeros((1, 2, 3)), proxy=np.zeros((1, 2, 3)), gold=np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        st.CurveSamples("x", "rl", kl=np.zeros((1, 2, 3)), proxy=np.zeros((1, 2, 4)), gold=np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        st.CurveSamples("x", "rl", kl=np.full((1, 2, 3), np.nan), proxy=np.zeros((1, 2, 3)), gold=np.zeros((1, 2, 3)))
+
+
+def test_curve_replicates_with_unit_weights_is_the_estimate():
+    bon, ppo, baseline = panel(np.random.default_rng(11), P=12)
+    est = st.curve_estimate(ppo, baseline)
+    reps = st.curve_replicates(ppo, baseline, np.ones((2, 12)), np.ones((2, 3)))
+    for q in st.QUANTITIES:
+        np.testing.assert_allclose(reps[q], np.broadcast_to(est[q], reps[q].shape))
+    # A brute-force replicate: prompts drawn by index, seeds by index, means taken directly.
+    rng = np.random.default_rng(12)
+    idx, sidx = rng.integers(0, 12, 12), rng.integers(0, 3, 3)
+    w = np.bincount(idx, minlength=12)[None].astype(float)
+    v = np.bincount(sidx, minlength=3)[None].astype(float)
+    reps = st.curve_replicates(ppo, baseline, w, v)
+    direct = ppo.gold[sidx][:, idx].mean(axis=(0, 1)) - baseline.gold[idx].mean()
+    np.testing.assert_allclose(reps["gold_gain"][0], direct)
+    with pytest.raises(ValueError, match="seed weights"):
+        st.curve_replicates(ppo, baseline, w, np.ones((1, 1)))
+
+
+def test_import_is_light():
+    code = "import sys, bon_vs_rl.statistics; print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
