@@ -389,17 +389,18 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
     for c in analysed:
         c.records = [restrict(r, ids) for r in c.records]
     base = base_curve.records
-    baseline = statistics.Baseline(proxy=np.mean([r.initial_proxy for r in base], axis=0),
-                                   gold=np.mean([r.initial_gold for r in base], axis=0))
     panel.prompt_ids, panel.baseline_source = ids, source
     panel.gold_std = float(np.nanmean([r.initial_gold_std for r in base]))
+    # The unit scale (Gao et al. §2.2) divides gold by the initial policy's per-sample std before any
+    # statistic, so fits, peaks, targets and comparisons all come out on the report's scale.
     scale = panel.gold_std if cfg.scale == "unit" and panel.gold_std > 0 else 1.0
+    baseline = statistics.Baseline(proxy=np.mean([r.initial_proxy for r in base], axis=0),
+                                   gold=np.mean([r.initial_gold for r in base], axis=0) / scale)
     samples = [statistics.CurveSamples(c.label, c.form, np.stack([r.kl for r in c.records]),
-                                       np.stack([r.proxy for r in c.records]), np.stack([r.gold for r in c.records]))
+                                       np.stack([r.proxy for r in c.records]),
+                                       np.stack([r.gold for r in c.records]) / scale)
                for c in analysed]
-    # Targets on the report's scale are converted back to raw gold for the statistics.
-    gold_target = None if cfg.gold_level is None else cfg.gold_level * scale
-    result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=gold_target,
+    result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
                                 kl_target=cfg.kl_target)
     for c, s in zip(analysed, samples):
         c.in_analysis = True
@@ -407,17 +408,9 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
         c.seed_points = [analysed_points(c, statistics.curve_estimate(
             statistics.CurveSamples(c.label, c.form, s.kl[i:i + 1], s.proxy[i:i + 1], s.gold[i:i + 1]), baseline),
             scale) for i in range(s.seeds)] if s.seeds > 1 else []
-        c.fit_interval = {k: v / scale if k.startswith("peak_gold") else v for k, v in result.fits[c.label].items()}
-    for row in result.comparisons:
-        row = dict(row)
-        if row["quantity"] == "gold_at_kl":
-            for part in ("a", "b", "diff"):
-                for suffix in ("", "_lo", "_hi"):
-                    row[part + suffix] /= scale
-        elif row["quantity"] == "kl_to_gold":
-            row["target"] /= scale
-        panel.comparisons.append({"policy": panel.key[0], "proxy": panel.key[1], "gold": panel.key[2],
-                                  "prompts": len(ids), **row})
+        c.fit_interval = result.fits[c.label]
+    panel.comparisons = [{"policy": panel.key[0], "proxy": panel.key[1], "gold": panel.key[2], "prompts": len(ids),
+                          **row} for row in result.comparisons]
 
 
 POINT_EXTRAS = ("length_mean", "generated_tokens", "trained_tokens", "ess", "low_ess", "n", "step", "beta")
@@ -436,13 +429,17 @@ def extras(c: Curve) -> pd.DataFrame:
 
 
 def analysed_points(c: Curve, point: dict, scale: float) -> pd.DataFrame:
+    """The analysis' points (gold on the report's scale: `scaled`), with gold also back in raw units."""
     p = extras(c)
     for name in ("kl", "proxy", "gold", "proxy_gain", "gold_gain"):
         for suffix in ("", "_lo", "_hi"):
             if name + suffix in point:
                 p[name + suffix] = np.asarray(point[name + suffix], dtype=float)
     for suffix in ("", "_lo", "_hi"):
-        p["scaled" + suffix] = p.get("gold_gain" + suffix, np.nan) / scale
+        p["scaled" + suffix] = p.get("gold_gain" + suffix, np.nan)
+        for name in ("gold", "gold_gain"):
+            if name + suffix in p:
+                p[name + suffix] = p[name + suffix] * scale
     p["d"] = np.sqrt(np.clip(p["kl"], 0, None))
     return p
 

@@ -335,6 +335,12 @@ def test_unit_scale_divides_by_the_initial_policys_gold_std(table, tmp_path):
     a = relative[relative["proxy"] == "rm:a"].reset_index(drop=True)
     b = unit[unit["proxy"] == "rm:a"].reset_index(drop=True)
     assert np.allclose(b["scaled"], a["gold_gain"] / std) and np.allclose(b["scaled_hi"], a["gold_gain_hi"] / std)
+    assert np.allclose(b["gold_gain"], a["gold_gain"])  # raw gains stay raw beside the scaled ones
+    fit_rel = pd.read_csv(tmp_path / "rel" / "fits.csv").set_index("curve")
+    fit_unit = pd.read_csv(tmp_path / "unit" / "fits.csv").set_index("curve")
+    for name in ("alpha", "alpha_lo", "beta_hi"):  # α and β scale with the gold; the peak's KL does not
+        assert fit_unit.loc["ppo β=0.05", name] == pytest.approx(fit_rel.loc["ppo β=0.05", name] / std, rel=1e-6)
+    assert fit_unit.loc["ppo β=0.05", "peak_kl_lo"] == pytest.approx(fit_rel.loc["ppo β=0.05", "peak_kl_lo"], rel=1e-6)
     assert "in units of its gold standard deviation" in (tmp_path / "unit" / "report.md").read_text()
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from bon_vs_rl import fits, report
+from bon_vs_rl import fits
 from bon_vs_rl import statistics as st
 from bon_vs_rl.bon_estimator import best_of_n_per_prompt, kl_bon_analytic
 
@@ -25,6 +25,25 @@ R = 400  # repetitions of a synthetic experiment
 B = 500  # bootstrap replicates inside each repetition
 COVERS = (0.91, 0.985)  # binomial tolerance around 0.95 for R = 400
 
+
+
+class report:  # noqa: N801 - the scalar oracle, kept here as the independent loop the vectorised `along` must equal
+    """The first-crossing interpolation that report.py used to do point by point (now statistics.along)."""
+
+    @staticmethod
+    def along(p: pd.DataFrame, key: str, level: float, value: str) -> float:
+        x, y = p[key].to_numpy(dtype=float), p[value].to_numpy(dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if not len(x) or not math.isfinite(level):
+            return math.nan
+        if x[0] >= level:  # already there at the start: only an exact hit counts (no reaching from below)
+            return float(y[0]) if math.isclose(x[0], level, rel_tol=1e-9, abs_tol=1e-12) else math.nan
+        for i in range(1, len(x)):
+            if x[i] >= level:
+                t = (level - x[i - 1]) / (x[i] - x[i - 1])
+                return float(y[i - 1] + t * (y[i] - y[i - 1]))
+        return math.nan
 
 def covered(lo, hi, truth) -> np.ndarray:
     return (np.asarray(lo) <= truth) & (truth <= np.asarray(hi))
@@ -325,7 +344,7 @@ def test_seed_weights():
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. `along` on hand-built curves, and vectorised against the scalar loop of report.py.
+# 5. `along` on hand-built curves, and vectorised against the scalar loop of the old report.py.
 # --------------------------------------------------------------------------------------------------
 
 
