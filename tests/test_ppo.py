@@ -171,18 +171,20 @@ def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--beta", "-0.1"], "beta"),
-    (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size"),
-    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
-    (["--policy", "/nonexistent/policy"], "model"),
-    (["--train-top-layers", "5"], "train_top_layers"),
+    (["--beta", "-0.1"], "beta: -0.1 is negative; the KL coefficient must be ≥ 0"),
+    (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size: 5 does not divide rollout_batch_size=16"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
+    (["--policy", "/nonexistent/policy"], "model: directory '/nonexistent/policy' does not exist"),
+    # Found only once the weights are loaded: --quiet must keep transformers' loading bar off the error's line.
+    (["--train-top-layers", "5"], "train_top_layers: 5 exceeds the model's 1 layers"),
 ])
-def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
+def test_bad_input_exits_2_with_one_line_before_any_work(flags, message, toy_policy, tmp_path, loading_bars_on):
     base = ["ppo", "--policy", toy_policy, "--proxy", REWARD, "--gold", REWARD, "--steps", "2", "--device", "cpu",
             "--output", str(tmp_path / "out"), "--quiet"]
     result = runner.invoke(cli.app, base + flags)
     assert result.exit_code == 2, result.output
-    assert message in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bonrl: error: {message}"), lines
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "results.sqlite").exists()
 
