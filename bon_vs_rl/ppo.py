@@ -323,9 +323,14 @@ def check_tracker(log_with: str) -> None:
 
 def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests)."""
+    import transformers
     from accelerate import Accelerator
 
     from bon_vs_rl import results
+
+    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours (and a bad input's one line)
+    if cfg.quiet:
+        transformers.logging.set_verbosity_error()
 
     # 1. Everything that can be bad input, before any work or any file (exit 2).
     check_tracker(cfg.log_with)

@@ -94,12 +94,17 @@ def trl_arguments(cfg: RLConfig, world: int, use_cuda: bool, bf16: bool):
 
 def train(cfg: RLConfig) -> str:
     """Run TRL's RLOO or GRPO trainer with the shared evaluation; returns the run id."""
+    import transformers
     from accelerate import PartialState
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
     from bon_vs_rl import results
+
+    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours (and a bad input's one line)
+    if cfg.quiet:
+        transformers.logging.set_verbosity_error()
 
     # 1. Bad input, before any work or file (exit 2).
     check_tracker(cfg.log_with)

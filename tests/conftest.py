@@ -40,3 +40,18 @@ def toy_policy(tmp_path_factory) -> str:
     from bon_vs_rl import models
 
     return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
+
+
+@pytest.fixture
+def loading_bars_on():
+    """transformers' per-load 'Loading weights' bars and warnings switched on, as in a fresh `bonrl` process.
+    Both are process-wide switches that an earlier test's command may have turned off, which would hide a
+    command that forgets to turn them off under --quiet."""
+    from transformers.utils import logging
+
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.enable_progress_bar()
+    logging.set_verbosity_warning()
+    yield
+    (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
+    logging.set_verbosity(verbosity)

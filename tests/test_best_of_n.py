@@ -199,7 +199,9 @@ def test_a_low_entropy_policy_has_beirami_kl_well_below_the_formula(tmp_path):
 
 def test_a_proxy_that_fails_while_scoring_fails_the_run_with_no_rows(tmp_path):
     result = invoke(*sample_args(f"python:{Path(toy_gold.__file__)}:nan_gold", n="1,2"))
-    assert result.exit_code == 2 and "finite" in result.output
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"bonrl: error: scorer python:{Path(toy_gold.__file__)}:nan_gold: returned nan "
+                                    "for prompt"), result.output
     with R.ResultsStore() as store:
         runs = store.runs()
     assert runs["status"].tolist() == ["failed"]
@@ -256,8 +258,23 @@ def corrupt_rm(rm_proxy):
                                   "corrupt rm proxy", "no proxy", "too few resamples", "samples of another policy",
                                   "n > N of the samples file", "missing samples file", "not a samples file"])
 def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_path):
+    expected = {  # the one line must name this case's problem, so a case failing for another reason fails
+        "n = 0": "bonrl: error: n: 0 is not positive; every n must be ≥ 1",
+        "n > N": "bonrl: error: n: 8 exceeds samples_per_prompt=4; raise --samples-per-prompt",
+        "empty prompt set": "bonrl: error: prompts: the eval split of 'four.txt' is empty; give at least 5 prompts",
+        "missing rm proxy": "bonrl: error: proxy: no/such/dir is not a bonrl reward model (no bonrl_rm.json)",
+        "broken python proxy": f"bonrl: error: scorer: {TOYS} has no function 'no_such_function'",
+        "corrupt rm proxy": f"bonrl: error: proxy: cannot load 'rm:{corrupt_rm}'",
+        "no proxy": "bonrl: error: proxy: no proxy reward model given; pass --proxy rm:PATH",
+        "samples of another policy": f"bonrl: error: from_samples: {saved_samples} holds samples of policy 'tiny', "
+                                     "not --policy 'smollm2-135m'",
+        "n > N of the samples file": "bonrl: error: n: 8 exceeds the 4 samples per prompt in",
+        "missing samples file": "bonrl: error: from_samples: nope.parquet not found",
+        "not a samples file": "bonrl: error: from_samples: four.txt is not a readable Parquet file",
+    }[case]
     result = invoke(*bad_inputs(saved_samples, corrupt_rm)[case])
     assert result.exit_code == 2, result.output
-    assert result.output.strip().startswith("bonrl: error:") and len(result.output.strip().splitlines()) == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bonrl: error:") and expected in lines[0], lines
     assert not (tmp_path / "results.sqlite").exists()  # no run started, no rows
     assert not (tmp_path / "bon").exists()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from fractions import Fraction
 
+import mpmath as mp  # 60-digit reference values; in the dev extra
 import numpy as np
 import pytest
 from scipy import integrate, stats
@@ -342,12 +343,10 @@ def test_kl_beirami_limits():
 
 
 def test_kl_beirami_matches_high_precision_arithmetic():
-    mp = pytest.importorskip("mpmath")
-    mp.mp.dps = 60
-
     def reference(eps, n):
-        eps, q = mp.mpf(eps), (1 - mp.mpf(eps)) ** n
-        return q * (mp.log(n) + (n - 1) * mp.log(1 - eps) - mp.mpf(n - 1) / n) + (1 - q) * mp.log((1 - q) / eps)
+        with mp.workdps(60):
+            eps, q = mp.mpf(eps), (1 - mp.mpf(eps)) ** n
+            return q * (mp.log(n) + (n - 1) * mp.log(1 - eps) - mp.mpf(n - 1) / n) + (1 - q) * mp.log((1 - q) / eps)
 
     for n in (2, 64, 65536):
         for eps in (1e-20, 1e-15, 1e-12, 1e-9, 1e-6, 1e-3, 0.1, 0.5, 0.99, 1 - 1e-9):
@@ -384,39 +383,40 @@ def test_kl_beirami_shapes_and_broadcasting():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, message",
     [
-        lambda: best_of_n_weights(np.arange(5.0), 0),
-        lambda: best_of_n_weights(np.arange(5.0), 6),
-        lambda: best_of_n_weights(np.arange(5.0), 2.5),
-        lambda: best_of_n_weights(np.arange(5.0), True),
-        lambda: best_of_n_weights(np.zeros((2, 3)), 1),
-        lambda: best_of_n_weights(np.array([]), 1),
-        lambda: best_of_n_weights(np.array([1.0, np.nan]), 1),
-        lambda: best_of_n_expectation(np.arange(5.0), np.arange(4.0), 2),
-        lambda: best_of_n_table(np.arange(5.0), None, [1]),
-        lambda: best_of_n_table(np.zeros((2, 5)), {"gold": np.zeros((2, 4))}, [1]),
-        lambda: best_of_n_table(np.zeros((2, 5)), None, [0]),
-        lambda: best_of_n_table(np.zeros((2, 5)), None, [6]),
-        lambda: best_of_n_table(np.zeros((2, 5)), None, []),
-        lambda: best_of_n_table(np.zeros((2, 5)), None, [1], bootstrap=-1),
-        lambda: best_of_n_table(np.array([[0.0, np.inf]]), None, [1]),
-        lambda: best_of_n_table(np.zeros((1, 2)), {"gold": np.array([[0.0, np.nan]])}, [1]),
-        lambda: kl_bon_analytic(0),
-        lambda: kl_bon_beirami(1.5, 4),
-        lambda: kl_bon_beirami(-0.1, 4),
-        lambda: kl_bon_beirami(0.5, 0),
-        lambda: kl_bon_beirami_from_logprob(0.1, 4),
-        lambda: kl_bon_beirami_from_logprob(np.nan, 4),
-        lambda: kl_bon_exact([0.5, 0.6], 4),
-        lambda: kl_bon_exact([1.5, -0.5], 4),
-        lambda: kl_bon_exact([], 4),
-        lambda: kl_bon_exact([1.0], 0),
-        lambda: kl_bon_exact_empirical(np.array([1.0, np.inf]), 2),
+        (lambda: best_of_n_weights(np.arange(5.0), 0), "needs n >= 1, got n=0"),
+        (lambda: best_of_n_weights(np.arange(5.0), 6), "n=6 needs at least n samples per prompt, got N=5"),
+        (lambda: best_of_n_weights(np.arange(5.0), 2.5), "needs an integer n, got 2.5"),
+        (lambda: best_of_n_weights(np.arange(5.0), True), "needs an integer n, got True"),
+        (lambda: best_of_n_weights(np.zeros((2, 3)), 1), r"proxy_scores must have shape \[N\]"),
+        (lambda: best_of_n_weights(np.array([]), 1), "proxy_scores is empty"),
+        (lambda: best_of_n_weights(np.array([1.0, np.nan]), 1), "proxy_scores has a NaN or inf value"),
+        (lambda: best_of_n_expectation(np.arange(5.0), np.arange(4.0), 2), r"values has shape \(4,\), proxy_scores"),
+        (lambda: best_of_n_table(np.arange(5.0), None, [1]), r"proxy must have shape \[P, N\]"),
+        (lambda: best_of_n_table(np.zeros((2, 5)), {"gold": np.zeros((2, 4))}, [1]), r"column 'gold' has shape \(2, 4\)"),
+        (lambda: best_of_n_table(np.zeros((2, 5)), None, [0]), "needs n >= 1, got n=0"),
+        (lambda: best_of_n_table(np.zeros((2, 5)), None, [6]), "n=6 needs at least n samples per prompt"),
+        (lambda: best_of_n_table(np.zeros((2, 5)), None, []), "ns is empty"),
+        (lambda: best_of_n_table(np.zeros((2, 5)), None, [1], bootstrap=-1), "bootstrap must be >= 0 resamples"),
+        (lambda: best_of_n_table(np.array([[0.0, np.inf]]), None, [1]), r"proxy has a NaN or inf value \(prompt 0"),
+        (lambda: best_of_n_table(np.zeros((1, 2)), {"gold": np.array([[0.0, np.nan]])}, [1]),
+         r"column 'gold' has a NaN or inf value \(prompt 0"),
+        (lambda: kl_bon_analytic(0), "needs n >= 1, got 0"),
+        (lambda: kl_bon_beirami(1.5, 4), r"eps must be a probability in \[0, 1\]"),
+        (lambda: kl_bon_beirami(-0.1, 4), r"eps must be a probability in \[0, 1\]"),
+        (lambda: kl_bon_beirami(0.5, 0), "needs n >= 1, got 0"),
+        (lambda: kl_bon_beirami_from_logprob(0.1, 4), "logp must be a log-probability"),
+        (lambda: kl_bon_beirami_from_logprob(np.nan, 4), "logp must be a log-probability"),
+        (lambda: kl_bon_exact([0.5, 0.6], 4), "reference_probs must sum to 1"),
+        (lambda: kl_bon_exact([1.5, -0.5], 4), "reference_probs must be finite and non-negative"),
+        (lambda: kl_bon_exact([], 4), "reference_probs must be a non-empty 1-D array"),
+        (lambda: kl_bon_exact([1.0], 0), "needs n >= 1, got n=0"),
+        (lambda: kl_bon_exact_empirical(np.array([1.0, np.inf]), 2), "proxy_scores has a NaN or inf value"),
     ],
 )
-def test_bad_inputs_raise_value_error(call):
-    with pytest.raises(ValueError):
+def test_bad_inputs_raise_value_error_naming_the_problem(call, message):
+    with pytest.raises(ValueError, match=message):
         call()
 
 

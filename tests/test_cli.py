@@ -1,8 +1,10 @@
-"""The command line: fast --help, --version, help on every option, precedence and exit codes."""
+"""The command line: --help imports no ML stack, --version, help on every option, precedence and exit codes."""
 
+import json
+import os
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import typer
@@ -12,15 +14,31 @@ from bon_vs_rl import __version__, cli
 from bon_vs_rl import config as C
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
 
 
-def test_help_is_fast_and_imports_no_torch():
-    code = "import sys, time; t=time.time(); from bon_vs_rl.cli import app; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bon_vs_rl.cli", "--help"], capture_output=True, check=True)
-    assert time.perf_counter() - start < 5  # generous for a loaded CI machine; typically ~0.3 s
+# What makes `bonrl --help` slow is importing the ML stack (torch alone is seconds on a cold disk), so the
+# test checks what `--help` imports, not how long it takes on whatever machine runs the test.
+HELP = """
+import json, sys
+from bon_vs_rl.cli import app
+try:
+    app(sys.argv[1:], prog_name="bonrl")
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("torch", "transformers", "trl", "accelerate", "datasets", "pandas", "matplotlib")
+         if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", [[], ["sample"], ["ppo"], ["experiment"], ["report"]])
+def test_help_imports_no_torch_or_transformers(command):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", HELP, *command, "--help"], capture_output=True, text=True,
+                         env=env, check=True)
+    assert json.loads(out.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
+    assert "Usage: bonrl" in out.stdout and "--help" in out.stdout
 
 
 def test_version():
@@ -80,13 +98,16 @@ def test_bad_input_exits_2_with_one_line(monkeypatch):
     assert lines == ["bonrl: error: n: 0 is not positive; every n must be ≥ 1, e.g. --n 1,2,4"]
 
 
-def test_failure_during_work_exits_1(monkeypatch):
+def test_failure_during_work_exits_1_with_its_first_line(monkeypatch, capsys):
     def broken(cfg):
         raise RuntimeError("disk on fire\nsecond line")
 
     module = type(sys)("fake_stage")
     module.go = broken
     monkeypatch.setitem(sys.modules, "fake_stage", module)
-    with pytest.raises(typer.Exit) as info:
+    monkeypatch.delenv("BONRL_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as info:  # typer.Exit carries only the code; the message is on stderr
         cli.run_stage("fake_stage:go", None)
     assert info.value.exit_code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "bonrl: error: RuntimeError: disk on fire (set BONRL_DEBUG=1 for the traceback)"]

@@ -1,7 +1,8 @@
-"""`bonrl experiment`: planning and validation up front, resuming from stage markers, --force, and the
-`smoke` preset end to end (interrupted after the proxy stage, then resumed without retraining it).
+"""`bonrl experiment`: planning and validation up front, resuming from stage markers, --force, what a
+stage's hash covers (which edits rerun which stages), and the `smoke` preset end to end (interrupted after
+the proxy stage, resumed without retraining it, rerun with other run flags and then another PPO seed).
 
-The resume/force logic is tested with stand-in stage functions that write plausible rows in
+The resume/force/hash logic is tested with stand-in stage functions that write plausible rows in
 milliseconds; the smoke test runs the real stages on `tiny` models.
 """
 
@@ -11,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from test_report import Page, row_key
@@ -105,8 +107,6 @@ def write(tmp_path: Path, study: dict, name: str = "study.yaml") -> str:
 
 
 def report_runs(tmp_path: Path) -> set[str]:
-    import pandas as pd
-
     return set(pd.read_csv(tmp_path / "out" / "report" / "points.csv")["run_id"])
 
 
@@ -196,6 +196,89 @@ def test_a_marker_whose_run_is_gone_from_the_table_does_not_count(fake_stages, t
     assert RESUMED == []  # they finished before: rerun from scratch, not resumed from a final checkpoint
 
 
+# ----------------------------------------------------------------------------------------------
+# What a stage's hash covers. How a stage runs (device, quiet, cache_dir, resume) reruns nothing; a
+# seed or a `common` key reruns exactly the stages that take it (an entry's own value wins over
+# `common` and the top-level seed) and every stage that reads their output: bon reads rm-0 and rm-1,
+# ppo-0 and rl-0 read rm-0, ppo-1 reads rm-1. Checked on the plan's hashes and by which stages run.
+
+# STUDY with the seed pinned (to the top-level value, 0) in the entries of rm-1 and ppo-1.
+PINNED = {**STUDY, "train_rm": [{"pairs": 50}, {"pairs": 100, "seed": 0}],
+          "ppo": [{"beta": 0.1, "steps": 4}, {"beta": 0.01, "steps": 4, "proxy": "rm-1", "seed": 0}]}
+READS_RM0 = {"rm-0", "bon", "ppo-0", "rl-0"}
+READS_RM1 = {"rm-1", "bon", "ppo-1"}
+EDITS = {  # case: (edit of PINNED, extra flags of the second run, the stages that must rerun)
+    "device": (lambda s: s.update(device="auto"), [], set()),
+    "device flag": (lambda s: None, ["--device", "auto"], set()),
+    "quiet": (lambda s: s.update(quiet=True), [], set()),
+    "cache_dir": (lambda s: s.update(cache_dir="elsewhere"), [], set()),
+    "resume": (lambda s: s["ppo"][0].update(resume=True), [], set()),
+    "seed": (lambda s: s.update(seed=1), [], READS_RM0),  # rm-1 and ppo-1 pin theirs; bon reads rm-0
+    "rm-1's seed": (lambda s: s["train_rm"][1].update(seed=1), [], READS_RM1),
+    "ppo-0's seed": (lambda s: s["ppo"][0].update(seed=1), [], {"ppo-0"}),
+    "common key of every stage": (lambda s: s["common"].update(max_new_tokens=9), [], set(ALL)),
+    "common key of ppo and rl": (lambda s: s["common"].update(eval_every=5), [], {"ppo-0", "ppo-1", "rl-0"}),
+    "common key of bon only": (lambda s: s["common"].update(samples_per_prompt=16), [], {"bon"}),
+    "common key both rm entries set": (lambda s: s["common"].update(pairs=80), [], set()),
+    "common key the ppo entries set": (lambda s: s["common"].update(beta=0.5), [], {"rl-0"}),
+    "rm-0's entry": (lambda s: s["train_rm"][0].update(pairs=60), [], READS_RM0),
+}
+
+
+def edited(case: str) -> dict:
+    study = json.loads(json.dumps(PINNED))
+    EDITS[case][0](study)
+    return study
+
+
+def hashes(study: dict) -> dict[str, str]:
+    stages, _ = experiment.plan(C.resolve(C.ExperimentConfig, study))
+    return {s.name: s.hash for s in stages}
+
+
+@pytest.fixture
+def reported(monkeypatch):
+    """The report stage replaced by a recorder of the run ids it is given (drawing is not tested here)."""
+    from bon_vs_rl import report
+
+    runs: list[list[str]] = []
+
+    def record(cfg):
+        runs.append(list(cfg.run_id))
+        return Path(cfg.output)
+
+    monkeypatch.setattr(report, "report", record)
+    return runs
+
+
+def test_pinning_a_seed_to_the_top_level_value_changes_no_hash():
+    assert hashes(PINNED) == hashes(STUDY)
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_a_change_reruns_exactly_the_stages_it_affects(case, fake_stages, reported, tmp_path):
+    _, flags, expected = EDITS[case]
+    before = hashes(PINNED)
+    if not flags:  # the plan's view: which stage hashes the edit changes
+        after = hashes(edited(case))
+        assert {name for name in ALL if after[name] != before[name]} == expected
+
+    # End to end: run the study, then the edited one; the second run must run exactly `expected`,
+    # in run order, and hand the report the old run of every other stage. (The second run is
+    # always --quiet: quiet is how a stage runs, not what it computes.)
+    assert invoke(write(tmp_path, PINNED, "before.yaml")).exit_code == 0
+    first = dict(zip(ALL, reported[-1]))
+    fake_stages.clear()
+    result = invoke(write(tmp_path, edited(case), "after.yaml"), "--quiet", *flags)
+    assert result.exit_code == 0, result.output
+    assert fake_stages == [name for name in ALL if name in expected]
+    second = dict(zip(ALL, reported[-1]))
+    assert {name for name in ALL if second[name] != first[name]} == expected
+    for name in ALL:
+        marker = json.loads((tmp_path / "out" / name / experiment.MARKER).read_text())
+        assert marker["run_id"] == second[name]
+
+
 @pytest.mark.parametrize("case", ["stage-key", "stage-value", "common-key", "reserved", "proxy", "force",
                                   "report-key", "no-rm"])
 def test_a_bad_setting_anywhere_stops_before_the_first_stage(case, fake_stages, tmp_path):
@@ -250,8 +333,10 @@ def test_every_preset_plans_and_validates(preset):
 # The smoke preset, end to end on tiny models.
 
 
-def test_smoke_experiment_resumes_after_the_proxy_stage_without_retraining_it(tmp_path, monkeypatch):
-    """Interrupted (Ctrl-C) as best-of-n starts, then rerun: the proxy is reused, the report is complete."""
+@pytest.mark.slow  # 10 s on an idle 2-core machine, 30 s when it is shared: four real stage runs and reports
+def test_smoke_experiment_resumes_and_reruns_only_what_changed(tmp_path, monkeypatch):
+    """Interrupted (Ctrl-C) as best-of-n starts, then rerun: the proxy is reused, the report is complete.
+    Rerun with --device auto --quiet: nothing trains. Rerun with another PPO seed: PPO alone trains."""
     preset = REPO / "configs" / "smoke.yaml"
     shutil.copy(preset, tmp_path / "smoke.yaml")
     real_run_stage = experiment.run_stage
@@ -290,3 +375,28 @@ def test_smoke_experiment_resumes_after_the_proxy_stage_without_retraining_it(tm
     assert len(points) == len(curves) > 5
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     print(f"smoke experiment: {seconds:.0f} s including the interrupted first run")
+
+    # How the stages run (device, quiet) is not what they compute: a third run trains nothing.
+    stage_markers = {name: tmp_path / "smoke" / name / experiment.MARKER for name in ("rm-0", "bon", "ppo-0")}
+    stamps = {name: path.stat().st_mtime_ns for name, path in stage_markers.items()}
+    result = invoke("smoke.yaml", "--output", "smoke", "--device", "auto", "--quiet")
+    assert result.exit_code == 0, result.output
+    with R.ResultsStore(tmp_path / "results.sqlite") as store:
+        assert store.runs()["run_id"].tolist() == runs["run_id"].tolist()
+    assert {name: path.stat().st_mtime_ns for name, path in stage_markers.items()} == stamps
+
+    # A new PPO seed reruns PPO alone, and the report shows the new PPO run instead of the old one.
+    study = yaml.safe_load((tmp_path / "smoke.yaml").read_text())
+    study["ppo"][0]["seed"] = 1
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(study))
+    result = invoke("smoke.yaml", "--output", "smoke", "--quiet")
+    assert result.exit_code == 0, result.output
+    with R.ResultsStore(tmp_path / "results.sqlite") as store:
+        after = store.runs()
+    new = after[~after["run_id"].isin(runs["run_id"])]
+    assert new["command"].tolist() == ["ppo"] and new["status"].tolist() == ["finished"]
+    assert {name: stage_markers[name].stat().st_mtime_ns for name in ("rm-0", "bon")} == \
+        {name: stamps[name] for name in ("rm-0", "bon")}
+    reported = set(pd.read_csv(tmp_path / "smoke" / "report" / "points.csv")["run_id"])
+    old_ppo = runs.loc[runs["command"] == "ppo", "run_id"].item()
+    assert new["run_id"].item() in reported and old_ppo not in reported

@@ -330,14 +330,14 @@ def test_relative_to_initial():
     rel = relative_to_initial(kl, gold)
     np.testing.assert_allclose(rel[:4], [1.2, -0.1, 0.6, 0.1])  # mean of the two KL-0 points is 0.3
     assert rel[4] == pytest.approx(6.7)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no finite \\(kl, gold\\) point"):
         relative_to_initial([np.nan], [1.0])
 
 
 def test_unit_variance_scale():
     np.testing.assert_allclose(unit_variance_scale([0.0, 1.0, -2.0], 0.5), [0.0, 2.0, -4.0])
     for bad in (0.0, -1.0, math.nan):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="gold_std_initial must be finite and > 0"):
             unit_variance_scale([1.0], bad)
 
 

@@ -9,10 +9,10 @@ code path raises the reward in a handful of steps. The LoRA / top-layers tests u
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from bon_vs_rl import config as C
 from bon_vs_rl import results as R
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
 REWARD = f"python:{Path(toy_rewards.__file__)}:good_fraction"
 NAN_AFTER_FIRST = f"python:{Path(toy_rewards.__file__)}:nan_after_first"
 # Compared between an uninterrupted and a resumed run: everything but ids, paths and timings.
@@ -178,23 +179,43 @@ def test_large_beta_keeps_kl_far_below_beta_zero(beta0, tmp_path):
     assert all(m["ppo/beta"] == 1.0 for m in metrics)
 
 
+# `bonrl ppo` in a child process that, once its step-2 checkpoint is written, says so on stdout and then
+# holds still until it is killed: the kill lands exactly after the first checkpoint, whatever the machine.
+KILLED_AFTER_FIRST_CHECKPOINT = """
+import sys
+from bon_vs_rl import cli, ppo
+
+save = ppo.save_checkpoint
+
+def save_and_signal(output, keep, model, tokenizer, optimizer, state, cfg):
+    path = save(output, keep, model, tokenizer, optimizer, state, cfg)
+    print(path, flush=True)
+    sys.stdin.read()  # wait to be killed
+    return path
+
+ppo.save_checkpoint = save_and_signal
+cli.app(sys.argv[1:], prog_name="bonrl")
+"""
+
+
+@pytest.mark.slow  # 9 s on an idle 2-core machine, 23 s when it is shared: a PPO run in a child process, resumed
 def test_resume_after_kill_writes_the_same_rows_as_an_uninterrupted_run(beta0, tmp_path):
     """Kill a run after its first checkpoint, resume it: same steps, no duplicates, same values."""
     results = tmp_path / "results.sqlite"
     args = {**beta0["args"], "output": str(tmp_path / "out"), "results": str(results), "checkpoint_every": 2,
             "keep_checkpoints": 1}
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}  # one thread, like this process: same arithmetic
-    child = subprocess.Popen([sys.executable, "-m", "bon_vs_rl.cli", *cli_args(args)], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first_checkpoint = tmp_path / "out" / "checkpoints" / "step-000002" / "state.json"
-    deadline = time.time() + 120
-    while child.poll() is None and not first_checkpoint.exists() and time.time() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # one thread, like this process: same arithmetic
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(tmp_path / "stderr.txt", "wb") as stderr:  # a file: a full stderr pipe would block the child
+        child = subprocess.Popen([sys.executable, "-c", KILLED_AFTER_FIRST_CHECKPOINT, *cli_args(args)],
+                                 cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        saved = child.stdout.readline().decode().strip()  # once the checkpoint is written (or "" if the child died)
+        child.kill()
+        child.communicate()
+    assert saved == str(tmp_path / "out" / "checkpoints" / "step-000002"), (tmp_path / "stderr.txt").read_text()[-2000:]
+    assert (Path(saved) / "state.json").is_file() and child.returncode == -signal.SIGKILL
     killed = R.load(results)
-    assert 6 not in killed["step"].tolist()  # it really stopped mid-way
+    assert killed["step"].tolist() == [0]  # killed after step 2, before the step-3 evaluation
 
     resumed = runner.invoke(cli.app, cli_args({**args, "resume": True}))
     assert resumed.exit_code == 0, resumed.output
@@ -209,11 +230,12 @@ def test_resume_after_kill_writes_the_same_rows_as_an_uninterrupted_run(beta0, t
     assert [p.name for p in ppo.checkpoint_dirs(tmp_path / "out")] == ["step-000006"]  # keep-last rotation
 
 
+@pytest.mark.slow  # 8 s on an idle 2-core machine, far more when it is shared: two torchrun processes
 def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
     """`torchrun`/`accelerate launch` with 2 CPU processes (gloo): one run, rows over all eval prompts."""
     args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=2, eval_every=2,
                     checkpoint_every=1)
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             "-m", "bon_vs_rl.cli", *cli_args(args)], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
@@ -228,18 +250,20 @@ def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--beta", "-0.1"], "beta"),
-    (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size"),
-    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
-    (["--policy", "/nonexistent/policy"], "model"),
-    (["--train-top-layers", "5"], "train_top_layers"),
+    (["--beta", "-0.1"], "beta: -0.1 is negative; the KL coefficient must be ≥ 0"),
+    (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size: 5 does not divide rollout_batch_size=16"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
+    (["--policy", "/nonexistent/policy"], "model: directory '/nonexistent/policy' does not exist"),
+    # Found only once the weights are loaded: --quiet must keep transformers' loading bar off the error's line.
+    (["--train-top-layers", "5"], "train_top_layers: 5 exceeds the model's 1 layers"),
 ])
-def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
+def test_bad_input_exits_2_with_one_line_before_any_work(flags, message, toy_policy, tmp_path, loading_bars_on):
     base = ["ppo", "--policy", toy_policy, "--proxy", REWARD, "--gold", REWARD, "--steps", "2", "--device", "cpu",
             "--output", str(tmp_path / "out"), "--quiet"]
     result = runner.invoke(cli.app, base + flags)
     assert result.exit_code == 2, result.output
-    assert message in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bonrl: error: {message}"), lines
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "results.sqlite").exists()
 

@@ -7,8 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +176,7 @@ def test_a_batch_with_a_bad_row_writes_nothing(tmp_path):
         run = store.start_run("sample", {})
         store.add_rows(run, [_row(1, gold=0.5)])
         # The bad row is last: the rows before it were already inserted when SQLite refused it.
-        with pytest.raises(sqlite3.Error):
+        with pytest.raises(sqlite3.Error, match="type 'object' is not supported"):
             store.add_rows(run, [_row(2), _row(1, gold=9.0), {**_row(3), "gold_mean": object()}])
         with pytest.raises(ValueError, match="method"):
             store.add_rows(run, [_row(4), {"n": 5}])
@@ -204,7 +202,7 @@ def test_resume_reopens_the_same_run_without_duplicating_rows(tmp_path):
         assert runs["run_id"].tolist() == [run] and runs["status"].item() == "finished"
         assert pd.isna(runs["error"].item())
         assert store.start_run("ppo", {}, run_id="chosen-id") == "chosen-id"  # a new run with a given id
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match="no run 'no-such-run'"):
             store.finish_run("no-such-run")
     assert R.load(path, run_id=run)["gold_mean"].tolist() == [0, 10.5, 20.5]
 
@@ -293,29 +291,40 @@ def test_retry_backs_off_on_locked_and_gives_up_on_other_errors():
         R._retry(always_locked, attempts=3, base_delay=0.001)
 
 
-def test_a_writer_waits_for_a_held_lock_instead_of_failing(tmp_path):
+def test_a_writer_that_meets_a_held_lock_backs_off_until_it_is_released(tmp_path, monkeypatch):
+    """SQLite's own wait (busy_timeout) is set to nothing here, so the writer meets the held lock at once
+    and the retry loop must back off. Each back-off is the signal that the writer met the lock: the
+    other connection releases it at the second, so the order of events is fixed, not left to a clock."""
     path = tmp_path / "r.sqlite"
+    monkeypatch.setattr(R, "BUSY_TIMEOUT_S", 0)
     with R.ResultsStore(path) as store:
+        assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
         run = store.start_run("sample", {})
-        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
-        release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
-        release.start()
-        start = time.monotonic()
+        holder.execute("INSERT INTO runs (run_id, command, started_at, status) "
+                       "VALUES ('held', 'x', '-', 'finished')")
+        back_offs = []
+
+        def back_off(seconds: float) -> None:
+            back_offs.append(seconds)
+            if len(back_offs) == 2:
+                holder.execute("COMMIT")
+
+        monkeypatch.setattr(R.time, "sleep", back_off)
         store.add_rows(run, [_row(1)])
-        waited = time.monotonic() - start
-        release.join()
         holder.close()
-    assert waited >= 0.4 and len(R.load(path)) == 1
+    assert len(back_offs) == 2 and all(0 < b <= 2.0 for b in back_offs)
+    assert len(R.load(path)) == 1  # written once, after the holder's transaction
+    assert sorted(_raw(path, "SELECT run_id FROM runs")) == sorted([(run,), ("held",)])
 
 
 WRITER = textwrap.dedent("""
-    import os, sys, time
+    import sys
     from bon_vs_rl import results as R
-    path, worker, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    while not os.path.exists(go):  # start together, so the writers really contend for the lock
-        time.sleep(0.005)
+    path, worker = sys.argv[1], int(sys.argv[2])
     with R.ResultsStore(path) as store:
+        print("ready", flush=True)  # imported and connected: its first write comes next
         with R.run_context(store, "sample", {"worker": worker}) as run:
             for batch in range(25):
                 store.add_rows(run, [{"method": "bon", "n": 2 * batch + i, "proxy": f"w{worker}"} for i in (1, 2)])
@@ -323,19 +332,20 @@ WRITER = textwrap.dedent("""
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
-    path, go = tmp_path / "shared.sqlite", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), str(go)], env=CHILD_ENV)
-             for w in range(4)]
+    path = tmp_path / "shared.sqlite"
     R.ResultsStore(path).close()
-    # Hold the write lock while they start, so every writer meets a locked file and must wait its turn.
+    # Hold the write lock until every writer says its first write comes next, so they start together
+    # against a locked file, wait for it (busy_timeout), then contend for it batch by batch.
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    time.sleep(0.3)  # let them all start (and import)
-    go.touch()
-    time.sleep(0.5)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)], env=CHILD_ENV,
+                              stdout=subprocess.PIPE, text=True) for w in range(4)]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 4
     holder.execute("COMMIT")
     holder.close()
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    for p in procs:
+        p.stdout.close()
     frame = R.load(path)
     assert len(frame) == 200 and frame.groupby("proxy").size().tolist() == [50] * 4
     assert not frame.duplicated(["run_id", "n"]).any() and frame["run_id"].nunique() == 4
@@ -345,26 +355,27 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 
 KILLED = textwrap.dedent("""
-    import sys, time
+    import sys
     from bon_vs_rl import results as R
     store = R.ResultsStore(sys.argv[1])
     run = store.start_run("ppo", {})
     store.add_rows(run, [{"method": "ppo", "step": s} for s in range(3)])
-    print(run, flush=True)
-    time.sleep(60)
+    print(run, flush=True)  # the rows are committed
+    sys.stdin.read()  # alive, mid-run, until the test kills it
 """)
 
 
 def test_killed_run_keeps_committed_rows_and_reads_unfinished(tmp_path):
     path = tmp_path / "r.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(path)], stdout=subprocess.PIPE, text=True,
-                            env=CHILD_ENV)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
     run = proc.stdout.readline().strip()
     assert run.startswith("ppo-")
     with R.ResultsStore(path) as store:  # still alive: still running
         assert store.runs()["status"].tolist() == ["running"]
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait()
+    proc.stdin.close()
     proc.stdout.close()
     frame = R.load(path)
     assert frame["step"].tolist() == [0, 1, 2] and frame["run_status"].tolist() == ["unfinished"] * 3

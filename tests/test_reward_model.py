@@ -178,12 +178,15 @@ def test_half_the_labels_flipped_stays_near_chance(toy, tmp_path):
 @pytest.mark.parametrize("bad", ["pairs", "policy", "gold-nan", "backbone-no-tokenizer", "output-not-an-rm"])
 def test_bad_input_exits_2_and_writes_nothing(bad, toy, tmp_path):
     output = tmp_path / "rm"
-    extra, field = {
-        "pairs": (["--pairs", "0"], "pairs"),
-        "policy": (["--policy", str(tmp_path / "no-such-policy")], "model"),
-        "gold-nan": (["--gold", f"python:{Path(toy_gold.__file__)}:nan_gold", "--pairs", "12"], "nan"),
-        "backbone-no-tokenizer": (["--backbone", str(_model_without_tokenizer(tmp_path))], "tokenizer"),
-        "output-not-an-rm": ([], "not a bonrl reward model"),
+    extra, message = {
+        "pairs": (["--pairs", "0"], "pairs: 0 must be ≥ 1"),
+        "policy": (["--policy", str(tmp_path / "no-such-policy")],
+                   f"model: directory '{tmp_path / 'no-such-policy'}' does not exist"),
+        "gold-nan": (["--gold", f"python:{Path(toy_gold.__file__)}:nan_gold", "--pairs", "12"],
+                     f"scorer python:{Path(toy_gold.__file__)}:nan_gold: returned nan for prompt"),
+        "backbone-no-tokenizer": (["--backbone", str(_model_without_tokenizer(tmp_path))],
+                                  f"backbone: '{tmp_path / 'bare-backbone'}' has no tokenizer that loads"),
+        "output-not-an-rm": ([], f"output: {output} exists and is not a bonrl reward model"),
     }[bad]
     if bad == "output-not-an-rm":
         output.mkdir()
@@ -191,7 +194,7 @@ def test_bad_input_exits_2_and_writes_nothing(bad, toy, tmp_path):
     result = invoke([*train_rm_args(toy, output), *extra])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bonrl: error:") and field in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"bonrl: error: {message}"), lines
     assert not (tmp_path / "results.sqlite").exists()
     if bad == "output-not-an-rm":
         assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]

@@ -30,9 +30,10 @@ def rl_args(algo: str, policy: str, output: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("algo", ["rloo", "grpo"])
-def test_trl_trainer_writes_the_shared_evaluation_rows(algo, toy_policy, tmp_path):
+def test_trl_trainer_writes_the_shared_evaluation_rows(algo, toy_policy, tmp_path, loading_bars_on):
     result = runner.invoke(cli.app, rl_args(algo, toy_policy, tmp_path / "out"))
     assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.output  # --quiet: no per-load bars from transformers
     rows = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
     assert rows["method"].tolist() == [algo] * 3 and rows["step"].tolist() == [0, 1, 2]
     assert set(rows["run_status"]) == {"finished"} and (rows["beta"] == 0.1).all()
@@ -50,14 +51,15 @@ def test_trl_trainer_writes_the_shared_evaluation_rows(algo, toy_policy, tmp_pat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--algo", "ppo"], "algo"),
-    (["--generations-per-prompt", "1"], "generations_per_prompt"),
-    (["--rollout-batch-size", "6"], "rollout_batch_size"),
-    (["--beta", "-1"], "beta"),
-    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
+    (["--algo", "ppo"], "algo: 'ppo'; use rloo or grpo"),
+    (["--generations-per-prompt", "1"], "generations_per_prompt: must be ≥ 2"),
+    (["--rollout-batch-size", "6"], "rollout_batch_size: must be a multiple of generations_per_prompt"),
+    (["--beta", "-1"], "beta: -1.0 is negative; the KL coefficient must be ≥ 0"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
 ])
-def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
+def test_bad_input_exits_2_with_one_line_before_any_work(flags, message, toy_policy, tmp_path):
     result = runner.invoke(cli.app, rl_args("rloo", toy_policy, tmp_path / "out") + flags)
     assert result.exit_code == 2, result.output
-    assert message in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bonrl: error: {message}"), lines
     assert not (tmp_path / "out").exists() and not (tmp_path / "results.sqlite").exists()
