@@ -260,6 +260,7 @@ def corrupt_rm(rm_proxy):
 def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_path):
     expected = {  # the one line must name this case's problem, so a case failing for another reason fails
         "n = 0": "bonrl: error: n: 0 is not positive; every n must be ≥ 1",
+        "too few resamples": "bonrl: error: bootstrap: 20 prompt resamples are too few for a 95% interval",
         "n > N": "bonrl: error: n: 8 exceeds samples_per_prompt=4; raise --samples-per-prompt",
         "empty prompt set": "bonrl: error: prompts: the eval split of 'four.txt' is empty; give at least 5 prompts",
         "missing rm proxy": "bonrl: error: proxy: no/such/dir is not a bonrl reward model (no bonrl_rm.json)",
