@@ -1,8 +1,10 @@
 """The command line: fast --help, --version, help on every option, precedence and exit codes."""
 
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import typer
@@ -90,3 +92,38 @@ def test_failure_during_work_exits_1(monkeypatch):
     with pytest.raises(typer.Exit) as info:
         cli.run_stage("fake_stage:go", None)
     assert info.value.exit_code == 1
+
+
+def readme_launch_commands() -> list[list[str]]:
+    """The multi-process commands of the README, split as a shell would."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return [shlex.split(line) for line in readme.splitlines() if line.startswith(("torchrun ", "accelerate launch "))]
+
+
+def test_readme_multi_process_commands_parse_as_written(monkeypatch, capsys):
+    """Each README launch command goes through its launcher's own parser, then through bonrl's (which
+    resolves the config: every option exists and every value is valid). Regression: torchrun refused
+    `-m bon_vs_rl.cli sample --n 1,4` ("ambiguous option: --n"); the `--` before bonrl's arguments fixes it."""
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.run import get_args_parser
+
+    seen = _capture_stage(monkeypatch)
+    commands = readme_launch_commands()
+    assert {argv[argv.index("--") + 1] for argv in commands} == {"sample", "train-rm", "ppo"}
+    for argv in commands:
+        if argv[0] == "torchrun":
+            launch = get_args_parser().parse_args(argv[1:])
+        else:
+            launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.module and launch.training_script == "bon_vs_rl.cli"
+        seen.clear()
+        result = runner.invoke(cli.app, launch.training_script_args)
+        assert result.exit_code == 0 and "cfg" in seen, (argv, result.output)
+        if "--n" in argv:
+            assert seen["cfg"].ns == [1, 2, 4, 8, 16, 32, 64]
+
+    torchrun_sample = next(argv for argv in commands if argv[0] == "torchrun" and "--n" in argv)
+    without_separator = [a for a in torchrun_sample[1:] if a != "--"]
+    with pytest.raises(SystemExit):  # argparse's abbreviation matching: --nnodes, --nproc_per_node, ...
+        get_args_parser().parse_args(without_separator)
+    assert "ambiguous option: --n could match" in capsys.readouterr().err
