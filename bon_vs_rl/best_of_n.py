@@ -314,7 +314,7 @@ def sample(cfg: SampleConfig) -> str:
         if main:  # the main process alone opens the results table, saves the samples and writes the rows
             store = run.enter_context(results.ResultsStore(results.resolve_results_path(cfg.results)))
             run_id = run.enter_context(results.run_context(store, "sample", config, cfg.seed, cfg.experiment))
-        frame = sampling.gather_shares(share, world)  # every prompt once, in one process's order
+        frame = sampling.gather_shares(share, world)  # on the main process: every prompt once, in one process's order
         if not main:
             return ""
         if not cfg.from_samples:

@@ -178,7 +178,8 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
                                   sampling.shard(n_prompts, k, cfg.batch_size, rank, world), k, cfg,
                                   _seed(cfg.seed, SPLIT_CODE[split], len(frames)), quiet,
                                   f"{split} comparisons: sampling")
-        frame = sampling.gather_shares(share, world)  # grouped by prompt: a prompt's k samples are contiguous
+        # Every process holds the whole round, grouped by prompt: a prompt's k samples are contiguous.
+        frame = sampling.gather_shares(share, world, everywhere=True)
         gold_scores = frame["gold"].to_numpy()
         offset = sum(len(f) for f in frames)  # row number of this round's first sample in the saved samples
         frame["prompt_id"] += used

@@ -298,16 +298,20 @@ def generate_share(model, tokenizer, prompts: list[str], ids: list[int], samples
     return frame
 
 
-def gather_shares(make_share: Callable[[], Any], world: int):
-    """`make_share()`, run in every process, gathered on every process and ordered by prompt_id.
+def gather_shares(make_share: Callable[[], Any], world: int, everywhere: bool = False):
+    """`make_share()`, run in every process, gathered on the main process (on every process if
+    `everywhere`; None on the others otherwise) and ordered by prompt_id.
 
     A share is a frame with a `prompt_id` column: this process's prompts, their samples in draw order.
-    If `make_share` raises in some process, every process raises (the first failing process's error as
-    a ConfigError or RuntimeError), so that the main process marks the run failed instead of waiting in
+    Best-of-n needs the samples only where they are written (main only: N = 60,000 samples per prompt
+    need not sit in every process); comparison data is labelled and trained on everywhere. If
+    `make_share` raises in some process, every process raises (the first failing process's error as a
+    ConfigError or RuntimeError), so that the main process marks the run failed instead of waiting in
     the gather until the launcher kills it."""
     if world == 1:
         return make_share()
     import pandas as pd
+    import torch.distributed as dist
     from accelerate.utils import gather_object
 
     from bon_vs_rl.config import ConfigError
@@ -317,14 +321,21 @@ def gather_shares(make_share: Callable[[], Any], world: int):
         share = make_share()
     except Exception as exc:
         error, failure = exc, (isinstance(exc, ConfigError), f"{type(exc).__name__}: {exc}")
-    parts = gather_object([(share, failure)])
+    failures = gather_object([failure])  # every process learns of every failure
     if error is not None:
         raise error
-    for rank, (_, failed) in enumerate(parts):
+    for rank, failed in enumerate(failures):
         if failed:
             bad_input, message = failed
             raise (ConfigError if bad_input else RuntimeError)(f"process {rank} failed: {message}")
-    frames = [part for part, _ in parts if len(part)] or [parts[0][0]]
+    if everywhere:
+        parts = gather_object([share])
+    else:
+        parts = [None] * world if dist.get_rank() == 0 else None
+        dist.gather_object(share, parts, dst=0)
+        if parts is None:
+            return None
+    frames = [part for part in parts if len(part)] or parts[:1]
     # Each prompt is in one share, its samples in draw order: a stable sort restores one process's order.
     merged = pd.concat(frames, ignore_index=True)
     return merged.sort_values("prompt_id", kind="stable").reset_index(drop=True)
