@@ -34,10 +34,17 @@ that math, in five steps:
 
 Files: OUTPUT/RUN_ID/samples.parquet and OUTPUT/RUN_ID/resolved_config.json, one directory per run, so
 the samples_path of earlier rows never points at a file a later run replaced.
+
+Several processes (`torchrun --nproc_per_node K -m bon_vs_rl.cli -- sample ...`, or accelerate launch on
+GPUs): the eval prompts are split into whole sampler batches, dealt round-robin (`sampling.shard`); each
+process samples and scores its share, and the main process gathers every share, writes the one samples
+file and the one set of rows. Each batch's random stream is seeded by (seed, its first prompt), so the
+samples, hence every estimate, are those of a one-process run with the same seed and batch size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -162,15 +169,6 @@ def quiet_transformers(quiet: bool) -> None:
 # 3. Sampling and scoring.
 
 
-def generate_samples(cfg: SampleConfig, policy, tokenizer, prompts: list[str], N: int):
-    """N completions per prompt, as the saved-samples frame (without scores yet)."""
-    from bon_vs_rl import sampling
-
-    samples = sampling.generate(policy, tokenizer, prompts, N, cfg, seed=cfg.seed, quiet=cfg.quiet,
-                                description=f"best-of-n: sampling {N} per prompt")
-    return samples.to_frame()
-
-
 def score_frame(frame, scorer: scorers.Scorer, role: str, quiet: bool) -> np.ndarray:
     """Every completion's score, in chunks of whole scorer batches (so the batches, hence the padding
     and the floats, are the same as one call would give) with a progress bar."""
@@ -184,7 +182,7 @@ def score_frame(frame, scorer: scorers.Scorer, role: str, quiet: bool) -> np.nda
         for start in range(0, len(prompts), chunk):
             out.append(scorer(prompts[start:start + chunk], completions[start:start + chunk]))
             progress.update(len(out[-1]))
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,26 +313,31 @@ def summary_table(rows: list[dict]):
 
 
 def sample(cfg: SampleConfig) -> str:
-    """Best-of-n for every n in cfg.n against every proxy; returns the run id."""
-    from bon_vs_rl import results
+    """Best-of-n for every n in cfg.n against every proxy; returns the run id ("" on processes other
+    than the main one, under torchrun or accelerate launch: they sample and score, and write nothing)."""
+    from bon_vs_rl import results, sampling
 
     # -- 1. Check and load everything before any work.
     ns, proxies = cfg.ns, proxy_specs(cfg)
     output = Path(cfg.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} is a file; choose a directory for the samples")
+    rank, world, device = sampling.process_group(cfg.device)
+    main = rank == 0
+    quiet = cfg.quiet or not main  # one set of progress bars and tables: the main process's
     needs_transformers = not cfg.from_samples or any(s.startswith(("hf:", "rm:")) for s in [*proxies, cfg.gold])
     if needs_transformers:
-        quiet_transformers(cfg.quiet)
-    device = models.resolve_device(cfg.device)
+        quiet_transformers(quiet)
 
     if cfg.from_samples:
-        frame, source = read_samples(cfg.from_samples)
+        saved, source = read_samples(cfg.from_samples)
         check_samples_file(cfg, source, cfg.from_samples)
         N = int(source["samples_per_prompt"])
+        prompt_count = len(saved) // N
     else:
         N = cfg.samples_per_prompt or max(ns)
         prompts = prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)
+        prompt_count = len(prompts)
     scorer_roles = {spec: "proxy" for spec in proxies}
     scorer_roles.setdefault(cfg.gold, "gold")  # a gold that is also a proxy is loaded and scored once
     loaded = {spec: load_scorer(spec, role, device, cfg.cache_dir) for spec, role in scorer_roles.items()}
@@ -345,18 +348,32 @@ def sample(cfg: SampleConfig) -> str:
         source = {"format": SAMPLES_FORMAT, "policy": cfg.policy, "samples_per_prompt": N, "seed": cfg.seed,
                   "eval_prompts": cfg.eval_prompts, "prompt_count": len(prompts),
                   **{name: getattr(cfg, name) for name in SAMPLING_SETTINGS}}
+    # This process's prompts: all of them, or its share of whole sampler batches under torchrun.
+    ids = sampling.shard(prompt_count, N, cfg.batch_size, rank, world)
+
+    def share():
+        # -- 2. Sample (unless rescoring a samples file); -- 3. score with every proxy and the gold.
+        # Each process scores what it sampled: no scorer input crosses processes. A rescore keeps the
+        # file's other score columns.
+        if cfg.from_samples:
+            local = saved[saved["prompt_id"].isin(ids)].reset_index(drop=True)
+        else:
+            local = sampling.generate_share(policy, tokenizer, prompts, ids, N, cfg, cfg.seed, quiet,
+                                            f"best-of-n: sampling {N} per prompt")
+        for spec, scorer in loaded.items():
+            local[spec] = score_frame(local, scorer, scorer_roles[spec], quiet)
+        return local
 
     config = to_dict(cfg)
-    with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
-            results.run_context(store, "sample", config, cfg.seed, cfg.experiment) as run_id:
-        # -- 2. Sample (unless rescoring a samples file).
+    with contextlib.ExitStack() as run:
+        if main:  # the main process alone opens the results table, saves the samples and writes the rows
+            store = run.enter_context(results.ResultsStore(results.resolve_results_path(cfg.results)))
+            run_id = run.enter_context(results.run_context(store, "sample", config, cfg.seed, cfg.experiment))
+        frame = sampling.gather_shares(share, world)  # on the main process: every prompt once, in one process's order
+        if not main:
+            return ""
         if not cfg.from_samples:
-            frame = generate_samples(cfg, policy, tokenizer, prompts, N)
             source["generated_by"] = run_id
-
-        # -- 3. Score with every proxy and the gold; save. A rescore keeps the file's other score columns.
-        for spec, scorer in loaded.items():
-            frame[spec] = score_frame(frame, scorer, scorer_roles[spec], cfg.quiet)
         run_dir = output / run_id
         samples_path = (run_dir / "samples.parquet").resolve()
         metadata = {**source, "gold": cfg.gold, "proxies": proxies,
@@ -386,6 +403,6 @@ def sample(cfg: SampleConfig) -> str:
     for spec in proxies:
         title = (f"best-of-n against {spec}: {source['policy']}, {len(frame) // N} eval prompts, N={N}, "
                  f"gold {cfg.gold}")
-        console.print_table(summary_table([r for r in rows if r["proxy"] == spec]), title=title, quiet=cfg.quiet)
+        console.print_table(summary_table([r for r in rows if r["proxy"] == spec]), title=title, quiet=quiet)
     print(samples_path)  # stdout stays machine-readable: the file to pass to --from-samples
     return run_id

@@ -44,7 +44,23 @@ def _package_dir(package: str, alias: str) -> Path:
 
 
 def _atomic_dir(target: Path, build) -> Path:
-    """Build a directory in a temporary sibling, then rename it into place (all or nothing)."""
+    """Build a directory in a temporary sibling, then rename it into place (all or nothing).
+
+    Under torchrun / accelerate launch the main process builds while the others wait, then find its copy:
+    transformers' save_pretrained writes nothing on a process of rank > 0, so their own copy would lack
+    the weights. Every process resolves the same aliases, so each reaches the barrier equally often."""
+    import torch.distributed as dist
+
+    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if several and dist.get_rank() != 0:
+        dist.barrier()  # released once the main process has built (or found) the directory
+    _build_once(target, build)
+    if several and dist.get_rank() == 0:
+        dist.barrier()
+    return target
+
+
+def _build_once(target: Path, build) -> Path:
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +68,8 @@ def _atomic_dir(target: Path, build) -> Path:
     try:
         build(tmp)
         (tmp / ".complete").write_text("ok\n")
+        if (target / ".complete").exists():  # another run finished first: keep its copy, which it may be
+            return target  # reading already, and drop ours
         if target.exists():  # an incomplete leftover from a crash: never used, replaced
             shutil.rmtree(target)
         try:

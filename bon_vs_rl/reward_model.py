@@ -33,6 +33,13 @@ errors are what overoptimization exploits, so it is trained on train prompts and
    seeds seed, seed+1, ... on the same data. The directory is filled in a temporary sibling and renamed
    into place only after evaluation succeeds, so a crash never leaves a directory that looks complete.
 
+Several processes (`torchrun --nproc_per_node K -m bon_vs_rl.cli -- train-rm ...`): each process samples
+and gold-scores its share of every round of prompts (whole sampler batches, `sampling.shard`, each
+seeded by its first prompt, so the data is what one process would draw); all of them label the gathered
+round alike; the main process alone caches the data. RewardTrainer then trains with DDP, each process
+taking train_batch_size / K pairs of every step; the main process alone evaluates and writes the
+checkpoint, its metadata and the one results row.
+
 Why RewardTrainer is given pre-tokenized pairs: it would tokenize prompt+completion itself, append EOS
 and *drop* pairs longer than max_length, while the scorer that later reads this RM
 (`scorers.SequenceClassifierReward`) truncates from the left and appends nothing. Training must read
@@ -43,6 +50,7 @@ replaced by one tqdm bar on stderr with the loss and running pairwise accuracy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -64,7 +72,8 @@ from bon_vs_rl.config import ConfigError, TrainRMConfig, to_dict
 if TYPE_CHECKING:
     import pandas as pd
 
-DATA_FORMAT = 1  # bump when the saved comparison layout or the pairing rule changes: old caches are then unused
+DATA_FORMAT = 2  # bump when the saved layout, the pairing rule or the sampler's random streams change: old caches
+# are then unused (2: each sampler batch seeded by its first prompt, so that torchrun draws what one process does)
 SPLIT_CODE = {"train": 0, "eval": 1}
 
 
@@ -127,11 +136,23 @@ def label_pair(gold_a: float, gold_b: float, labels: str, temperature: float, rn
     return gold_a > gold_b
 
 
+def gold_scored_share(policy, tokenizer, gold, prompts: list[str], ids: list[int], k: int, cfg: TrainRMConfig,
+                      seed: int, quiet: bool, description: str):
+    """This process's share of a round: k completions of prompts[i] for each i in `ids`, with their gold."""
+    from bon_vs_rl import sampling
+
+    frame = sampling.generate_share(policy, tokenizer, prompts, ids, k, cfg, seed, quiet, description)
+    frame["gold"] = gold(frame["prompt"].tolist(), frame["completion"].tolist())
+    return frame
+
+
 def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int, cfg: TrainRMConfig,
-                       split: str, labels: str, quiet: bool):
+                       split: str, labels: str, quiet: bool, rank: int = 0, world: int = 1):
     """k completions per prompt, prompts taken in order (cycled), until `n_pairs` labelled pairs exist.
 
     Returns (pairs, samples): one row per labelled pair, and one row per sampled completion with its gold.
+    Under torchrun each process samples and scores its share of every round (`sampling.shard`), and every
+    process labels the gathered round alike, so all of them hold the same data, that of one process.
     """
     import pandas as pd
 
@@ -153,11 +174,14 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
                          f"with k={k}; cycling through them again, with new samples, to reach {n_pairs}", quiet)
         batch = [prompts[(used + p) % len(prompts)] for p in range(n_prompts)]
         # Each round has its own seed, so a prompt met again on a later pass gets new completions.
-        samples = sampling.generate(policy, tokenizer, batch, k, cfg, seed=_seed(cfg.seed, SPLIT_CODE[split], len(frames)),
-                                    quiet=quiet, description=f"{split} comparisons: sampling")
-        gold_scores = gold([batch[i] for i in samples.prompt_index], samples.completions)
+        share = functools.partial(gold_scored_share, policy, tokenizer, gold, batch,
+                                  sampling.shard(n_prompts, k, cfg.batch_size, rank, world), k, cfg,
+                                  _seed(cfg.seed, SPLIT_CODE[split], len(frames)), quiet,
+                                  f"{split} comparisons: sampling")
+        # Every process holds the whole round, grouped by prompt: a prompt's k samples are contiguous.
+        frame = sampling.gather_shares(share, world, everywhere=True)
+        gold_scores = frame["gold"].to_numpy()
         offset = sum(len(f) for f in frames)  # row number of this round's first sample in the saved samples
-        frame = samples.to_frame({"gold": gold_scores})
         frame["prompt_id"] += used
         frame.insert(0, "split", split)
         frames.append(frame)
@@ -198,18 +222,27 @@ def flip_labels(pairs, fraction: float, rng):
     return pairs
 
 
-def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_prompts: list[str]) -> ComparisonData:
-    """Load the comparisons these settings describe from the cache, or sample, label and cache them."""
+def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_prompts: list[str], rank: int = 0,
+                    world: int = 1) -> ComparisonData:
+    """Load the comparisons these settings describe from the cache, or sample, label and cache them.
+
+    Under torchrun every process samples its share and ends with all the data; the main one caches it."""
     import pandas as pd
 
     start = time.perf_counter()
+    quiet = cfg.quiet or rank != 0
     settings = data_settings(cfg, train_prompts, eval_prompts)
     key = settings_hash(settings)
     path = models.cache_root(cfg.cache_dir) / "comparisons" / key
-    if (path / "settings.json").exists():  # written last inside an atomic directory: the data is complete
+    cached = (path / "settings.json").exists()  # written last inside an atomic directory: the data is complete
+    if world > 1:  # all processes take the same branch: the other one gathers samples from every process
+        from accelerate.utils import gather_object
+
+        cached = all(gather_object([cached]))
+    if cached:
         saved = json.loads((path / "settings.json").read_text())
         console.note(f"reusing comparison data {path} (hash {key}, generated in "
-                     f"{saved.get('generation_seconds', float('nan')):.0f} s)", cfg.quiet)
+                     f"{saved.get('generation_seconds', float('nan')):.0f} s)", quiet)
         return ComparisonData(pd.read_parquet(path / "pairs.parquet"), pd.read_parquet(path / "samples.parquet"),
                               key, path, True, time.perf_counter() - start, saved.get("generation_seconds", 0.0))
 
@@ -220,11 +253,11 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
 
     train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, cfg.pairs, cfg,
-                                                    "train", cfg.labels, cfg.quiet)
+                                                    "train", cfg.labels, quiet, rank, world)
     train_pairs = flip_labels(train_pairs, cfg.label_noise, np.random.default_rng(_seed(cfg.seed, 20_000)))
     # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
     eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
-                                                  "eval", "deterministic", cfg.quiet)
+                                                  "eval", "deterministic", quiet, rank, world)
     del policy
     eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
     samples = pd.concat([train_samples, eval_samples], ignore_index=True)
@@ -233,14 +266,15 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
                    "chosen_sample", "rejected_sample"]]
     seconds = time.perf_counter() - start
 
-    with files.atomic_directory(path) as tmp:
-        pairs.to_parquet(tmp / "pairs.parquet", index=False)
-        samples.to_parquet(tmp / "samples.parquet", index=False)
-        files.write_json(tmp / "settings.json", {"key": key, "settings": settings, "generation_seconds": seconds,
-                                                 "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
-                                                 "samples": len(samples)})
+    if rank == 0:  # one writer: two processes renaming their copies into one place would collide
+        with files.atomic_directory(path) as tmp:
+            pairs.to_parquet(tmp / "pairs.parquet", index=False)
+            samples.to_parquet(tmp / "samples.parquet", index=False)
+            files.write_json(tmp / "settings.json", {"key": key, "settings": settings, "generation_seconds": seconds,
+                                                     "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                                                     "samples": len(samples)})
     console.note(f"comparison data: {len(train_pairs)} train pairs ({int(train_pairs.flipped.sum())} flipped), "
-                 f"{len(eval_pairs)} held-out pairs, {len(samples)} samples in {seconds:.0f} s -> {path}", cfg.quiet)
+                 f"{len(eval_pairs)} held-out pairs, {len(samples)} samples in {seconds:.0f} s -> {path}", quiet)
     return ComparisonData(pairs, samples, key, path, False, seconds, seconds)
 
 
@@ -321,9 +355,13 @@ def progress_callback(description: str, quiet: bool):
     return ProgressBar()
 
 
-def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, seed: int, device, out_dir: Path,
-                 description: str) -> int:
-    """Train one reward model with TRL's RewardTrainer and save it (weights, config, tokenizer); returns tokens."""
+def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, seed: int, device, out_dir: Path | None,
+                 description: str, world: int = 1) -> int:
+    """Train one reward model with TRL's RewardTrainer and save it (weights, config, tokenizer); returns tokens.
+
+    Under torchrun every process calls this: RewardTrainer trains with DDP, each process taking
+    train_batch_size / world pairs of every optimizer step (so a step still averages train_batch_size
+    pairs); processes other than the main one pass out_dir=None and save and show nothing."""
     import torch
     from transformers import PrinterCallback
     from trl import RewardConfig, RewardTrainer
@@ -331,7 +369,8 @@ def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, see
     with tempfile.TemporaryDirectory(prefix="bonrl-rm-trainer-") as scratch:  # TRL wants an output_dir; we save
         args = RewardConfig(
             output_dir=scratch, seed=seed, data_seed=seed,
-            num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.train_batch_size,
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.train_batch_size // world,
             learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
             max_length=None,  # pairs are already truncated (from the left) by tokenize_pairs
             activation_checkpointing=False,  # small backbones: memory is not the limit, speed is (TRL defaults it on)
@@ -342,10 +381,11 @@ def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, see
         )
         trainer = RewardTrainer(model=backbone_path, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
-        trainer.add_callback(progress_callback(description, cfg.quiet))
+        trainer.add_callback(progress_callback(description, cfg.quiet or out_dir is None))
         trainer.train()
-        trainer.model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        if out_dir is not None:
+            trainer.model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
         tokens = getattr(trainer, "_total_train_tokens", None)
         if tokens is None:  # TRL's private counter; fall back to counting the pairs' tokens
             tokens = cfg.epochs * sum(len(ids) for side in ("chosen_ids", "rejected_ids") for ids in dataset[side])
@@ -414,24 +454,31 @@ def train_rm(cfg: TrainRMConfig) -> Path:
     """Comparisons -> proxy reward model -> held-out evaluation; returns the checkpoint directory."""
     import transformers
 
-    from bon_vs_rl import results
+    from bon_vs_rl import results, sampling
 
-    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours; our stages have their own
-    if cfg.quiet:
-        transformers.logging.set_verbosity_error()
     output = Path(cfg.output)
     check_output(output)
-    device = models.resolve_device(cfg.device)
+    rank, world, device = sampling.process_group(cfg.device)
+    if cfg.train_batch_size % world:
+        raise ConfigError(f"train_batch_size: {cfg.train_batch_size} pairs per step do not split over {world} "
+                          f"processes; pass a multiple of {world}")
+    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours; our stages have their own
+    if cfg.quiet or rank != 0:
+        transformers.logging.set_verbosity_error()
     backbone_path, tokenizer = load_backbone(cfg)
     max_length = effective_max_length(tokenizer, cfg.max_length)
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     eval_prompts = prompt_sets.load_prompts(cfg.prompts, "eval")
 
-    data = comparison_data(cfg, device, train_prompts, eval_prompts)
+    data = comparison_data(cfg, device, train_prompts, eval_prompts, rank, world)
     train_pairs = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
     dataset = tokenize_pairs(tokenizer, train_pairs, max_length)
 
     members = ["."] if cfg.ensemble == 1 else [f"member-{i}" for i in range(cfg.ensemble)]
+    if rank != 0:  # under torchrun: train alongside the main process (DDP); it alone evaluates and writes
+        for i in range(len(members)):
+            train_member(backbone_path, tokenizer, dataset, cfg, cfg.seed + i, device, None, "", world)
+        return output
     config = to_dict(cfg)
     with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
             results.run_context(store, "train-rm", config, cfg.seed, cfg.experiment) as run_id:
@@ -441,7 +488,7 @@ def train_rm(cfg: TrainRMConfig) -> Path:
             for i, member in enumerate(members):
                 description = "training reward model" + (f" {i + 1}/{len(members)}" if len(members) > 1 else "")
                 trained_tokens += train_member(backbone_path, tokenizer, dataset, cfg, cfg.seed + i, device,
-                                               tmp / member, description)
+                                               tmp / member, description, world)
             train_seconds = time.perf_counter() - start
 
             start = time.perf_counter()

@@ -15,6 +15,12 @@ Why a hand-written decoding loop rather than `generate(num_return_sequences=N)`:
 The log-probability recorded is that of the distribution sampled from: logits / temperature, before
 any top-k/top-p truncation (with the defaults this is exactly log π(y|x)).
 scripts/bench_sampler.py times this sampler against a plain `generate(num_return_sequences=N)` loop.
+
+Random numbers: the sampler works through the prompts in batches of `prompts_per_batch` prompts, and
+each batch draws from its own stream, seeded by (seed, the index of its first prompt). So a process
+that samples only some of the batches (`shard`, under torchrun or accelerate launch) draws exactly the
+completions one process would have drawn for them: best-of-n and comparison data do not depend on the
+number of processes, only on the seed and the batch size.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,15 +166,36 @@ def _decode(model, cache, last_logits, attention_mask, next_position, cfg: Sampl
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 
+def prompts_per_batch(samples_per_prompt: int, batch_size: int) -> int:
+    """How many prompts one batch of the sampler holds: as many as fit `batch_size` sequences, at least one."""
+    return max(1, batch_size // min(samples_per_prompt, batch_size))
+
+
+def batch_seed(seed: int, first_prompt: int) -> int:
+    """The seed of the batch whose first prompt has index `first_prompt` (independent streams)."""
+    return int(np.random.SeedSequence([seed, first_prompt]).generate_state(2, np.uint64)[0] >> 1)
+
+
 def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg: SamplingConfig,
-             seed: int = 0, quiet: bool = False, description: str = "sampling") -> Samples:
-    """Draw `samples_per_prompt` completions for every prompt, `cfg.batch_size` sequences at a time."""
+             seed: int = 0, quiet: bool = False, description: str = "sampling",
+             prompt_ids: Sequence[int] | None = None) -> Samples:
+    """Draw `samples_per_prompt` completions for every prompt, `cfg.batch_size` sequences at a time.
+
+    `prompt_ids` are the prompts' indices in the whole prompt set (default 0, 1, ...): a batch's random
+    stream is seeded by (seed, its first prompt's index), so a process given whole batches of a larger
+    set (`shard`) draws what one process sampling the whole set would have drawn for them."""
     from tqdm.auto import tqdm
+
+    prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
+    if not prompts:  # a process whose share of a small prompt set is empty
+        return Samples([], np.zeros(0, np.int64), [], [], np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool))
 
     device = next(model.parameters()).device
     # Token draws and log-prob sums run in float64, which MPS lacks: there they run on the CPU.
     sample_device = torch.device("cpu") if device.type == "mps" else device
-    generator = torch.Generator(device=sample_device).manual_seed(seed)
+    generator = torch.Generator(device=sample_device)
     eos_list = eos_token_ids(model, tokenizer)
     eos_ids = torch.tensor(eos_list, device=sample_device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_list[0]
@@ -175,7 +205,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
 
     # A round decodes `per_round` samples of `chunk` prompts at once; the prompts' prefill is shared.
     per_round = min(samples_per_prompt, cfg.batch_size)
-    chunk = max(1, cfg.batch_size // per_round)
+    chunk = prompts_per_batch(samples_per_prompt, cfg.batch_size)
     rounds = math.ceil(samples_per_prompt / per_round)
 
     prompt_index, ids_out, logprob_out = [], [], []
@@ -183,6 +213,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
                     disable=quiet, file=sys.stderr, leave=False)
     for start in range(0, len(prompts), chunk):
         rows = list(range(start, min(start + chunk, len(prompts))))
+        generator.manual_seed(batch_seed(seed, prompt_ids[start]))
         ids, mask = left_pad([encoded[r] for r in rows], pad_id, device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         with torch.inference_mode():
@@ -222,3 +253,89 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
         completion_ids=completion_ids, token_count=counts.numpy().astype(np.int64),
         logprob=all_logprobs, ended=ended.numpy(),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes (torchrun, accelerate launch): best-of-n and comparison data split their prompts.
+
+
+def process_group(device_spec: str) -> tuple[int, int, torch.device]:
+    """(rank, number of processes, device) of this process.
+
+    Under torchrun or accelerate launch (WORLD_SIZE > 1), Accelerate's PartialState joins the process group
+    (gloo on CPUs, NCCL on GPUs) and gives each process its own GPU. A single process never touches
+    Accelerate's process-wide state, so later stages of `bonrl experiment` choose their devices freely.
+    """
+    from bon_vs_rl import models
+
+    device = models.resolve_device(device_spec)  # ConfigError for CUDA asked for but absent
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type != "cuda")
+    return state.process_index, state.num_processes, state.device if device.type == "cuda" else device
+
+
+def shard(prompt_count: int, samples_per_prompt: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Indices of the prompts process `rank` of `world` samples: whole sampler batches, dealt round-robin.
+
+    Every prompt goes to exactly one process, in the same batch as in a one-process run, hence with the
+    same random stream and the same padding (see `generate`): the union is what one process would draw."""
+    size = prompts_per_batch(samples_per_prompt, batch_size)
+    return [i for start in range(rank * size, prompt_count, world * size)
+            for i in range(start, min(start + size, prompt_count))]
+
+
+def generate_share(model, tokenizer, prompts: list[str], ids: list[int], samples_per_prompt: int,
+                   cfg: SamplingConfig, seed: int, quiet: bool = False, description: str = "sampling"):
+    """The saved-samples frame (`Samples.to_frame`) of prompts[i] for every i in `ids` (a `shard`), with
+    prompt_id = i: what one process sampling all the prompts would have drawn for them."""
+    samples = generate(model, tokenizer, [prompts[i] for i in ids], samples_per_prompt, cfg, seed=seed, quiet=quiet,
+                       description=description, prompt_ids=ids)
+    frame = samples.to_frame()
+    frame["prompt_id"] = np.asarray(ids, dtype=np.int64)[samples.prompt_index]
+    return frame
+
+
+def gather_shares(make_share: Callable[[], Any], world: int, everywhere: bool = False):
+    """`make_share()`, run in every process, gathered on the main process (on every process if
+    `everywhere`; None on the others otherwise) and ordered by prompt_id.
+
+    A share is a frame with a `prompt_id` column: this process's prompts, their samples in draw order.
+    Best-of-n needs the samples only where they are written (main only: N = 60,000 samples per prompt
+    need not sit in every process); comparison data is labelled and trained on everywhere. If
+    `make_share` raises in some process, every process raises (the first failing process's error as a
+    ConfigError or RuntimeError), so that the main process marks the run failed instead of waiting in
+    the gather until the launcher kills it."""
+    if world == 1:
+        return make_share()
+    import pandas as pd
+    import torch.distributed as dist
+    from accelerate.utils import gather_object
+
+    from bon_vs_rl.config import ConfigError
+
+    share, failure, error = None, None, None
+    try:
+        share = make_share()
+    except Exception as exc:
+        error, failure = exc, (isinstance(exc, ConfigError), f"{type(exc).__name__}: {exc}")
+    failures = gather_object([failure])  # every process learns of every failure
+    if error is not None:
+        raise error
+    for rank, failed in enumerate(failures):
+        if failed:
+            bad_input, message = failed
+            raise (ConfigError if bad_input else RuntimeError)(f"process {rank} failed: {message}")
+    if everywhere:
+        parts = gather_object([share])
+    else:
+        parts = [None] * world if dist.get_rank() == 0 else None
+        dist.gather_object(share, parts, dst=0)
+        if parts is None:
+            return None
+    frames = [part for part in parts if len(part)] or parts[:1]
+    # Each prompt is in one share, its samples in draw order: a stable sort restores one process's order.
+    merged = pd.concat(frames, ignore_index=True)
+    return merged.sort_values("prompt_id", kind="stable").reset_index(drop=True)

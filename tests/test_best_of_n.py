@@ -8,6 +8,9 @@ saved samples file with the one-prompt functions, so a misaligned column or a wr
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +282,51 @@ def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_
     assert len(lines) == 1 and lines[0].startswith("bonrl: error:") and expected in lines[0], lines
     assert not (tmp_path / "results.sqlite").exists()  # no run started, no rows
     assert not (tmp_path / "bon").exists()
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m bon_vs_rl.cli -- ARGS`, as the README writes it: two gloo processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, like the one-process runs here: same arithmetic
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "bon_vs_rl.cli", "--", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_two_processes_write_one_run_with_the_samples_and_rows_of_one_process(one_torch_thread, tmp_path):
+    """5 eval prompts in batches of 2 (N = 8, batch size 16): one process samples prompts 0, 1 and 4, the
+    other 2 and 3; the main process gathers them and writes one samples file and one set of rows."""
+    args = ["sample", *sample_args(TIED, HASHED, extra=("--eval-prompts", "5", "--quiet"))]
+    one = invoke(*args[1:], "--output", str(tmp_path / "one"), "--results", str(tmp_path / "one.sqlite"))
+    one_rows = rows_of(one, tmp_path / "one.sqlite")
+
+    two = torchrun(*args, "--output", str(tmp_path / "two"), "--results", str(tmp_path / "two.sqlite"), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (run_dir,) = (tmp_path / "two").iterdir()  # one run directory, written by the main process alone
+    assert sorted(p.name for p in run_dir.iterdir()) == ["resolved_config.json", "samples.parquet"]
+    assert two.stdout.strip().splitlines() == [str(run_dir / "samples.parquet")]
+    with R.ResultsStore(tmp_path / "two.sqlite") as store:
+        assert store.runs()["status"].tolist() == ["finished"]
+    two_rows = R.load(tmp_path / "two.sqlite", method="bon").sort_values(["proxy", "n"]).reset_index(drop=True)
+    assert len(two_rows) == 2 * len(NS)
+
+    frame = best_of_n.read_samples(run_dir / "samples.parquet")[0]
+    assert frame.groupby("prompt_id").size().to_dict() == {p: 8 for p in range(5)}  # every prompt exactly once
+    pd.testing.assert_frame_equal(frame, best_of_n.read_samples(samples_path_of(one))[0], check_exact=True)
+    pd.testing.assert_frame_equal(two_rows[ESTIMATES], one_rows[ESTIMATES], check_exact=True)
+
+
+def test_a_scorer_failing_in_the_second_process_fails_the_run_on_the_main_one(tmp_path):
+    """The main process's own share scores fine; it learns of the other process's error in the gather,
+    marks the run failed with that error and writes no rows, instead of waiting to be killed."""
+    gold = tmp_path / "second_process_nan.py"
+    gold.write_text("import os\n\n\ndef gold(prompts, completions):\n"
+                    "    return [float('nan') if os.environ['RANK'] == '1' else 1.0 for _ in completions]\n")
+    args = ["sample", *sample_args(TIED, n="1,8", extra=("--gold", f"python:{gold}:gold", "--eval-prompts", "5",
+                                                         "--quiet"))]
+    two = torchrun(*args, "--results", str(tmp_path / "r.sqlite"), cwd=tmp_path)
+    assert two.returncode != 0  # torchrun's own status; each process exits 2 (bad input), as one would
+    assert "exitcode  : 2" in two.stderr and "bonrl: error: process 1 failed: ScorerError" in two.stderr
+    with R.ResultsStore(tmp_path / "r.sqlite") as store:
+        runs = store.runs()
+    assert runs["status"].tolist() == ["failed"] and "process 1 failed" in runs["error"].iloc[0]
+    assert len(R.load(tmp_path / "r.sqlite")) == 0 and not (tmp_path / "bon").exists()

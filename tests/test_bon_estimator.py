@@ -299,7 +299,7 @@ def test_kl_tie_aware_converges_to_quadrature_for_an_atom_plus_continuous_reward
     continuous = rng.random(N)
     samples = np.where(is_atom, 5.0 if atom_at_top else -5.0, continuous)
     for n in (2, 8, 64):
-        def log_ratio(u):
+        def log_ratio(u, n=n):
             return n * u ** (n - 1) * math.log(n * u ** (n - 1))
         if atom_at_top:  # continuous on F in (0, 1-a], atom on (1-a, 1]
             q = 1 - (1 - a) ** n

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,38 @@ def test_failure_during_work_exits_1_with_its_first_line(monkeypatch, capsys):
     assert info.value.exit_code == 1
     assert capsys.readouterr().err.splitlines() == [
         "bonrl: error: RuntimeError: disk on fire (set BONRL_DEBUG=1 for the traceback)"]
+
+
+def readme_launch_commands() -> list[list[str]]:
+    """The multi-process commands of the README, split as a shell would."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return [shlex.split(line) for line in readme.splitlines() if line.startswith(("torchrun ", "accelerate launch "))]
+
+
+def test_readme_multi_process_commands_parse_as_written(monkeypatch, capsys):
+    """Each README launch command goes through its launcher's own parser, then through bonrl's (which
+    resolves the config: every option exists and every value is valid). Regression: torchrun refused
+    `-m bon_vs_rl.cli sample --n 1,4` ("ambiguous option: --n"); the `--` before bonrl's arguments fixes it."""
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.run import get_args_parser
+
+    seen = _capture_stage(monkeypatch)
+    commands = readme_launch_commands()
+    assert {argv[argv.index("--") + 1] for argv in commands} == {"sample", "train-rm", "ppo"}
+    for argv in commands:
+        if argv[0] == "torchrun":
+            launch = get_args_parser().parse_args(argv[1:])
+        else:
+            launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.module and launch.training_script == "bon_vs_rl.cli"
+        seen.clear()
+        result = runner.invoke(cli.app, launch.training_script_args)
+        assert result.exit_code == 0 and "cfg" in seen, (argv, result.output)
+        if "--n" in argv:
+            assert seen["cfg"].ns == [1, 2, 4, 8, 16, 32, 64]
+
+    torchrun_sample = next(argv for argv in commands if argv[0] == "torchrun" and "--n" in argv)
+    without_separator = [a for a in torchrun_sample[1:] if a != "--"]
+    with pytest.raises(SystemExit):  # argparse's abbreviation matching: --nnodes, --nproc_per_node, ...
+        get_args_parser().parse_args(without_separator)
+    assert "ambiguous option: --n could match" in capsys.readouterr().err

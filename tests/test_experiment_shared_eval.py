@@ -4,11 +4,10 @@ Uses the stand-in stages of test_experiment.py (plausible rows in milliseconds, 
 
 import json
 
-from test_experiment import STUDY, invoke, write
+from test_experiment import STUDY, fake_stages, invoke, write  # noqa: F401  (fake_stages: the fixture)
 
 from bon_vs_rl import config as C
 from bon_vs_rl import experiment
-from test_experiment import fake_stages  # noqa: F401  (the fixture)
 
 
 def plan(study: dict):

