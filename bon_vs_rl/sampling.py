@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,7 +159,7 @@ def _decode(model, cache, last_logits, attention_mask, next_position, cfg: Sampl
 def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg: SamplingConfig,
              seed: int = 0, quiet: bool = False, description: str = "sampling") -> Samples:
     """Draw `samples_per_prompt` completions for every prompt, `cfg.batch_size` sequences at a time."""
-    from tqdm.auto import tqdm
+    from bon_vs_rl import console
 
     device = next(model.parameters()).device
     # Token draws and log-prob sums run in float64, which MPS lacks: there they run on the CPU.
@@ -179,8 +178,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
     rounds = math.ceil(samples_per_prompt / per_round)
 
     prompt_index, ids_out, logprob_out = [], [], []
-    progress = tqdm(total=len(prompts) * samples_per_prompt, desc=description, unit="seq",
-                    disable=quiet, file=sys.stderr, leave=False)
+    progress = console.progress(len(prompts) * samples_per_prompt, description, unit="seq", quiet=quiet)
     for start in range(0, len(prompts), chunk):
         rows = list(range(start, min(start + chunk, len(prompts))))
         ids, mask = left_pad([encoded[r] for r in rows], pad_id, device)
