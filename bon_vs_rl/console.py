@@ -114,6 +114,8 @@ def quiet_libraries(quiet: bool) -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    # TRL 1.16 calls a transformers 5 API deprecated in favour of another: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if not quiet:
         return
     transformers.logging.set_verbosity_error()

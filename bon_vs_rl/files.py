@@ -9,7 +9,9 @@ the mode an ordinary `open()` or `mkdir()` would have given (0666 / 0777 less th
 are renamed into place.
 
 `check_directory` is the before-any-work check for an output path: it must be a directory or
-creatable as one (no file in the way, at the path or above it).
+creatable as one (no file in the way, at the path or above it). `output_owner`/`claim_output`/
+`clear_outputs` keep one run per ppo/rl output directory (OUTPUT/bonrl_run.json names it), and
+`fingerprint` identifies a file's or directory's content for caches keyed by what a spec names.
 """
 
 from __future__ import annotations

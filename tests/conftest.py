@@ -40,3 +40,18 @@ def toy_policy(tmp_path_factory) -> str:
     from bon_vs_rl import models
 
     return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
+
+
+@pytest.fixture
+def loud_libraries():
+    """The libraries' default noise back on (an earlier test in this process may have turned it off), and
+    every warning recorded: a --quiet test then sees what a fresh `bonrl` process would print."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.enable_progress_bar()
+    transformers.logging.set_verbosity_warning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught

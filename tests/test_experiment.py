@@ -290,3 +290,19 @@ def test_smoke_experiment_resumes_after_the_proxy_stage_without_retraining_it(tm
     assert len(points) == len(curves) > 5
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     print(f"smoke experiment: {seconds:.0f} s including the interrupted first run")
+
+
+def test_a_stage_that_runs_again_replaces_its_own_earlier_run(tmp_path):
+    """train-rm, ppo and rl refuse a second run into one --output unless told; the experiment owns its
+    stage directories and reruns a changed or forced stage there, so it tells them (and resumes RL too)."""
+    cfg = C.resolve(C.ExperimentConfig, {"output": str(tmp_path / "study"), "common": {"policy": "tiny"},
+                                         "train_rm": [{"backbone": "tiny"}], "ppo": [{"beta": 0.1}],
+                                         "rl": [{"algo": "rloo"}]}, {})
+    stages, _ = experiment.plan(cfg)
+    assert {s.name: getattr(s.cfg, "overwrite", None) for s in stages} == {
+        "rm-0": True, "bon": None, "ppo-0": True, "rl-0": True}
+    rl = next(s for s in stages if s.kind == "rl")
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # first start: nothing to resume yet
+    assert rl.cfg.resume is False
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # the same config started here before
+    assert rl.cfg.resume is True
