@@ -130,15 +130,15 @@ RUN_MARKER = "bonrl_run.json"  # {"command", "run_id"}: which run owns an output
 
 
 def output_owner(output: str | os.PathLike, evidence: tuple[str, ...] = ()) -> str | None:
-    """The run that already wrote into `output`: its id from the marker, 'an earlier run' when only its
-    files (`evidence`, names or glob patterns) show, None for a fresh directory."""
+    """What already wrote into `output`, for an error message: 'run ID' from the marker, "an earlier run's
+    files" when only its files (`evidence`, names or glob patterns) show; None for a fresh directory."""
     output = Path(output)
     try:
-        return str(json.loads((output / RUN_MARKER).read_text())["run_id"])
+        return "run " + str(json.loads((output / RUN_MARKER).read_text())["run_id"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if output.is_dir() and any(next(output.glob(pattern), None) is not None for pattern in evidence):
-        return "an earlier run"
+        return "an earlier run's files"
     return None
 
 

@@ -339,8 +339,9 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     # does): --output is the handle --resume and the experiment's stages find a run by, so it names one.
     owner = files.output_owner(output, RUN_FILES)
     if owner and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"output: {output} already holds ppo run {owner}; pass --resume to continue it, "
+        raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it, "
                           "--overwrite to replace its files, or a new --output")
+    accelerator.wait_for_everyone()  # every process has looked before the main one claims the directory
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")

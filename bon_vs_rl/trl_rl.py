@@ -138,8 +138,9 @@ def train(cfg: RLConfig) -> str:
     # One run per output directory (why a refusal and not a subdirectory per run: ppo.train).
     owner = files.output_owner(output, RUN_FILES)
     if owner and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"output: {output} already holds rl run {owner}; pass --resume to continue it "
+        raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it "
                           "(with --checkpoint-every), --overwrite to replace its files, or a new --output")
+    state.wait_for_everyone()  # every process has looked before the main one claims the directory
     checkpoint = complete_checkpoints(output)[-1] if cfg.resume and complete_checkpoints(output) else None
     saved: dict = {}
     if checkpoint is not None:

@@ -61,3 +61,16 @@ def test_fingerprint_follows_content_not_names(tmp_path):
     (model / "config.json").write_text('{"layers": 2}')
     assert files.fingerprint(model) != before
     assert files.fingerprint(tmp_path / "missing") is None
+
+
+def test_an_output_directory_names_the_run_that_owns_it_and_overwrite_clears_only_its_files(tmp_path):
+    assert files.output_owner(tmp_path / "new", ("checkpoints",)) is None
+    old = tmp_path / "old"  # written before runs left a marker: its files still show a run was there
+    (old / "checkpoints").mkdir(parents=True)
+    assert files.output_owner(old, ("checkpoints", "eval_samples")) == "an earlier run's files"
+    files.claim_output(old, "ppo", "ppo-1")
+    assert files.output_owner(old, ()) == "run ppo-1"
+    (old / "nonfinite-step-000001.parquet").write_text("x")
+    (old / "notes.txt").write_text("mine")
+    files.clear_outputs(old, ("checkpoints", "nonfinite-*.parquet"))
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]

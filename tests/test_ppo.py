@@ -157,7 +157,7 @@ def test_a_second_run_into_the_same_output_is_refused(beta0):
     samples = {p: p.read_bytes() for p in (Path(beta0["args"]["output"]) / "eval_samples").iterdir()}
     result = runner.invoke(cli.app, cli_args(beta0["args"]))
     assert result.exit_code == 2
-    assert result.output.strip() == (f"bonrl: error: output: {beta0['args']['output']} already holds ppo run "
+    assert result.output.strip() == (f"bonrl: error: output: {beta0['args']['output']} already holds run "
                                      f"{beta0['run_id']}; pass --resume to continue it, --overwrite to replace its "
                                      "files, or a new --output")
     assert {p: p.read_bytes() for p in samples} == samples

@@ -83,7 +83,7 @@ def test_rl_resumes_from_its_last_checkpoint_into_the_same_run(toy_policy, tmp_p
     died = runner.invoke(cli.app, args)
     assert died.exit_code == 1 and "killed" in died.output
     refused = runner.invoke(cli.app, args)  # neither --resume nor --overwrite: the first run's files stay
-    assert refused.exit_code == 2 and "already holds rl run" in refused.output and "--resume" in refused.output
+    assert refused.exit_code == 2 and "already holds run" in refused.output and "--resume" in refused.output
 
     resumed = runner.invoke(cli.app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
