@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,13 +171,10 @@ def quiet_transformers(quiet: bool) -> None:
 def score_frame(frame, scorer: scorers.Scorer, role: str, quiet: bool) -> np.ndarray:
     """Every completion's score, in chunks of whole scorer batches (so the batches, hence the padding
     and the floats, are the same as one call would give) with a progress bar."""
-    from tqdm.auto import tqdm
-
     prompts, completions = frame["prompt"].tolist(), frame["completion"].tolist()
     chunk = scorer.batch_size * 16
     out = []
-    with tqdm(total=len(prompts), desc=f"scoring: {role} {scorer.spec}", unit="sample", disable=quiet,
-              file=sys.stderr, leave=False) as progress:
+    with console.progress(len(prompts), f"scoring: {role} {scorer.spec}", unit="sample", quiet=quiet) as progress:
         for start in range(0, len(prompts), chunk):
             out.append(scorer(prompts[start:start + chunk], completions[start:start + chunk]))
             progress.update(len(out[-1]))
@@ -308,6 +304,25 @@ def summary_table(rows: list[dict]):
     } for r in rows])
 
 
+def log_curve(cfg: SampleConfig, run_dir: Path, run_id: str, config: dict, rows: list[dict]) -> None:
+    """--log-with: every proxy's best-of-n curve in the tracker, with n as the step (files in the run's directory)."""
+    from bon_vs_rl import tracking
+
+    if cfg.log_with == "none":
+        return
+    tracker = tracking.start(cfg.log_with, run_dir, run_id, config, "sample", cfg.experiment, cfg.quiet)
+    try:
+        for n in sorted({r["n"] for r in rows}):
+            metrics = {}
+            for r in (r for r in rows if r["n"] == n):
+                name = "bon" if len(proxy_specs(cfg)) == 1 else f"bon/{r['proxy']}"
+                metrics.update({f"{name}/{k}": r.get(k) for k in ("kl", "kl_beirami", "proxy_mean", "proxy_se",
+                                                              "gold_mean", "gold_se", "length_mean")})
+            tracker.log(metrics, n)
+    finally:
+        tracker.finish()
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. The command.
 
@@ -399,6 +414,7 @@ def sample(cfg: SampleConfig) -> str:
                 rows.append({**provenance, "proxy": spec, **row})
         # -- 5. One transaction: every row lands, or none.
         store.add_rows(run_id, rows)
+        log_curve(cfg, run_dir, run_id, config, rows)
 
     for spec in proxies:
         title = (f"best-of-n against {spec}: {source['policy']}, {len(frame) // N} eval prompts, N={N}, "

@@ -181,22 +181,31 @@ def results_command(
     method: str | None = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
 ) -> None:
     """List the runs in the results table, or export its rows."""
+    from bon_vs_rl import files
     from bon_vs_rl import results as R
 
     path = R.resolve_results_path(results)
-    if not path.exists():
-        raise fail(f"results: {path} does not exist; run a command first or pass --results PATH", 2)
     filters = {k: v for k, v in {"experiment": experiment, "method": method}.items() if v is not None}
-    if export is not None:
-        if export.suffix not in (".csv", ".parquet"):
-            raise fail(f"export: {export} must end in .csv or .parquet", 2)
-        R.export(path, export, **filters)
-        typer.echo(str(export))
-        return
-    with R.ResultsStore(path) as store:
-        runs = store.runs()
-    if experiment is not None and "experiment" in runs:
-        runs = runs[runs["experiment"] == experiment]
+    try:
+        R.check_results_file(path)
+        if not path.exists():
+            raise C.ConfigError(f"results: {path} does not exist; run a command first or pass --results PATH")
+        if export is not None:
+            if export.suffix not in (".csv", ".parquet"):
+                raise C.ConfigError(f"export: {export} must end in .csv or .parquet")
+            files.check_directory(export.parent, "export")
+            R.export(path, export, **filters)
+            typer.echo(str(export))
+            return
+        with R.ResultsStore(path) as store:
+            runs = store.runs()
+        if filters:  # a run is listed when it has result rows matching every filter
+            keep = runs["run_id"].isin(set(R.load(path, **filters)["run_id"]))
+            if experiment is not None and method is None:
+                keep |= runs["experiment"] == experiment  # also a run of it that failed before writing a row
+            runs = runs[keep]
+    except C.ConfigError as exc:  # a missing, foreign or newer-format results file: bad input
+        raise fail(str(exc), 2) from None
     columns = [c for c in ("run_id", "experiment", "command", "status", "started_at", "ended_at") if c in runs]
     typer.echo(runs[columns].to_string(index=False) if len(runs) else "no runs")
 

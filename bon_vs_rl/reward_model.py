@@ -20,7 +20,9 @@ errors are what overoptimization exploits, so it is trained on train prompts and
    2023 flip 25%). Held-out labels are never noised or sampled: accuracy is measured against the gold.
    The data is cached under a hash of every setting that shapes it (`comparisons/<hash>/` in the cache
    directory: pairs.parquet, samples.parquet, settings.json, written atomically) and reused when the
-   same settings ask again; "reusing comparison data" is printed and `data_reused` recorded.
+   same settings ask again; "reusing comparison data" is printed and `data_reused` recorded. The hash
+   covers what the policy and gold specs name, not only their text (`spec_fingerprint`): an edited
+   `python:` gold file or a retrained local model directory is new data.
 2. Training. AutoModelForSequenceClassification with one output on the backbone, Bradley–Terry loss
    −log σ(r_chosen − r_rejected) (Ouyang et al. 2022 eq. 1), with TRL's RewardTrainer.
 3. Evaluation. On held-out pairs from held-out prompts: accuracy against the gold labels (a proxy tie
@@ -32,6 +34,8 @@ errors are what overoptimization exploits, so it is trained on train prompts and
    `resolved_config.json`. An ensemble keeps its members in `member-0`, `member-1`, ... trained with
    seeds seed, seed+1, ... on the same data. The directory is filled in a temporary sibling and renamed
    into place only after evaluation succeeds, so a crash never leaves a directory that looks complete.
+   An --output that already holds a reward model is refused unless --overwrite: other runs may be
+   scoring with it as rm:OUTPUT. With --log-with, the tracker's files go to OUTPUT-logs beside it.
 
 Several processes (`torchrun --nproc_per_node K -m bon_vs_rl.cli -- train-rm ...`): each process samples
 and gold-scores its share of every round of prompts (whole sampler batches, `sampling.shard`, each
@@ -45,17 +49,18 @@ and *drop* pairs longer than max_length, while the scorer that later reads this 
 (`scorers.SequenceClassifierReward`) truncates from the left and appends nothing. Training must read
 exactly what scoring reads, so we tokenize `scorers.rm_text(prompt, completion)` with left truncation
 here and hand TRL `chosen_ids`/`rejected_ids`, which it uses as they are. Its progress printing is
-replaced by one tqdm bar on stderr with the loss and running pairwise accuracy.
+replaced by one progress bar on stderr (console.progress) with the loss and running pairwise accuracy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
-import sys
 import tempfile
 import time
 from collections import deque
@@ -94,6 +99,25 @@ class ComparisonData:
 # 1. Comparison data.
 
 
+def spec_fingerprint(spec: str) -> str | None:
+    """What identifies the thing a policy or gold spec names, beyond its text: the content of a
+    `python:` scorer's file, the files of a local model, `rm:` or `hf:` directory (files.fingerprint).
+    None when the spec names nothing local (vader, an alias, a hub id): its text is then the identity."""
+    kind, _, target = spec.partition(":")
+    if kind == "python":
+        module = target.rpartition(":")[0]
+        if module.endswith(".py"):
+            return files.fingerprint(Path(module))
+        try:  # an importable module: the file it would be imported from
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        return files.fingerprint(Path(found.origin)) if found and found.origin else None
+    if kind in ("rm", "hf"):
+        return files.fingerprint(Path(target.partition("@")[0]).expanduser())
+    return files.fingerprint(Path(spec).expanduser())  # a policy given as a local directory
+
+
 def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: list[str]) -> dict:
     """Every setting that changes the comparison data; its hash names the cached copy."""
     prompt_digest = hashlib.sha256(json.dumps([train_prompts, eval_prompts]).encode()).hexdigest()
@@ -101,6 +125,10 @@ def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: li
         "format": DATA_FORMAT,
         "policy": cfg.policy,
         "gold": cfg.gold,
+        # The same spec can name new content: an edited python: gold function, a retrained rm: directory,
+        # a policy directory overwritten by a later run. Stale labels must then not be reused.
+        "policy_fingerprint": spec_fingerprint(cfg.policy),
+        "gold_fingerprint": spec_fingerprint(cfg.gold),
         "prompts": cfg.prompts,
         "prompt_texts_sha256": prompt_digest,  # an edited prompt file is new data even under the same name
         # batch_size is included because it changes how the random stream is consumed, hence the samples.
@@ -287,11 +315,11 @@ def load_backbone(cfg: TrainRMConfig):
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    path = models.resolve_model_path(cfg.backbone, cfg.cache_dir)
+    path = models.resolve_model_path(cfg.backbone, cfg.cache_dir, "backbone")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # offline hub id, unreadable config: all bad input
-        raise models._load_error(cfg.backbone, exc) from None
+        raise models._load_error(cfg.backbone, exc, "backbone") from None
     if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ConfigError(f"backbone: {cfg.backbone!r} ({config.model_type}) has no sequence-classification head "
                           "in transformers; use tiny, minilm, smollm2-135m or another encoder or decoder")
@@ -325,8 +353,8 @@ def tokenize_pairs(tokenizer, pairs, max_length: int):
 
 
 def progress_callback(description: str, quiet: bool):
-    """A tqdm bar on stderr showing the Bradley–Terry loss and pairwise accuracy over the last 50 steps."""
-    from tqdm.auto import tqdm
+    """A progress bar on stderr (console.progress) showing the Bradley–Terry loss and pairwise accuracy over
+    the last 50 steps."""
     from transformers import TrainerCallback
 
     class ProgressBar(TrainerCallback):
@@ -336,8 +364,7 @@ def progress_callback(description: str, quiet: bool):
             self.accuracy: deque = deque(maxlen=50)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc=description, unit="step", disable=quiet, file=sys.stderr,
-                            leave=False)
+            self.bar = console.progress(state.max_steps, description, unit="step", quiet=quiet)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
@@ -355,33 +382,49 @@ def progress_callback(description: str, quiet: bool):
     return ProgressBar()
 
 
+def trainer_arguments(cfg: TrainRMConfig, seed: int, device, output_dir: str, world: int = 1):
+    """TRL's RewardConfig for one member, on `device` (cuda:N included). Under torchrun each of `world`
+    processes takes train_batch_size / world pairs of every optimizer step (DDP averages them)."""
+    import torch
+    from trl import RewardConfig
+
+    args = RewardConfig(
+        output_dir=output_dir, seed=seed, data_seed=seed,
+        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.train_batch_size // world,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+        max_length=None,  # pairs are already truncated (from the left) by tokenize_pairs
+        activation_checkpointing=False,  # small backbones: memory is not the limit, speed is (TRL defaults it on)
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),  # TRL's default bf16 is slow on CPU
+        use_cpu=device.type == "cpu", dataloader_pin_memory=False,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        disable_dropout=True,  # TRL's default, stated here: the RM trains as it will score, without dropout
+    )
+    if device.type == "cuda" and device.index is not None:
+        # One process on CUDA, transformers takes cuda:0 and wraps the model in DataParallel over every
+        # visible GPU, whatever --device said. Pin the GPU asked for: TrainingArguments' cached device, one
+        # GPU, and the current CUDA device (accelerate's default "cuda" inside the Trainer).
+        torch.cuda.set_device(device)
+        args.__dict__["_setup_devices"] = device  # the functools.cached_property behind args.device
+        args._n_gpu = 1
+    return args
+
+
 def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, seed: int, device, out_dir: Path | None,
-                 description: str, world: int = 1) -> int:
+                 description: str, world: int = 1, callbacks: tuple = ()) -> int:
     """Train one reward model with TRL's RewardTrainer and save it (weights, config, tokenizer); returns tokens.
 
-    Under torchrun every process calls this: RewardTrainer trains with DDP, each process taking
-    train_batch_size / world pairs of every optimizer step (so a step still averages train_batch_size
-    pairs); processes other than the main one pass out_dir=None and save and show nothing."""
-    import torch
+    Under torchrun every process calls this: RewardTrainer trains with DDP (see trainer_arguments);
+    processes other than the main one pass out_dir=None and save and show nothing."""
     from transformers import PrinterCallback
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     with tempfile.TemporaryDirectory(prefix="bonrl-rm-trainer-") as scratch:  # TRL wants an output_dir; we save
-        args = RewardConfig(
-            output_dir=scratch, seed=seed, data_seed=seed,
-            num_train_epochs=cfg.epochs,
-            per_device_train_batch_size=cfg.train_batch_size // world,
-            learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-            max_length=None,  # pairs are already truncated (from the left) by tokenize_pairs
-            activation_checkpointing=False,  # small backbones: memory is not the limit, speed is (TRL defaults it on)
-            bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),  # TRL's default bf16 is slow on CPU
-            use_cpu=device.type == "cpu", dataloader_pin_memory=False,
-            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-            disable_dropout=True,  # TRL's default, stated here: the RM trains as it will score, without dropout
-        )
+        args = trainer_arguments(cfg, seed, device, scratch, world)
         trainer = RewardTrainer(model=backbone_path, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
         trainer.add_callback(progress_callback(description, cfg.quiet or out_dir is None))
+        for callback in callbacks:
+            trainer.add_callback(callback)
         trainer.train()
         if out_dir is not None:
             trainer.model.save_pretrained(out_dir)
@@ -443,28 +486,34 @@ def evaluate(checkpoint: Path, members: list[str], max_length: int, data: Compar
 # 4. The command.
 
 
-def check_output(output: Path) -> None:
-    """Refuse to replace a directory that is not a bonrl reward model: it may hold someone's work."""
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that is not a bonrl reward model (it may hold someone's work), and
+    a reward model unless --overwrite: other runs may score with it as rm:OUTPUT, and their rows would
+    then name a proxy that is no longer the one they used. A refusal rather than a subdirectory per run
+    (as `bonrl sample` does), because rm:OUTPUT is the handle other commands are given."""
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / scorers.RM_METADATA).exists())):
         raise ConfigError(f"output: {output} exists and is not a bonrl reward model; choose a new --output "
                           "(an existing reward model there would be replaced)")
+    if (output / scorers.RM_METADATA).exists() and not overwrite:
+        try:
+            run = json.loads((output / scorers.RM_METADATA).read_text()).get("run_id") or "an earlier run"
+        except (OSError, ValueError, AttributeError):
+            run = "an earlier run"
+        raise ConfigError(f"output: {output} already holds the reward model of run {run}, which other runs may "
+                          f"use as rm:{output}; pass a new --output, or --overwrite to replace it")
 
 
 def train_rm(cfg: TrainRMConfig) -> Path:
     """Comparisons -> proxy reward model -> held-out evaluation; returns the checkpoint directory."""
-    import transformers
-
-    from bon_vs_rl import results, sampling
+    from bon_vs_rl import results, sampling, tracking
 
     output = Path(cfg.output)
-    check_output(output)
-    rank, world, device = sampling.process_group(cfg.device)
+    check_output(output, cfg.overwrite)
+    rank, world, device = sampling.process_group(cfg.device)  # resolves --device (cuda:N) too
     if cfg.train_batch_size % world:
         raise ConfigError(f"train_batch_size: {cfg.train_batch_size} pairs per step do not split over {world} "
                           f"processes; pass a multiple of {world}")
-    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours; our stages have their own
-    if cfg.quiet or rank != 0:
-        transformers.logging.set_verbosity_error()
+    console.quiet_libraries(cfg.quiet or rank != 0)
     backbone_path, tokenizer = load_backbone(cfg)
     max_length = effective_max_length(tokenizer, cfg.max_length)
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
@@ -481,19 +530,30 @@ def train_rm(cfg: TrainRMConfig) -> Path:
         return output
     config = to_dict(cfg)
     with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
-            results.run_context(store, "train-rm", config, cfg.seed, cfg.experiment) as run_id:
+            results.run_context(store, "train-rm", config, cfg.seed, cfg.experiment) as run_id, \
+            contextlib.ExitStack() as on_exit:
+        # Tracker files go beside the reward model, in OUTPUT-logs: the model directory itself is written whole
+        # at the end (files.atomic_directory), while a tracker writes as training goes.
+        tracker = tracking.start(cfg.log_with, output.parent / f"{output.name}-logs", run_id, config, "train-rm",
+                                 cfg.experiment, cfg.quiet)
+        on_exit.callback(tracker.finish)
         with files.atomic_directory(output) as tmp:
             start = time.perf_counter()
-            trained_tokens = 0
+            trained_tokens, step_offset = 0, 0
             for i, member in enumerate(members):
                 description = "training reward model" + (f" {i + 1}/{len(members)}" if len(members) > 1 else "")
+                # Members train one after another; their steps continue one axis (a tracker's step must grow).
+                logs = tracking.trainer_callback(tracker, "train/" if len(members) == 1 else f"train/member-{i}/",
+                                                 step_offset)
                 trained_tokens += train_member(backbone_path, tokenizer, dataset, cfg, cfg.seed + i, device,
-                                               tmp / member, description, world)
+                                               tmp / member, description, world, (logs,))
+                step_offset += logs.steps
             train_seconds = time.perf_counter() - start
 
             start = time.perf_counter()
             evaluation = evaluate(tmp, members, cfg.max_length, data, device, cfg.batch_size)
             eval_seconds = time.perf_counter() - start
+            tracker.log({f"eval/{k}": evaluation[k] for k in ("accuracy", "pearson", "spearman")}, step_offset)
             metadata = {
                 "members": members, "max_length": cfg.max_length, "backbone": cfg.backbone,
                 "member_seeds": [cfg.seed + i for i in range(len(members))], "config": config,

@@ -29,7 +29,6 @@ import copy
 import inspect
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +183,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
     `prompt_ids` are the prompts' indices in the whole prompt set (default 0, 1, ...): a batch's random
     stream is seeded by (seed, its first prompt's index), so a process given whole batches of a larger
     set (`shard`) draws what one process sampling the whole set would have drawn for them."""
-    from tqdm.auto import tqdm
+    from bon_vs_rl import console
 
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
     if len(prompt_ids) != len(prompts):
@@ -209,8 +208,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
     rounds = math.ceil(samples_per_prompt / per_round)
 
     prompt_index, ids_out, logprob_out = [], [], []
-    progress = tqdm(total=len(prompts) * samples_per_prompt, desc=description, unit="seq",
-                    disable=quiet, file=sys.stderr, leave=False)
+    progress = console.progress(len(prompts) * samples_per_prompt, description, unit="seq", quiet=quiet)
     for start in range(0, len(prompts), chunk):
         rows = list(range(start, min(start + chunk, len(prompts))))
         generator.manual_seed(batch_seed(seed, prompt_ids[start]))

@@ -120,42 +120,43 @@ class SequenceClassifierReward:
         return logits.float().cpu().numpy()
 
 
-def hf_scorer(spec: str, target: str, device, cache_dir: str | None = None) -> Scorer:
+def hf_scorer(spec: str, target: str, device, cache_dir: str | None = None, role: str = "gold") -> Scorer:
     from bon_vs_rl.models import _load_error, resolve_model_path
 
-    path = resolve_model_path(target, cache_dir)
+    path = resolve_model_path(target, cache_dir, role)
     try:
         reward = SequenceClassifierReward(path, device)
     except ConfigError:
         raise
     except Exception as exc:
-        raise _load_error(target, exc) from None
+        raise _load_error(target, exc, role) from None
     return Scorer(spec, reward, batch_size=32)
 
 
-def parse_aggregation(agg: str) -> tuple[str, float]:
+def parse_aggregation(agg: str, role: str = "proxy") -> tuple[str, float]:
     """'mean' | 'min' | 'mean-0.5std' -> (kind, λ)."""
     if agg in ("mean", "min"):
         return agg, 0.0
     match = re.fullmatch(r"mean-([0-9.]+)std", agg)
     if match:
         return "mean-std", float(match.group(1))
-    raise ScorerError(f"proxy: aggregation {agg!r} unknown; use @mean, @min or @mean-<λ>std (e.g. @mean-0.5std)")
+    raise ScorerError(f"{role}: aggregation {agg!r} unknown; use @mean, @min or @mean-<λ>std (e.g. @mean-0.5std)")
 
 
-def rm_scorer(spec: str, target: str, device) -> Scorer:
+def rm_scorer(spec: str, target: str, device, role: str = "proxy") -> Scorer:
     """A `bonrl train-rm` checkpoint: one model directory, or an ensemble of member directories."""
     path_text, _, agg = target.partition("@")
-    kind, lam = parse_aggregation(agg or "mean")
+    kind, lam = parse_aggregation(agg or "mean", role)
     path = Path(path_text).expanduser()
     metadata_file = path / RM_METADATA
     if not metadata_file.exists():
-        raise ScorerError(f"proxy: {path} is not a bonrl reward model (no {RM_METADATA}); train one with bonrl train-rm")
+        raise ScorerError(f"{role}: {path} is not a bonrl reward model (no {RM_METADATA}); train one with "
+                          f"bonrl train-rm, or fix --{role}")
     metadata = json.loads(metadata_file.read_text())
     member_dirs = [path / m for m in metadata.get("members", ["."])]
     members = [SequenceClassifierReward(str(d), device, metadata.get("max_length", 512)) for d in member_dirs]
     if len(members) == 1 and kind != "mean":
-        raise ScorerError(f"proxy: {path} is a single model; @{agg} needs an ensemble (train with --ensemble K)")
+        raise ScorerError(f"{role}: {path} is a single model; @{agg} needs an ensemble (train with --ensemble K)")
 
     def score(prompts: list[str], completions: list[str]) -> np.ndarray:
         scores = np.stack([m(prompts, completions) for m in members])  # [members, batch]
@@ -168,43 +169,45 @@ def rm_scorer(spec: str, target: str, device) -> Scorer:
     return Scorer(spec, score, batch_size=32)
 
 
-def python_scorer(spec: str, target: str) -> Scorer:
+def python_scorer(spec: str, target: str, role: str = "gold") -> Scorer:
     module_name, _, function_name = target.rpartition(":")
+    flag = f"--{role}"
     if not module_name or not function_name:
-        raise ScorerError(f"scorer: {spec!r} must look like python:MODULE:FUNCTION or python:file.py:FUNCTION")
+        raise ScorerError(f"{role}: {spec!r} must look like python:MODULE:FUNCTION or python:file.py:FUNCTION "
+                          f"(fix {flag})")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name)
             if not file.is_file():
-                raise ScorerError(f"scorer: file {module_name} not found; fix the path in {spec!r}")
+                raise ScorerError(f"{role}: file {module_name} not found; fix the path in {flag} {spec}")
             module_spec = importlib.util.spec_from_file_location(file.stem, file)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ScorerError(f"scorer: cannot import {module_name!r} ({exc}); check {spec!r}") from None
+        raise ScorerError(f"{role}: cannot import {module_name!r} ({exc}); check {flag} {spec}") from None
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise ScorerError(f"scorer: {module_name} has no function {function_name!r}; check {spec!r}")
+        raise ScorerError(f"{role}: {module_name} has no function {function_name!r}; check {flag} {spec}")
     return Scorer(spec, function, batch_size=1024)
 
 
 def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str = "gold") -> Scorer:
-    """Build the scorer a spec names. `role` ('gold' or 'proxy') only words the error messages."""
+    """Build the scorer a spec names. `role` ('gold' or 'proxy': the option it came from) words the errors."""
     if not spec:
         raise ScorerError(f"{role}: empty scorer spec; use vader, hf:ID, rm:PATH or python:MODULE:FUNCTION")
     kind, _, target = spec.partition(":")
     if kind == "vader" and not target:
         return vader_scorer(spec)
     if kind == "python":
-        return python_scorer(spec, target)
+        return python_scorer(spec, target, role)
     if device is None:
         from bon_vs_rl.models import resolve_device
 
         device = resolve_device("auto")
     if kind == "hf" and target:
-        return hf_scorer(spec, target, device, cache_dir)
+        return hf_scorer(spec, target, device, cache_dir, role)
     if kind == "rm" and target:
-        return rm_scorer(spec, target, device)
+        return rm_scorer(spec, target, device, role)
     raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")

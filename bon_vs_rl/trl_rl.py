@@ -20,6 +20,14 @@ first step, every `eval_every` optimizer steps and after the last, so the rows (
 land in the results table beside PPO's and best-of-n's, with KL measured against a separately loaded
 frozen copy of the initial policy. The trained policy is saved to OUTPUT/policy at the end.
 
+Resume. With `--checkpoint-every k` TRL saves a checkpoint every k steps in OUTPUT/trl (weights,
+optimizer, scheduler, RNG states, its trainer state; the last `--keep-checkpoints` kept), and each
+process adds `bonrl_state-RANK.json` (the run id and its token counters), written last so that it marks
+the checkpoint complete. `--resume` continues from the last complete one (TRL's resume_from_checkpoint)
+and re-opens the same run in the results table; evaluations after the checkpoint are written again,
+replacing their rows. As for PPO, an --output holds one run: a second is refused unless it resumes it or
+passes --overwrite.
+
 Runs offline and on CPU (no bf16 autocast, no gradient checkpointing there); `accelerate launch bonrl rl
 ...` spreads the batch over processes through TRL's own accelerate integration. TRL's log lines go to
 stderr, so stdout stays free for machine-readable output. A non-finite proxy score stops the run (exit
@@ -29,6 +37,7 @@ stderr, so stdout stays free for machine-readable output. A non-finite proxy sco
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -38,7 +47,11 @@ from bon_vs_rl import console, files, models, scorers
 from bon_vs_rl import prompts as prompt_sets
 from bon_vs_rl.config import ConfigError, RLConfig, to_dict
 from bon_vs_rl.evaluate import Evaluator, NonFiniteError, save_bad_batch, score_or_stop
-from bon_vs_rl.ppo import check_tracker
+
+# What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
+RUN_FILES = ("trl", "policy", "eval_samples", "resolved_config.json", "nonfinite-*.parquet", "tensorboard", "wandb",
+             "mlruns")
+STATE_FILE = "bonrl_state-{rank}.json"  # in each TRL checkpoint: one process's token counters and the run id
 
 
 class TokenCounter:
@@ -85,37 +98,62 @@ def trl_arguments(cfg: RLConfig, world: int, use_cuda: bool, bf16: bool):
         num_generations=cfg.generations_per_prompt, max_completion_length=cfg.max_new_tokens,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, beta=cfg.beta,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", disable_dropout=True,
-        use_cpu=not use_cuda, bf16=bf16, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-        report_to=[] if cfg.log_with == "none" else [cfg.log_with],
-        disable_tqdm=cfg.quiet, dataloader_num_workers=0,
+        use_cpu=not use_cuda, bf16=bf16, activation_checkpointing=False, logging_steps=1,
+        # TRL's own checkpoints (weights, optimizer, scheduler, RNG, trainer state): what --resume continues.
+        save_strategy="steps" if cfg.checkpoint_every else "no", save_steps=max(cfg.checkpoint_every, 1),
+        save_total_limit=cfg.keep_checkpoints,
+        report_to="none",  # --log-with goes through tracking.trainer_callback, beside our evaluation rows
+        # Off a terminal, no tqdm frames: transformers then prints each log dict as one line instead.
+        disable_tqdm=cfg.quiet or not console.is_terminal(), dataloader_num_workers=0,
     )
     return (RLOOConfig if cfg.algo == "rloo" else GRPOConfig)(**settings)
 
 
+def complete_checkpoints(output: Path) -> list[Path]:
+    """TRL checkpoints in OUTPUT/trl, oldest first, that finished saving (our state file is written last)."""
+    found = [p for p in (output / "trl").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / STATE_FILE.format(rank=0)).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def train(cfg: RLConfig) -> str:
     """Run TRL's RLOO or GRPO trainer with the shared evaluation; returns the run id."""
-    import transformers
     from accelerate import PartialState
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    from bon_vs_rl import results
+    from bon_vs_rl import results, tracking
 
-    transformers.utils.logging.disable_progress_bar()  # its per-load bars drown ours (and a bad input's one line)
-    if cfg.quiet:
-        transformers.logging.set_verbosity_error()
-
+    console.quiet_libraries(cfg.quiet)
     # 1. Bad input, before any work or file (exit 2).
-    check_tracker(cfg.log_with)
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
     state = PartialState(cpu=not use_cuda)
-    world, main = state.num_processes, state.is_main_process
+    world, main, rank = state.num_processes, state.is_main_process, state.process_index
     if cfg.rollout_batch_size % world:
         raise ConfigError(f"rollout_batch_size: {cfg.rollout_batch_size} is not a multiple of the {world} processes")
     device = state.device if world > 1 or cfg.device == "auto" else models.resolve_device(cfg.device)
     output = Path(cfg.output)
+    # One run per output directory (why a refusal and not a subdirectory per run: ppo.train).
+    owner = files.output_owner(output, RUN_FILES)
+    if owner and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it "
+                          "(with --checkpoint-every), --overwrite to replace its files, or a new --output")
+    state.wait_for_everyone()  # every process has looked before the main one claims the directory
+    checkpoint = complete_checkpoints(output)[-1] if cfg.resume and complete_checkpoints(output) else None
+    saved: dict = {}
+    if checkpoint is not None:
+        state_file = checkpoint / STATE_FILE.format(rank=rank)
+        if not state_file.exists():
+            raise ConfigError(f"resume: {checkpoint} was written by a different number of processes; resume with "
+                              "the same number, or drop --resume")
+        saved = json.loads(state_file.read_text())
+        for name in ("algo", "policy"):
+            if saved.get(name) != getattr(cfg, name):
+                raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
+                                  f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+        saved["run_id"] = json.loads((checkpoint / STATE_FILE.format(rank=0)).read_text())["run_id"]
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
@@ -128,31 +166,42 @@ def train(cfg: RLConfig) -> str:
                                      cfg.max_prompt_tokens)
     args = trl_arguments(cfg, world, use_cuda, bf16)
     counter = TokenCounter()
+    counter.tokens, counter.batches = saved.get("tokens", 0), saved.get("batches", 0)
     config = to_dict(cfg)
 
     class EvaluationCallback(TrainerCallback):
-        """The shared evaluation at step 0, every eval_every optimizer steps and at the last step."""
+        """The shared evaluation at step 0, every eval_every optimizer steps and at the last step; and, in
+        every checkpoint TRL saves, this process's token counters and the run id (for --resume)."""
 
         def __init__(self):
-            self.trainer, self.evaluator = None, None
-            self.generated_eval_tokens = 0
+            self.trainer, self.evaluator, self.tracker, self.run_id = None, None, tracking.NoTracker(), None
+            self.generated_eval_tokens = saved.get("eval_tokens", 0)
 
         def evaluate(self, step: int, model) -> None:
             accelerator = self.trainer.accelerator
             totals = accelerator.reduce(torch.tensor([counter.tokens], device=accelerator.device), "sum")
             trained = int(totals.item())
             evaluator = self.evaluator
-            evaluator.evaluate(accelerator.unwrap_model(model), step, trained + self.generated_eval_tokens,
-                               trained, cfg.beta)
+            row = evaluator.evaluate(accelerator.unwrap_model(model), step, trained + self.generated_eval_tokens,
+                                     trained, cfg.beta)
             self.generated_eval_tokens += evaluator.tokens_used
+            if row:
+                self.tracker.log(tracking.eval_metrics(row), step)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if state.global_step == 0:
+            if state.global_step == 0:  # a resumed run starts past step 0 (TRL restored its state)
                 self.evaluate(0, model)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % cfg.eval_every == 0 or state.global_step == state.max_steps:
                 self.evaluate(state.global_step, model)
+
+        def on_save(self, args, state, control, **kwargs):
+            # Called after TRL has written the checkpoint; this file, written last, marks it complete.
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE.format(rank=rank)
+            files.write_json(path, {"run_id": self.run_id, "tokens": counter.tokens, "batches": counter.batches,
+                                    "eval_tokens": self.generated_eval_tokens, "algo": cfg.algo,
+                                    "policy": cfg.policy})
 
     callback = EvaluationCallback()
     trainer_class = RLOOTrainer if cfg.algo == "rloo" else GRPOTrainer
@@ -168,15 +217,27 @@ def train(cfg: RLConfig) -> str:
     reference.to(trainer.accelerator.device)  # where TRL put the policy (it picks the device itself)
     callback.evaluator = evaluator = Evaluator(cfg, cfg.algo, tokenizer, reference, proxy, gold, output,
                                                trainer.accelerator)
+    if checkpoint is not None:
+        console.note(f"resuming run {saved['run_id']} from {checkpoint}", cfg.quiet or not main)
+    elif cfg.resume:
+        console.note(f"--resume: no complete checkpoint in {output / 'trl'}; starting a new run (replacing any "
+                     f"earlier run's files in {output})", cfg.quiet or not main)
 
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
-    with store_context as store, (results.run_context(store, "rl", config, cfg.seed, cfg.experiment)
-                                  if main else contextlib.nullcontext()) as run_id:
+    with store_context as store, (results.run_context(store, "rl", config, cfg.seed, cfg.experiment,
+                                                      run_id=saved.get("run_id"))
+                                  if main else contextlib.nullcontext()) as run_id, contextlib.ExitStack() as on_exit:
         if main:
+            if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
+                files.clear_outputs(output, RUN_FILES)
+            files.claim_output(output, "rl", run_id)
             files.write_json(output / "resolved_config.json", config)
-        evaluator.store, evaluator.run_id = store, run_id
+            callback.tracker = tracking.start(cfg.log_with, output, run_id, config, "rl", cfg.experiment, cfg.quiet)
+            on_exit.callback(callback.tracker.finish)
+            trainer.add_callback(tracking.trainer_callback(callback.tracker))
+        evaluator.store, evaluator.run_id, callback.run_id = store, run_id, run_id
         with contextlib.redirect_stdout(sys.stderr):
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
             trainer.save_model(str(output / "policy"))
         if main:
             console.note(f"{cfg.algo}: {cfg.steps} steps done; policy saved in {output / 'policy'}", cfg.quiet)

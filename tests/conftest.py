@@ -55,3 +55,18 @@ def loading_bars_on():
     yield
     (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
     logging.set_verbosity(verbosity)
+
+
+@pytest.fixture
+def loud_libraries():
+    """The libraries' default noise back on (an earlier test in this process may have turned it off), and
+    every warning recorded: a --quiet test then sees what a fresh `bonrl` process would print."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.enable_progress_bar()
+    transformers.logging.set_verbosity_warning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught

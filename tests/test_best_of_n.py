@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import toy_gold
 import toy_scorers
+import tracker_files
 from typer.testing import CliRunner
 
 from bon_vs_rl import best_of_n, cli, scorers
@@ -209,6 +210,19 @@ def test_a_proxy_that_fails_while_scoring_fails_the_run_with_no_rows(tmp_path):
         runs = store.runs()
     assert runs["status"].tolist() == ["failed"]
     assert len(R.load(method="bon")) == 0
+
+
+def test_the_curve_reaches_the_tracker_and_the_log_reads_plainly(monkeypatch):
+    """--log-with mlflow (a local file store): every n's estimates, n as the step. stderr here is not a
+    terminal, as in a log file: no carriage-return frames, and the table's numbers are not cut."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = runner.invoke(cli.app, ["sample", *sample_args(TIED, n="1,2,4"), "--log-with", "mlflow"])
+    rows = rows_of(result)
+    metrics = tracker_files.mlflow_metrics(samples_path_of(result).parent)
+    assert metrics["bon/gold_mean"] == [(n, pytest.approx(g)) for n, g in zip(rows["n"], rows["gold_mean"])]
+    assert [step for step, _ in metrics["bon/kl"]] == [1, 2, 4]
+    assert "\r" not in result.stderr and "…" not in result.stderr
+    assert f"{rows['gold_mean'].iloc[-1]:.4g}" in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -147,3 +147,82 @@ def test_readme_multi_process_commands_parse_as_written(monkeypatch, capsys):
     with pytest.raises(SystemExit):  # argparse's abbreviation matching: --nnodes, --nproc_per_node, ...
         get_args_parser().parse_args(without_separator)
     assert "ambiguous option: --n could match" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad paths and values are found before any work: exit 2, one line naming the flag, nothing written.
+
+TOY_REWARD = "python:tests/toy_rewards.py:vowel_fraction"
+COMMANDS = {
+    "train-rm": ["train-rm", "--policy", "tiny", "--backbone", "tiny"],
+    "sample": ["sample", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "ppo": ["ppo", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "rl": ["rl", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "report": ["report"],
+}
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_output_under_a_file_fails_before_any_work(command, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(cli.app, [*COMMANDS[command], "--output", str(tmp_path / "notes.txt" / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("bonrl: error: output:") and "is a file" in line and line.endswith("--output")
+    assert not (tmp_path / "results.sqlite").exists()  # no run row, failed or otherwise
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "results"])
+@pytest.mark.parametrize("bad", ["not-sqlite", "under-a-file"])
+def test_a_results_path_that_is_not_a_results_file_fails_with_one_line(command, bad, tmp_path):
+    (tmp_path / "notes.txt").write_text("these are my notes, not a database\n" * 20)
+    path = tmp_path / "notes.txt" if bad == "not-sqlite" else tmp_path / "notes.txt" / "results.sqlite"
+    args = COMMANDS.get(command, [command])
+    result = runner.invoke(cli.app, [*args, "--results", str(path), "--output", str(tmp_path / "out")]
+                           if command != "results" else [command, "--results", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("bonrl: error: results:") and "--results" in line
+    assert (tmp_path / "notes.txt").read_text().startswith("these are my notes")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_learning_rate_fails_before_models_load(monkeypatch):
+    seen = _capture_stage(monkeypatch)
+    result = runner.invoke(cli.app, ["ppo", "--proxy", "rm:x", "--learning-rate", "nan"])
+    assert result.exit_code == 2 and "cfg" not in seen
+    assert error_lines(result) == ["bonrl: error: learning_rate: nan is not a finite number; give e.g. "
+                                   "learning_rate: 1e-05"]
+
+
+@pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="checks a machine without MPS")
+@pytest.mark.parametrize("command", ["sample", "ppo", "rl", "train-rm"])
+def test_mps_asked_for_without_mps_exits_2_before_models_load(command, tmp_path):
+    result = runner.invoke(cli.app, [*COMMANDS[command], "--device", "mps", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("bonrl: error: device: 'mps' asked for but this machine has no MPS")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "results.sqlite").exists()
+
+
+def test_results_lists_only_the_runs_of_the_method_asked_for(tmp_path):
+    from bon_vs_rl import results as R
+
+    path = tmp_path / "r.sqlite"
+    with R.ResultsStore(path) as store:
+        ids = {}
+        for command, method in (("sample", "bon"), ("ppo", "ppo"), ("train-rm", "rm")):
+            ids[method] = store.start_run(command, {}, 0, experiment="demo" if method != "rm" else None)
+            store.add_rows(ids[method], [{"method": method, "step": 0}])
+            store.finish_run(ids[method])
+    listed = runner.invoke(cli.app, ["results", "--results", str(path), "--method", "bon"])
+    assert listed.exit_code == 0, listed.output
+    assert ids["bon"] in listed.output and ids["ppo"] not in listed.output and ids["rm"] not in listed.output
+    both = runner.invoke(cli.app, ["results", "--results", str(path), "--experiment", "demo"]).output
+    assert ids["bon"] in both and ids["ppo"] in both and ids["rm"] not in both
+    none = runner.invoke(cli.app, ["results", "--results", str(path), "--method", "grpo"]).output
+    assert none.strip() == "no runs"

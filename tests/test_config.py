@@ -86,3 +86,31 @@ def test_list_fields_keep_mappings_and_stringify_specs():
     stages = [{"backbone": "tiny", "pairs": 8}]
     experiment = C.resolve(C.ExperimentConfig, {"train_rm": stages}, {})
     assert experiment.train_rm == stages
+
+
+@pytest.mark.parametrize("n", ["1,,2", "1,2,", ",4"])
+def test_an_empty_entry_in_the_n_grid_is_rejected(n):
+    with pytest.raises(C.ConfigError, match=r"^n: .* has an empty entry; give a comma-separated list like --n 1,2,4$"):
+        C.resolve(C.SampleConfig, {}, {"proxy": ["x"], "n": n})
+
+
+def test_a_yaml_list_of_ints_is_an_n_grid(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("n: [1, 2, 8]\nproxy: rm:abc\n")
+    assert C.resolve(C.SampleConfig, C.load_yaml(path), {}).ns == [1, 2, 8]
+    assert C.resolve(C.ReportConfig, {"methods": ["bon", "ppo"]}, {}).methods == "bon,ppo"
+    with pytest.raises(C.ConfigError, match=r"^n: '2.5' is not an integer"):
+        C.resolve(C.SampleConfig, {"n": [1, 2.5]}, {"proxy": ["x"]})
+    with pytest.raises(C.ConfigError, match=r"^policy: \['a', 'b'\] is a list; give e.g. policy: 'smollm2-135m'$"):
+        C.resolve(C.SampleConfig, {"policy": ["a", "b"]}, {"proxy": ["x"]})  # one value, not a comma list
+
+
+@pytest.mark.parametrize(("cls", "name"), [(C.PPOConfig, "learning_rate"), (C.PPOConfig, "beta"),
+                                           (C.PPOConfig, "missing_eos_penalty"), (C.RLConfig, "learning_rate"),
+                                           (C.TrainRMConfig, "label_noise"), (C.SampleConfig, "temperature")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan"])
+def test_non_finite_floats_are_rejected_up_front(cls, name, value):
+    proxy = {C.SampleConfig: {"proxy": ["rm:x"]}, C.TrainRMConfig: {}}.get(cls, {"proxy": "rm:x"})
+    with pytest.raises(C.ConfigError, match=rf"^{name}: -?(nan|inf) is not a finite number; give (e.g. {name}: "
+                                            r"|one float value$)"):
+        C.resolve(cls, {}, {**proxy, name: value})

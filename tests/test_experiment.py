@@ -400,3 +400,18 @@ def test_smoke_experiment_resumes_and_reruns_only_what_changed(tmp_path, monkeyp
     reported = set(pd.read_csv(tmp_path / "smoke" / "report" / "points.csv")["run_id"])
     old_ppo = runs.loc[runs["command"] == "ppo", "run_id"].item()
     assert new["run_id"].item() in reported and old_ppo not in reported
+
+def test_a_stage_that_runs_again_replaces_its_own_earlier_run(tmp_path):
+    """train-rm, ppo and rl refuse a second run into one --output unless told; the experiment owns its
+    stage directories and reruns a changed or forced stage there, so it tells them (and resumes RL too)."""
+    cfg = C.resolve(C.ExperimentConfig, {"output": str(tmp_path / "study"), "common": {"policy": "tiny"},
+                                         "train_rm": [{"backbone": "tiny"}], "ppo": [{"beta": 0.1}],
+                                         "rl": [{"algo": "rloo"}]}, {})
+    stages, _ = experiment.plan(cfg)
+    assert {s.name: getattr(s.cfg, "overwrite", None) for s in stages} == {
+        "rm-0": True, "bon": None, "ppo-0": True, "rl-0": True}
+    rl = next(s for s in stages if s.kind == "rl")
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # first start: nothing to resume yet
+    assert rl.cfg.resume is False
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # the same config started here before
+    assert rl.cfg.resume is True

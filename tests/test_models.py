@@ -97,3 +97,24 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cpu"):
             models.resolve_device("cuda")
+
+
+def test_model_errors_name_the_flag_the_spec_came_from(tmp_path):
+    with pytest.raises(ConfigError, match=r"^policy: directory .* does not exist; check the path given to --policy$"):
+        models.load_policy(str(tmp_path / "nowhere"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^backbone: directory .* does not exist; check the path given to --backbone"):
+        models.resolve_model_path(str(tmp_path / "nowhere"), name="backbone")
+    with pytest.raises(ConfigError, match=r"^policy: cannot load 'someone/not-a-real-model' .* for --policy$"):
+        models.load_policy("someone/not-a-real-model", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the message a machine without MPS gives")
+def test_mps_without_mps_is_bad_input():
+    with pytest.raises(ConfigError, match="^device: 'mps' asked for but this machine has no MPS"):
+        models.resolve_device("mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CUDA-less machine gives")
+def test_a_cuda_index_without_cuda_is_bad_input():
+    with pytest.raises(ConfigError, match=r"^device: 'cuda:1' asked for but CUDA is not available; use --device cpu"):
+        models.resolve_device("cuda:1")

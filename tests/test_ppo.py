@@ -230,6 +230,45 @@ def test_resume_after_kill_writes_the_same_rows_as_an_uninterrupted_run(beta0, t
     assert [p.name for p in ppo.checkpoint_dirs(tmp_path / "out")] == ["step-000006"]  # keep-last rotation
 
 
+def test_a_second_run_into_the_same_output_is_refused(beta0):
+    """Rows of the first run point at OUTPUT/eval_samples; a second run there must not replace them."""
+    samples = {p: p.read_bytes() for p in (Path(beta0["args"]["output"]) / "eval_samples").iterdir()}
+    result = runner.invoke(cli.app, cli_args(beta0["args"]))
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"bonrl: error: output: {beta0['args']['output']} already holds run "
+                                     f"{beta0['run_id']}; pass --resume to continue it, --overwrite to replace its "
+                                     "files, or a new --output")
+    assert {p: p.read_bytes() for p in samples} == samples
+    with R.ResultsStore(beta0["args"]["results"]) as store:
+        assert store.runs()["run_id"].tolist() == [beta0["run_id"]]
+
+
+def test_quiet_means_only_errors_on_stderr(tmp_path, capfd, loud_libraries):
+    """Loading and saving weights draw transformers' bars; --quiet silences them and library warnings."""
+    result = runner.invoke(cli.app, cli_args(tiny_args(tmp_path)))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and result.stdout == ""
+    assert capfd.readouterr().err == ""  # nor through handlers bound to the real stderr (logging)
+    assert [str(w.message) for w in loud_libraries] == []
+
+
+def test_overwrite_replaces_the_earlier_run_and_metrics_reach_tensorboard(tmp_path):
+    import tracker_files
+
+    first, _, _ = run_ppo(**tiny_args(tmp_path))
+    stale = tmp_path / "out" / "nonfinite-step-000009.parquet"
+    stale.write_text("an earlier run's file")
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    second, rows, metrics = run_ppo(**tiny_args(tmp_path, overwrite=True, log_with="tensorboard"))
+    assert second != first and json.loads((tmp_path / "out" / "bonrl_run.json").read_text())["run_id"] == second
+    assert not stale.exists() and (tmp_path / "out" / "notes.txt").read_text() == "mine"  # ours only
+    scalars = tracker_files.tensorboard_scalars(tmp_path / "out" / "tensorboard" / second)
+    assert scalars["reward/proxy"] == [(1, pytest.approx(metrics[0]["reward/proxy"]))]
+    assert scalars["eval/gold_mean"] == [(0, pytest.approx(rows["gold_mean"].iloc[0])),
+                                         (1, pytest.approx(rows["gold_mean"].iloc[1]))]
+    assert [p.name for p in (tmp_path / "out" / "tensorboard").iterdir()] == [second]
+
+
 @pytest.mark.slow  # 8 s on an idle 2-core machine, far more when it is shared: two torchrun processes
 def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
     """`torchrun`/`accelerate launch` with 2 CPU processes (gloo): one run, rows over all eval prompts."""
@@ -253,7 +292,7 @@ def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
     (["--beta", "-0.1"], "beta: -0.1 is negative; the KL coefficient must be ≥ 0"),
     (["--rollout-batch-size", "16", "--minibatch-size", "5"], "minibatch_size: 5 does not divide rollout_batch_size=16"),
     (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
-    (["--policy", "/nonexistent/policy"], "model: directory '/nonexistent/policy' does not exist"),
+    (["--policy", "/nonexistent/policy"], "policy: directory '/nonexistent/policy' does not exist"),
     # Found only once the weights are loaded: --quiet must keep transformers' loading bar off the error's line.
     (["--train-top-layers", "5"], "train_top_layers: 5 exceeds the model's 1 layers"),
 ])

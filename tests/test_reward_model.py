@@ -161,6 +161,39 @@ def test_ensemble_members_differ_and_score_with_mean_and_min(trained, toy, tmp_p
     assert row["ensemble"] == 2 and row["accuracy"] == pytest.approx(meta["evaluation"]["accuracy"])
 
 
+def test_a_second_train_rm_into_the_same_output_is_refused(trained, toy):
+    """Other runs may score with rm:OUTPUT: replacing it silently would change what their rows mean."""
+    before = (trained.output / scorers.RM_METADATA).read_bytes()
+    with R.ResultsStore(trained.results) as store:
+        runs_before = len(store.runs())
+    result = invoke(train_rm_args(toy, trained.output, "--results", str(trained.results)))
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"bonrl: error: output: {trained.output} already holds the reward model of run "
+                    f"{trained.meta['run_id']}, which other runs may use as rm:{trained.output}; pass a new "
+                    "--output, or --overwrite to replace it")
+    assert (trained.output / scorers.RM_METADATA).read_bytes() == before
+    with R.ResultsStore(trained.results) as store:
+        assert len(store.runs()) == runs_before  # refused before the run started: no row of any status
+
+
+def test_training_curves_and_accuracy_reach_tensorboard(trained, toy, tmp_path):
+    """--log-with tensorboard; the files go beside the model, in OUTPUT-logs (the model directory is
+    only written whole at the end). The comparison data is reused from the `trained` run."""
+    import tracker_files
+
+    output = tmp_path / "rm"
+    result = invoke(train_rm_args(toy, output, "--log-with", "tensorboard"))
+    assert result.exit_code == 0, result.output
+    meta = metadata(output)
+    assert meta["data_reused"] is True
+    scalars = tracker_files.tensorboard_scalars(tmp_path / "rm-logs" / "tensorboard" / meta["run_id"])
+    steps = [step for step, _ in scalars["train/loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # one point per optimizer step
+    assert scalars["eval/accuracy"] == [(steps[-1], pytest.approx(meta["evaluation"]["accuracy"]))]
+    assert not (output / "tensorboard").exists()
+
+
 def test_half_the_labels_flipped_stays_near_chance(toy, tmp_path):
     # With half the labels flipped the data says nothing about the gold, but a run's held-out accuracy
     # spreads more than the binomial sd (0.04 with 150 pairs): the RM still fits *some* direction of
@@ -183,7 +216,7 @@ def test_bad_input_exits_2_and_writes_nothing(bad, toy, tmp_path):
     extra, message = {
         "pairs": (["--pairs", "0"], "pairs: 0 must be ≥ 1"),
         "policy": (["--policy", str(tmp_path / "no-such-policy")],
-                   f"model: directory '{tmp_path / 'no-such-policy'}' does not exist"),
+                   f"policy: directory '{tmp_path / 'no-such-policy'}' does not exist"),
         "gold-nan": (["--gold", f"python:{Path(toy_gold.__file__)}:nan_gold", "--pairs", "12"],
                      f"scorer python:{Path(toy_gold.__file__)}:nan_gold: returned nan for prompt"),
         "backbone-no-tokenizer": (["--backbone", str(_model_without_tokenizer(tmp_path))],
@@ -238,7 +271,7 @@ def test_failed_training_leaves_no_complete_looking_output(trained, toy, tmp_pat
     previous = tmp_path / "previous"
     previous.mkdir()
     (previous / scorers.RM_METADATA).write_text('{"members": ["."], "old": true}')
-    result = invoke(train_rm_args(toy, previous))
+    result = invoke(train_rm_args(toy, previous, "--overwrite"))
     assert result.exit_code == 1
     assert json.loads((previous / scorers.RM_METADATA).read_text())["old"] is True
 
@@ -274,6 +307,42 @@ def test_data_hash_covers_every_setting_that_shapes_the_data():
                         "output": "elsewhere", "label_temperature": 2.0}.items():  # T only matters for bradley-terry
         cfg = C.TrainRMConfig(**{name: value})
         assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) == key, name
+
+
+def test_comparison_cache_key_follows_what_the_specs_name_not_their_text(tmp_path):
+    """Editing a python: gold function (or retraining an rm: directory) under the same spec is new data."""
+    gold = tmp_path / "gold.py"
+    gold.write_text("def gold(prompts, completions):\n    return [len(c) for c in completions]\n")
+    cfg = C.TrainRMConfig(gold=f"python:{gold}:gold")
+
+    def key() -> str:
+        return reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"]))
+
+    first = key()
+    gold.write_text("def gold(prompts, completions):\n    return [-len(c) for c in completions]\n")
+    assert key() != first
+    gold.write_text("def gold(prompts, completions):\n    return [len(c) for c in completions]\n")
+    assert key() == first  # the same code again: the cached labels are right again
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / scorers.RM_METADATA).write_text('{"run_id": "train-rm-1"}')
+    cfg = C.TrainRMConfig(gold=f"rm:{rm}@mean")
+    first = key()
+    (rm / scorers.RM_METADATA).write_text('{"run_id": "train-rm-2"}')  # retrained in place
+    assert key() != first
+
+
+def test_a_cuda_index_reaches_the_trainer_arguments(monkeypatch, tmp_path):
+    """transformers alone would train a one-process run on cuda:0 (and DataParallel over every GPU)."""
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    args = reward_model.trainer_arguments(C.TrainRMConfig(), 0, torch.device("cuda", 1), str(tmp_path))
+    assert args.device == torch.device("cuda", 1) and args.n_gpu == 1 and not args.use_cpu
+    assert pinned == [torch.device("cuda", 1)]
+    cpu = reward_model.trainer_arguments(C.TrainRMConfig(), 0, CPU, str(tmp_path))
+    assert cpu.device == CPU and cpu.use_cpu
 
 
 def test_labels_deterministic_drop_ties_and_bradley_terry_follow_the_sigmoid():

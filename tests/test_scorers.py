@@ -90,3 +90,15 @@ def test_scores_do_not_depend_on_batching(tmp_path):
     together = scorer(prompts, completions)
     scorer.batch_size = 2
     np.testing.assert_allclose(scorer(prompts, completions), together, rtol=1e-4, atol=1e-5)
+
+
+def test_scorer_errors_name_the_flag_not_an_internal_field(tmp_path):
+    with pytest.raises(scorers.ScorerError, match=r"^gold: file .*missing.py not found; fix the path in --gold"):
+        scorers.load_scorer(f"python:{tmp_path / 'missing.py'}:f", role="gold")
+    (tmp_path / "mine.py").write_text("x = 1\n")
+    with pytest.raises(scorers.ScorerError, match=r"^proxy: .*mine.py has no function 'f'; check --proxy"):
+        scorers.load_scorer(f"python:{tmp_path / 'mine.py'}:f", role="proxy")
+    with pytest.raises(scorers.ScorerError, match=r"^gold: .* is not a bonrl reward model .* or fix --gold$"):
+        scorers.load_scorer(f"rm:{tmp_path}", role="gold")
+    with pytest.raises(scorers.ConfigError, match=r"^proxy: directory .* does not exist; check the path given to --proxy$"):
+        scorers.load_scorer(f"hf:{tmp_path / 'no-rm'}", role="proxy")

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import toy_rewards
+import tracker_files
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli
+from bon_vs_rl import cli, trl_rl
 from bon_vs_rl import results as R
 
 runner = CliRunner()
@@ -29,9 +30,15 @@ def rl_args(algo: str, policy: str, output: Path, *extra: str) -> list[str]:
             "--device", "cpu", "--output", str(output), "--quiet", *extra]
 
 
-@pytest.mark.parametrize("algo", ["rloo", "grpo"])
-def test_trl_trainer_writes_the_shared_evaluation_rows(algo, toy_policy, tmp_path, loading_bars_on):
-    result = runner.invoke(cli.app, rl_args(algo, toy_policy, tmp_path / "out"))
+@pytest.fixture(autouse=True)
+def offline_trackers(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.mark.parametrize(("algo", "tracker"), [("rloo", "wandb"), ("grpo", "mlflow")])
+def test_trl_trainer_writes_the_shared_evaluation_rows(algo, tracker, toy_policy, tmp_path, loading_bars_on):
+    result = runner.invoke(cli.app, rl_args(algo, toy_policy, tmp_path / "out", "--log-with", tracker))
     assert result.exit_code == 0, result.output
     assert "Loading weights" not in result.output  # --quiet: no per-load bars from transformers
     rows = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
@@ -48,6 +55,80 @@ def test_trl_trainer_writes_the_shared_evaluation_rows(algo, toy_policy, tmp_pat
     assert len(frame) == 8 and {"proxy", "gold", "kl", "completion"} <= set(frame)
     assert (tmp_path / "out" / "policy" / "config.json").exists()
     assert "{'loss'" not in result.output  # --quiet: TRL's log dicts are not printed
+
+    # --log-with: TRL's per-step logs and every evaluation reach the tracker, at their steps.
+    if tracker == "wandb":
+        history = tracker_files.wandb_history(tmp_path / "out" / "wandb")
+        logged = {(row["_step"], key): value for row in history for key, value in row.items()}
+    else:
+        logged = {(step, key): value for key, points in tracker_files.mlflow_metrics(tmp_path / "out").items()
+                  for step, value in points}
+    for step in (0, 1, 2):
+        assert logged[(step, "eval/gold_mean")] == pytest.approx(rows["gold_mean"].iloc[step])
+    assert {(1, "train/loss"), (2, "train/loss")} <= set(logged)
+
+
+def test_rl_resumes_from_its_last_checkpoint_into_the_same_run(toy_policy, tmp_path, monkeypatch):
+    """A run that dies after its step-2 checkpoint continues there with --resume: one run, every step once."""
+    args = rl_args("rloo", toy_policy, tmp_path / "out", "--steps", "4", "--checkpoint-every", "2")
+    evaluated = []
+
+    class DiesAtStep3(trl_rl.Evaluator):
+        def evaluate(self, policy, step, *rest, **kwargs):
+            evaluated.append(step)
+            if step == 3 and len(evaluated) == 4:  # the first time only: the run dies mid-way
+                raise RuntimeError("killed")
+            return super().evaluate(policy, step, *rest, **kwargs)
+
+    monkeypatch.setattr(trl_rl, "Evaluator", DiesAtStep3)
+    died = runner.invoke(cli.app, args)
+    assert died.exit_code == 1 and "killed" in died.output
+    refused = runner.invoke(cli.app, args)  # neither --resume nor --overwrite: the first run's files stay
+    assert refused.exit_code == 2 and "already holds run" in refused.output and "--resume" in refused.output
+
+    resumed = runner.invoke(cli.app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert evaluated == [0, 1, 2, 3, 3, 4]  # after the restart, only the steps past the checkpoint
+    rows = R.load(tmp_path / "results.sqlite").sort_values("step")
+    assert rows["step"].tolist() == [0, 1, 2, 3, 4] and rows["run_id"].nunique() == 1
+    with R.ResultsStore(tmp_path / "results.sqlite") as store:
+        assert store.runs()["status"].tolist() == ["finished"]
+    # The token counters came back from the checkpoint: trained tokens grow by one step's worth at most.
+    trained = rows["trained_tokens"].tolist()
+    assert trained[0] == 0 and all(0 < b - a <= 8 * 8 for a, b in zip(trained, trained[1:]))
+
+
+@pytest.mark.slow
+def test_a_resumed_rl_run_ends_as_an_uninterrupted_one(toy_policy, tmp_path, monkeypatch):
+    """TRL's checkpoint restores weights, optimizer, scheduler and RNG states, and ours the token counters:
+    the rows are equal, not merely close (~20 s: three runs)."""
+    args = rl_args("rloo", toy_policy, tmp_path / "full", "--steps", "4", "--checkpoint-every", "2")
+    assert runner.invoke(cli.app, [*args, "--results", str(tmp_path / "full.sqlite")]).exit_code == 0
+    args = rl_args("rloo", toy_policy, tmp_path / "out", "--steps", "4", "--checkpoint-every", "2")
+
+    class DiesAtStep3(trl_rl.Evaluator):
+        def evaluate(self, policy, step, *rest, **kwargs):
+            if step == 3:
+                raise RuntimeError("killed")
+            return super().evaluate(policy, step, *rest, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trl_rl, "Evaluator", DiesAtStep3)
+        assert runner.invoke(cli.app, args).exit_code == 1
+    assert runner.invoke(cli.app, [*args, "--resume"]).exit_code == 0
+    columns = ["step", "kl", "kl_se", "proxy_mean", "gold_mean", "length_mean", "generated_tokens", "trained_tokens"]
+    full = R.load(tmp_path / "full.sqlite").sort_values("step").reset_index(drop=True)
+    resumed = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed[columns], full[columns], check_exact=True)
+
+
+def test_quiet_rl_prints_nothing_but_errors(toy_policy, tmp_path, capfd, loud_libraries):
+    """TRL's trainer set-up warns (FutureWarning) and transformers draws load/save bars; --quiet hides them."""
+    result = runner.invoke(cli.app, rl_args("rloo", toy_policy, tmp_path / "out", "--steps", "1"))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and result.stdout == ""
+    assert capfd.readouterr().err == ""
+    assert [str(w.message) for w in loud_libraries] == []
 
 
 @pytest.mark.parametrize("flags, message", [
