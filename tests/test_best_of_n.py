@@ -281,7 +281,7 @@ def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_
         "n > N": "bonrl: error: n: 8 exceeds samples_per_prompt=4; raise --samples-per-prompt",
         "empty prompt set": "bonrl: error: prompts: the eval split of 'four.txt' is empty; give at least 5 prompts",
         "missing rm proxy": "bonrl: error: proxy: no/such/dir is not a bonrl reward model (no bonrl_rm.json)",
-        "broken python proxy": f"bonrl: error: scorer: {TOYS} has no function 'no_such_function'",
+        "broken python proxy": f"bonrl: error: proxy: {TOYS} has no function 'no_such_function'; check --proxy",
         "corrupt rm proxy": f"bonrl: error: proxy: cannot load 'rm:{corrupt_rm}'",
         "no proxy": "bonrl: error: proxy: no proxy reward model given; pass --proxy rm:PATH",
         "samples of another policy": f"bonrl: error: from_samples: {saved_samples} holds samples of policy 'tiny', "
