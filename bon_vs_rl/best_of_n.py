@@ -27,8 +27,10 @@ that math, in five steps:
                   reference distribution), recorded only when the proxy has ties on some prompt; NaN
                   otherwise: with N distinct scores `kl` is already exact, and the empirical figure would
                   only measure that N is finite (it is the KL for a uniform reference over N outcomes)
-5. One row per (proxy, n), method `bon`, in the shared results table; the same numbers as a table on
-   stderr; the samples file's path on stdout.
+   With --beta, the same samples also give the KL-regularized optimum π_β ∝ π_ref exp(proxy/β) for
+   each β, by self-normalized weights (tilted.py): its proxy, gold, length, KL and effective sample size.
+5. One row per (proxy, n), method `bon`, and per (proxy, β), method `tilted`, in the shared results
+   table, in one transaction; the same numbers as tables on stderr; the samples file's path on stdout.
 
 Files: OUTPUT/RUN_ID/samples.parquet and OUTPUT/RUN_ID/resolved_config.json, one directory per run, so
 the samples_path of earlier rows never points at a file a later run replaced.
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import console, files, models, scorers
+from bon_vs_rl import console, files, models, scorers, tilted
 from bon_vs_rl import prompts as prompt_sets
 from bon_vs_rl.config import ConfigError, SampleConfig, to_dict
 
@@ -243,6 +245,13 @@ def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, 
     return rows
 
 
+def optimum_rows(frame, proxy_column: str, gold_column: str, betas: list[float], N: int, bootstrap: int,
+                 seed: int) -> list[dict]:
+    """The KL-regularized optimum of one proxy from the same samples, one dict per β (tilted.py)."""
+    columns = {"gold": as_matrix(frame, gold_column, N), "length": as_matrix(frame, "tokens", N)}
+    return tilted.tilted_rows(as_matrix(frame, proxy_column, N), columns, betas, bootstrap, seed)
+
+
 def summary_table(rows: list[dict]):
     """The printed table of one proxy: one line per n."""
     import pandas as pd
@@ -253,6 +262,16 @@ def summary_table(rows: list[dict]):
         "tokens": r["length_mean"],
     } for r in rows])
     return shown.drop(columns=["KL exact"]) if shown["KL exact"].isna().all() else shown
+
+
+def tilted_table(rows: list[dict]):
+    """The printed table of the optimum: one line per β; '*' marks a point whose ESS is too small."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "β": r["beta"], "KL": r["kl"], "proxy": r["proxy_mean"], "± se": r["proxy_se"], "gold": r["gold_mean"],
+        "± se ": r["gold_se"], "tokens": r["length_mean"], "ESS": r["ess"], "low ESS": "*" if r["low_ess"] else "",
+    } for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,12 +343,19 @@ def sample(cfg: SampleConfig) -> str:
         for spec in proxies:
             for row in bon_rows(frame, spec, cfg.gold, ns, N, cfg.bootstrap, seed):
                 rows.append({**provenance, "proxy": spec, **row})
+            for row in optimum_rows(frame, spec, cfg.gold, cfg.betas, N, cfg.bootstrap, seed) if cfg.betas else []:
+                rows.append({**provenance, "method": "tilted", "proxy": spec, **row})
         # -- 5. One transaction: every row lands, or none.
         store.add_rows(run_id, rows)
 
     for spec in proxies:
         title = (f"best-of-n against {spec}: {source['policy']}, {len(frame) // N} eval prompts, N={N}, "
                  f"gold {cfg.gold}")
-        console.print_table(summary_table([r for r in rows if r["proxy"] == spec]), title=title, quiet=cfg.quiet)
+        console.print_table(summary_table([r for r in rows if r["proxy"] == spec and r["method"] == "bon"]),
+                            title=title, quiet=cfg.quiet)
+        if cfg.betas:
+            console.print_table(tilted_table([r for r in rows if r["proxy"] == spec and r["method"] == "tilted"]),
+                                title=f"KL-regularized optimum against {spec}, estimated from the same samples",
+                                quiet=cfg.quiet)
     print(samples_path)  # stdout stays machine-readable: the file to pass to --from-samples
     return run_id
