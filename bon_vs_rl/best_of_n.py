@@ -29,8 +29,11 @@ that math, in five steps:
       kl_analytic  log n - (n-1)/n itself; `tied_prompts` counts the prompts where it is not used
       kl_beirami   Beirami et al. (2024)'s estimate from ε = π(selected completion), taken in expectation
                    under the best-of-n selection weights and averaged over prompts
-5. One row per (proxy, n), method `bon`, in the shared results table; the same numbers as a table on
-   stderr; the samples file's path on stdout.
+   With --beta, the same samples also give the KL-regularized optimum π_β ∝ π_ref exp(proxy/β) for
+   each β, by self-normalized weights (tilted.py): its proxy, gold, length, KL and effective sample size,
+   with the same paired gains and intervals.
+5. One row per (proxy, n), method `bon`, and per (proxy, β), method `tilted`, in the shared results
+   table, in one transaction; the same numbers as tables on stderr; the samples file's path on stdout.
 
 Files: OUTPUT/RUN_ID/samples.parquet and OUTPUT/RUN_ID/resolved_config.json, one directory per run, so
 the samples_path of earlier rows never points at a file a later run replaced.
@@ -51,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import console, files, models, scorers
+from bon_vs_rl import console, files, models, scorers, tilted
 from bon_vs_rl import prompts as prompt_sets
 from bon_vs_rl.config import ConfigError, SampleConfig, to_dict
 
@@ -290,6 +293,36 @@ def setting_id(cfg: SampleConfig) -> str:
     return fingerprint(cfg)
 
 
+def optimum_per_prompt(frame, proxy_column: str, gold_column: str, betas: list[float], N: int) -> dict[str, np.ndarray]:
+    """Each prompt's estimate of the KL-regularized optimum (tilted.py), [P, len(betas)] per quantity (proxy,
+    gold, length, kl, ess), and the initial-policy means its gains are paired against, as bon_per_prompt."""
+    proxy, gold = as_matrix(frame, proxy_column, N), as_matrix(frame, gold_column, N)
+    out = tilted.tilted_per_prompt(proxy, {"proxy": proxy, "gold": gold, "length": as_matrix(frame, "tokens", N)},
+                                   betas)
+    out["proxy_initial"], out["gold_initial"] = proxy.mean(axis=1), gold.mean(axis=1)
+    return out
+
+
+def optimum_rows(frame, proxy_column: str, gold_column: str, betas: list[float], N: int, bootstrap: int,
+                 seed: int) -> list[dict]:
+    """The KL-regularized optimum of one proxy from the same samples, one dict per β: means and standard
+    errors over prompts, the effective sample size (low_ess: not to be drawn as measured, tilted.LOW_ESS),
+    and the same paired gains and intervals as best-of-n's rows (the same resamples: the same seed)."""
+    per = optimum_per_prompt(frame, proxy_column, gold_column, betas, N)
+    intervals = interval_columns(per, bootstrap, seed)
+    rows = []
+    for k, beta in enumerate(betas):
+        ess = per["ess"][:, k]
+        row = {"beta": float(beta), "ess": float(ess.mean()), "ess_min": float(ess.min()),
+               "low_ess": int(ess.mean() < tilted.LOW_ESS)}
+        for name in ("kl", "proxy", "gold", "length"):
+            mean, se = mean_and_se(per[name][:, k:k + 1])
+            key = name if name == "kl" else f"{name}_mean"
+            row[key], row[f"{name}_se"] = float(mean[0]), float(se[0])
+        rows.append({**row, **intervals[k]})
+    return rows
+
+
 def summary_table(rows: list[dict]):
     """The printed table of one proxy: one line per n, gains over n = 1 with their paired 95% intervals."""
     import pandas as pd
@@ -321,6 +354,21 @@ def log_curve(cfg: SampleConfig, run_dir: Path, run_id: str, config: dict, rows:
             tracker.log(metrics, n)
     finally:
         tracker.finish()
+
+
+def tilted_table(rows: list[dict]):
+    """The printed table of the optimum: one line per β, gains with their paired 95% intervals; '*' marks a
+    point whose effective sample size is too small to trust."""
+    import pandas as pd
+
+    def span(r, name):
+        return f"[{r[name + '_lo']:.3g}, {r[name + '_hi']:.3g}]"
+
+    return pd.DataFrame([{
+        "β": r["beta"], "KL": r["kl"], "proxy gain": r["proxy_gain"], "95% CI": span(r, "proxy_gain"),
+        "gold gain": r["gold_gain"], "95% CI ": span(r, "gold_gain"), "tokens": r["length_mean"], "ESS": r["ess"],
+        "low ESS": "*" if r["low_ess"] else "",
+    } for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,6 +460,8 @@ def sample(cfg: SampleConfig) -> str:
         for spec in proxies:
             for row in bon_rows(frame, spec, cfg.gold, ns, N, cfg.bootstrap, seed):
                 rows.append({**provenance, "proxy": spec, **row})
+            for row in optimum_rows(frame, spec, cfg.gold, cfg.betas, N, cfg.bootstrap, seed) if cfg.betas else []:
+                rows.append({**provenance, "method": "tilted", "proxy": spec, **row})
         # -- 5. One transaction: every row lands, or none.
         store.add_rows(run_id, rows)
         log_curve(cfg, run_dir, run_id, config, rows)
@@ -419,6 +469,11 @@ def sample(cfg: SampleConfig) -> str:
     for spec in proxies:
         title = (f"best-of-n against {spec}: {source['policy']}, {len(frame) // N} eval prompts, N={N}, "
                  f"gold {cfg.gold}")
-        console.print_table(summary_table([r for r in rows if r["proxy"] == spec]), title=title, quiet=quiet)
+        console.print_table(summary_table([r for r in rows if r["proxy"] == spec and r["method"] == "bon"]),
+                            title=title, quiet=quiet)
+        if cfg.betas:
+            console.print_table(tilted_table([r for r in rows if r["proxy"] == spec and r["method"] == "tilted"]),
+                                title=f"KL-regularized optimum against {spec}, estimated from the same samples",
+                                quiet=quiet)
     print(samples_path)  # stdout stays machine-readable: the file to pass to --from-samples
     return run_id

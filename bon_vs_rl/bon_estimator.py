@@ -369,14 +369,15 @@ def kl_bon_beirami(eps: ArrayLike, n: int | ArrayLike, *, clip: bool = True) -> 
     return kl_bon_beirami_from_logprob(lp, n, clip=clip)
 
 
-def kl_bon_exact(reference_probs: ArrayLike, n: int) -> float:
-    """Exact KL(π_bon || π) for a discrete reference π over outcomes listed in ascending proxy order.
+def bon_log_probs(reference_probs: ArrayLike, n: int) -> np.ndarray:
+    """log π_bon(y_i) of best-of-n over a discrete reference π, outcomes listed in ascending proxy order.
 
     reference_probs: [L] probabilities of L outcomes, ordered by proxy reward ascending, with tied
     rewards already merged into one outcome. With CDF F, best-of-n (n iid draws from π, keep the best)
-    puts mass π_bon(y_i) = F(y_i)^n - F(y_{i-1})^n on y_i, and KL = sum_i π_bon(y_i) log(π_bon(y_i) / π(y_i)).
-    Computed in log space: log π_bon(y_i) = n log F_i + log(1 - (1 - p_i/F_i)^n), with log F_i taken
-    from the upper tail where F_i is near 1, so n in the tens of thousands loses nothing.
+    puts mass π_bon(y_i) = F(y_i)^n - F(y_{i-1})^n on y_i. Computed in log space:
+    log π_bon(y_i) = n log F_i + log(1 - (1 - p_i/F_i)^n), with log F_i taken from the upper tail where
+    F_i is near 1, so any n that fits an integer (n = e^30 included) loses nothing. Returns [L], -inf
+    where π_bon underflows and where p_i = 0 (an outcome π never produces, best-of-n never picks).
     """
     p = np.asarray(reference_probs, dtype=np.float64)
     if p.ndim != 1 or p.size == 0:
@@ -387,14 +388,29 @@ def kl_bon_exact(reference_probs: ArrayLike, n: int) -> float:
     if abs(total - 1.0) > 1e-8:
         raise ValueError(f"reference_probs must sum to 1, got {total!r}")
     n = _check_n(n)
-    p = p[p > 0.0] / total  # outcomes π never produces carry no mass under π_bon either
-    cdf = np.cumsum(p)
-    upper = np.append(np.cumsum(p[::-1])[::-1][1:], 0.0)  # 1 - F_i, summed from the top
+    keep = p > 0.0
+    q = p[keep] / total
+    cdf = np.cumsum(q)
+    upper = np.append(np.cumsum(q[::-1])[::-1][1:], 0.0)  # 1 - F_i, summed from the top
     with np.errstate(divide="ignore", invalid="ignore"):
         log_cdf = np.where(cdf < 0.5, np.log(cdf), np.log1p(-upper))
         # F_{i-1}^n / F_i^n = (1 - p_i/F_i)^n, so F_i^n - F_{i-1}^n = F_i^n (1 - (1 - p_i/F_i)^n)
-        log_step = n * np.log1p(-np.minimum(p / cdf, 1.0))
-        log_bon = n * log_cdf + _log1mexp(log_step)
+        log_step = n * np.log1p(-np.minimum(q / cdf, 1.0))
+        out = np.full(p.shape, -np.inf)
+        out[keep] = n * log_cdf + _log1mexp(log_step)
+    return out
+
+
+def kl_bon_exact(reference_probs: ArrayLike, n: int) -> float:
+    """Exact KL(π_bon || π) for a discrete reference π over outcomes listed in ascending proxy order.
+
+    reference_probs as for `bon_log_probs`, which gives log π_bon; KL = sum_i π_bon(y_i) log(π_bon(y_i) / π(y_i)).
+    """
+    log_bon = bon_log_probs(reference_probs, n)
+    p = np.asarray(reference_probs, dtype=np.float64)
+    keep = p > 0.0  # outcomes π never produces carry no mass under π_bon either
+    log_bon, p = log_bon[keep], p[keep] / p.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
         bon = np.exp(log_bon)
         terms = np.where(bon > 0.0, bon * (log_bon - np.log(p)), 0.0)
     return max(float(terms.sum()), 0.0)  # KL >= 0; n = 1 gives 0 up to rounding

@@ -4,6 +4,7 @@
     bonrl sample       best-of-n against the proxy, unbiased estimates for every n
     bonrl ppo          PPO with a KL penalty to the reference policy
     bonrl rl           TRL's RLOO / GRPO, evaluated on the same axes
+    bonrl lab          the exact Goodhart lab: BoN, the KL-regularized optimum and PPO, no language model
     bonrl report       figures, fits and comparison tables from the results table
     bonrl experiment   the whole study from one YAML file
     bonrl results      list runs, export the results table
@@ -147,6 +148,10 @@ stage_command(
 stage_command(
     "rl", C.RLConfig, "bon_vs_rl.trl_rl:train",
     "TRL's RLOO or GRPO trainer against the proxy, evaluated on the same axes as BoN and PPO.",
+)
+stage_command(
+    "lab", C.LabConfig, "bon_vs_rl.lab:lab",
+    "The Goodhart lab: best-of-n, the KL-regularized optimum and PPO, exact over a synthetic population.",
 )
 stage_command(
     "report", C.ReportConfig, "bon_vs_rl.report:report",

@@ -60,6 +60,27 @@ def parse_int_list(value: str | list[int] | int, name: str) -> list[int]:
     return sorted(set(out))
 
 
+def parse_float_list(value: str | list | float, name: str) -> list[float]:
+    """'0.5,1,2' -> [0.5, 1.0, 2.0]; every entry must be a positive finite number. Empty -> []."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = list(value)
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {item!r} is not a number; give a comma-separated list like 0.5,1,2") from None
+        if not math.isfinite(number) or number <= 0:
+            raise ConfigError(f"{name}: {item!r} is not a positive finite number; every {name} must be > 0, "
+                              f"e.g. --{name.replace('_', '-')} 0.5,1,2")
+        out.append(number)
+    return sorted(set(out))
+
+
 # ----------------------------------------------------------------------------------------------
 # Fields shared by several commands: the same flag means the same thing everywhere.
 
@@ -198,6 +219,11 @@ class SampleConfig(SamplingConfig, CommonConfig):
         "Rescore a samples.parquet from an earlier bonrl sample instead of generating: its prompts, sampling "
         "settings and seed are used (--policy must name its policy; every n must be <= its N).",
     )
+    beta: str = option(
+        "",
+        "Comma-separated KL coefficients β (as in bonrl ppo), e.g. 0.5,1,2: also estimate the KL-regularized "
+        "optimum π_β ∝ π_ref·exp(proxy/β) from the same samples (method 'tilted'); empty = off.",
+    )
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -215,10 +241,15 @@ class SampleConfig(SamplingConfig, CommonConfig):
         check_bootstrap(self.bootstrap)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        parse_float_list(self.beta, "beta")
 
     @property
     def ns(self) -> list[int]:
         return parse_int_list(self.n, "n")
+
+    @property
+    def betas(self) -> list[float]:
+        return parse_float_list(self.beta, "beta")
 
 
 def check_bootstrap(resamples: int) -> None:
@@ -491,6 +522,112 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
             raise ConfigError("generations_per_prompt: must be ≥ 2 (RLOO and GRPO need a group)")
         if self.rollout_batch_size % self.generations_per_prompt:
             raise ConfigError("rollout_batch_size: must be a multiple of generations_per_prompt")
+
+
+# ----------------------------------------------------------------------------------------------
+# The Goodhart lab: no language model, everything exact over a finite population.
+
+LAB_ERRORS = ("normal", "student-t", "lognormal", "hack")
+LAB_MAX_LOG_N = 43.0  # n = e^43 ~ 4.7e18 still fits the results table's 64-bit integer n
+
+
+def parse_lab_ns(value: str | list | int, name: str = "n") -> list[int]:
+    """'1,10,1e6,e^31' -> [1, 10, 1000000, 29048849665247]: integers, scientific notation, or e^X for
+    exp(X) rounded to an integer (best-of-n sizes far beyond any sample, for the exact lab)."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        text = str(item).strip().lower()
+        exponent = text.startswith("e^")
+        try:
+            number = float(text[2:] if exponent else text)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not a number; give integers or e^X, e.g. --{name} 1,10,1000,e^31") from None
+        log_n = number if exponent else math.log(number) if number > 0 else -math.inf
+        if not log_n >= 0:  # also NaN
+            raise ConfigError(f"{name}: {item!r} is not ≥ 1; every n must be ≥ 1, e.g. --{name} 1,10,1000,e^31")
+        if log_n > LAB_MAX_LOG_N:
+            raise ConfigError(f"{name}: {item!r} is above e^{LAB_MAX_LOG_N:g}; give a smaller n (e^43 at most)")
+        n = round(math.exp(log_n)) if exponent else number
+        if not float(n).is_integer():
+            raise ConfigError(f"{name}: {item!r} is not an integer; give integers or e^X (rounded), e.g. e^31")
+        out.append(int(n))
+    if not out:
+        raise ConfigError(f"{name}: empty list; give best-of-n sizes like 1,10,1000,e^31")
+    return sorted(set(out))
+
+
+@dataclass
+class LabConfig(CommonConfig):
+    """`bonrl lab`: best-of-n, the KL-regularized optimum and PPO, exactly, over a synthetic population."""
+
+    output: str = option("runs/lab", "Directory for each run's resolved config (the lab writes no other files).")
+    outcomes: int = option(1_000_000, "Outcomes K of the reference population (π_ref uniform over them); "
+                                      "no policy can move more than log K nats from it.")
+    error: str = option("normal", "Proxy error X in proxy U = gold V + X: normal, student-t, lognormal, or hack "
+                                  "(the worst 1% of outcomes by gold get a Pareto(df) proxy bonus).")
+    error_scale: float = option(1.0, "Error size s: every kind of X is scaled to the interquartile range of s·N(0,1).")
+    df: float = option(3.0, "Tail index: student-t's degrees of freedom, hack's Pareto exponent (smaller = heavier).")
+    n: str = option("1,2,4,8,16,32,64,128,256,512,1000,1e4,1e5,e^31",
+                    "Comma-separated best-of-n sizes; e^X is exp(X) rounded (e^31: log n − (n−1)/n = 30 nats).")
+    beta: str = option("0.125,0.25,0.5,1,2,4", "Comma-separated β of the KL-regularized optimum π_β ∝ π_ref·exp(U/β).")
+    rl_steps: int = option(0, "PPO steps on a softmax policy over the outcomes (0 = no PPO).")
+    rl_policy: str = option("linear", "PPO's policy: linear (logits θ·(V, X), two parameters, any K) or tabular "
+                                      "(one logit per outcome: needs many rollouts per outcome, so small K).")
+    rl_beta: str = option("", "Comma-separated β of the PPO runs (one run each); empty = every --beta.")
+    rl_batch_size: int = option(512, "Rollouts (outcomes sampled from the policy) per PPO step.")
+    rl_minibatch_size: int = option(128, "Rollouts per PPO minibatch; must divide rl_batch_size.")
+    rl_epochs: int = option(4, "PPO passes over each rollout batch.")
+    rl_learning_rate: float = option(0.1, "Adam learning rate of the policy's logits, annealed linearly to 0.")
+    clip_range: float = option(0.2, "PPO ratio clip ε (as bonrl ppo).")
+    rl_eval_every: int = option(10, "Evaluate the PPO policy (exactly) every this many steps, and at 0 and the end.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        if self.outcomes < 2:
+            raise ConfigError(f"outcomes: {self.outcomes} must be ≥ 2, e.g. --outcomes 1000000")
+        if self.outcomes > 50_000_000:
+            raise ConfigError(f"outcomes: {self.outcomes} needs too much memory; use at most 50000000")
+        if self.error not in LAB_ERRORS:
+            raise ConfigError(f"error: {self.error!r} is not an error kind; use one of {', '.join(LAB_ERRORS)}")
+        if not math.isfinite(self.error_scale) or self.error_scale < 0:
+            raise ConfigError(f"error_scale: {self.error_scale} must be ≥ 0 (0 makes the proxy the gold)")
+        if not math.isfinite(self.df) or self.df <= 0:
+            raise ConfigError(f"df: {self.df} must be > 0, e.g. --df 3")
+        parse_lab_ns(self.n, "n")
+        if not parse_float_list(self.beta, "beta"):
+            raise ConfigError("beta: empty list; give the optimum's β like --beta 0.25,0.5,1,2")
+        parse_float_list(self.rl_beta, "rl_beta")
+        if self.rl_policy not in ("linear", "tabular"):
+            raise ConfigError(f"rl_policy: {self.rl_policy!r}; use linear or tabular")
+        if self.rl_steps < 0:
+            raise ConfigError(f"rl_steps: {self.rl_steps} must be ≥ 0 (0 = no PPO)")
+        if self.rl_batch_size <= 0 or self.rl_minibatch_size <= 0 or self.rl_batch_size % self.rl_minibatch_size:
+            raise ConfigError(f"rl_minibatch_size: {self.rl_minibatch_size} must be ≥ 1 and divide "
+                              f"rl_batch_size={self.rl_batch_size}; pick a divisor")
+        if self.rl_epochs <= 0:
+            raise ConfigError(f"rl_epochs: {self.rl_epochs} must be ≥ 1")
+        if not self.rl_learning_rate > 0:
+            raise ConfigError(f"rl_learning_rate: {self.rl_learning_rate} must be > 0, e.g. 0.1")
+        if not self.clip_range > 0:
+            raise ConfigError(f"clip_range: {self.clip_range} must be > 0, e.g. 0.2")
+        if self.rl_eval_every <= 0:
+            raise ConfigError(f"rl_eval_every: {self.rl_eval_every} must be ≥ 1")
+
+    @property
+    def ns(self) -> list[int]:
+        return parse_lab_ns(self.n, "n")
+
+    @property
+    def betas(self) -> list[float]:
+        return parse_float_list(self.beta, "beta")
+
+    @property
+    def rl_betas(self) -> list[float]:
+        return parse_float_list(self.rl_beta, "rl_beta") or self.betas
 
 
 # ----------------------------------------------------------------------------------------------

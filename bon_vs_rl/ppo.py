@@ -86,6 +86,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -191,9 +192,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def global_mean(accelerator, x: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Mean over every process's elements (weighted by the mask)."""
+    """Mean over every process's elements (weighted by the mask); accelerator None: this process only."""
     mask = torch.ones_like(x) if mask is None else mask
-    totals = accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]).double(), reduction="sum")
+    totals = torch.stack([(x * mask).sum(), mask.sum()]).double()
+    if accelerator is not None:
+        totals = accelerator.reduce(totals, reduction="sum")
     return float(totals[0] / totals[1].clamp(min=1.0))
 
 
@@ -218,6 +221,54 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
+
+
+class PolicyLoss(NamedTuple):
+    loss: torch.Tensor  # the clipped surrogate, negated for minimization, masked token mean
+    ratio: torch.Tensor  # π_new / π_old per token (1 outside the mask)
+    log_ratio: torch.Tensor  # log π_new − log π_old per token (0 outside the mask)
+    clipped: torch.Tensor  # 1.0 where the clipped term was the one taken
+
+
+def clipped_policy_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip_range: float) -> PolicyLoss:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss averaged over the valid tokens:
+
+        L = mean_t max(−A_t r_t, −A_t clip(r_t, 1 − ε, 1 + ε)),   r_t = π(y_t) / π_old(y_t),
+
+    i.e. −min(r A, clip(r) A): a step that would move the ratio past 1 ± ε in the advantage's direction
+    gains nothing, so one rollout batch can be reused for several epochs."""
+    log_ratio = (new_logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    pg_unclipped = -advantages * ratio
+    pg_clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.max(pg_unclipped, pg_clipped), mask)
+    return PolicyLoss(loss, ratio, log_ratio, (pg_clipped > pg_unclipped).float())
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip_range_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (Huang et al. 2024, "value function loss clipping"; the PPO2 baselines):
+
+        L_V = ½ mean_t max((V − R)², (V_old + clip(V − V_old, −c, c) − R)²),
+
+    the new value may move at most c from the rollout's before the loss stops rewarding it.
+    Returns (loss, clipped): clipped is 1.0 where the clipped error was the larger."""
+    value_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    unclipped_error, clipped_error = (values - returns) ** 2, (value_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
+    return loss, (clipped_error > unclipped_error).float()
+
+
+def kl_penalty_rewards(score: torch.Tensor, kl_tokens: torch.Tensor, last: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards (Ziegler et al. 2019 eq. 2; Stiennon et al. 2020 eq. 1): −β·KL_t at every token,
+    the sequence's score added at its last token (`last[i]` = index of sequence i's last token).
+
+    Summed over a sequence this is score − β·KL(sequence), the objective whose maximizer is the reference
+    tilted by exp(score / β) (see tilted.py)."""
+    rewards = -beta * kl_tokens
+    rewards[torch.arange(len(score), device=rewards.device), last] += score
+    return rewards
 
 
 def seed_for(*parts: int) -> int:
@@ -496,8 +547,7 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
         score = (score - state.scores.mean) / (state.scores.std + 1e-8)
     if cfg.missing_eos_penalty is not None:
         score = score - cfg.missing_eos_penalty * torch.as_tensor(~samples.ended, dtype=torch.float32, device=device)
-    rewards = -beta * kl_tokens
-    rewards[torch.arange(local_batch, device=device), last] += score
+    rewards = kl_penalty_rewards(score, kl_tokens, last, beta)
 
     # 5. Advantages and returns.
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
@@ -521,20 +571,11 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
                     logits, values = model(part.input_ids, part.attention_mask, part.position_ids,
                                            part.completion_ids, cfg.temperature)
                 new_logprobs = gather_logprobs(logits, part.completion_ids, part_mask)
-                values = values.float()
-                # Clipped surrogate objective (Schulman et al. 2017, eq. 7), averaged over valid tokens.
-                log_ratio = (new_logprobs - old_logprobs[rows]) * part_mask
-                ratio = torch.exp(log_ratio)
-                adv = advantages[rows]
-                pg_unclipped = -adv * ratio
-                pg_clipped = -adv * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-                policy_loss = masked_mean(torch.max(pg_unclipped, pg_clipped), part_mask)
-                # Clipped value loss: the new value may move at most clip_range_value from the rollout's.
-                value_clipped = old_values[rows] + torch.clamp(values - old_values[rows], -cfg.clip_range_value,
-                                                               cfg.clip_range_value)
-                value_losses = torch.max((values - returns[rows]) ** 2, (value_clipped - returns[rows]) ** 2)
-                value_loss = 0.5 * masked_mean(value_losses, part_mask)
-                loss = policy_loss + cfg.value_coef * value_loss
+                pg = clipped_policy_loss(new_logprobs, old_logprobs[rows], advantages[rows], part_mask,
+                                         cfg.clip_range)
+                value_loss, value_clipped = clipped_value_loss(values.float(), old_values[rows], returns[rows],
+                                                               part_mask, cfg.clip_range_value)
+                loss = pg.loss + cfg.value_coef * value_loss
                 bad_loss = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss)), device=device),
                                               reduction="sum").item() > 0
                 if bad_loss:
@@ -547,14 +588,13 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
                 optimizer.zero_grad(set_to_none=True)
                 stats["grad_norm"].append(float(grad_norm))
             with torch.no_grad():
-                stats["policy_loss"].append(policy_loss.item())
+                stats["policy_loss"].append(pg.loss.item())
                 stats["value_loss"].append(value_loss.item())
-                stats["clipfrac"].append(masked_mean((pg_clipped > pg_unclipped).float(), part_mask).item())
-                stats["value_clipfrac"].append(masked_mean(
-                    ((value_clipped - returns[rows]) ** 2 > (values - returns[rows]) ** 2).float(), part_mask).item())
+                stats["clipfrac"].append(masked_mean(pg.clipped, part_mask).item())
+                stats["value_clipfrac"].append(masked_mean(value_clipped, part_mask).item())
                 # k3 estimator of KL(π_old‖π_new) (Schulman 2020), as CleanRL logs it.
-                stats["approx_kl"].append(masked_mean((ratio - 1) - log_ratio, part_mask).item())
-                stats["ratio"].append(masked_mean(ratio, part_mask).item())
+                stats["approx_kl"].append(masked_mean((pg.ratio - 1) - pg.log_ratio, part_mask).item())
+                stats["ratio"].append(masked_mean(pg.ratio, part_mask).item())
     update_seconds = time.perf_counter() - update_start
 
     # 7. Bookkeeping: the KL controller sees the batch's KL; token counters; metrics from all processes.

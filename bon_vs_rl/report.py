@@ -123,19 +123,37 @@ class Records:
     samples_per_prompt: int = 0  # how many samples the initial policy's per-prompt means average
 
 
-def bon_records(group: pd.DataFrame) -> Records:
-    """Best-of-n of one proxy: the run's samples file, re-estimated for the rows' n (best_of_n.bon_per_prompt)."""
+def samples_records(group: pd.DataFrame, x: np.ndarray, per_prompt) -> Records:
+    """A curve estimated from one samples file of reference samples (`bonrl sample`): best-of-n or the
+    KL-regularized optimum, re-estimated for the rows' points by the same function that wrote the rows."""
     from bon_vs_rl import best_of_n
 
     frame, metadata = best_of_n.read_samples(group["samples_path"].iloc[0])
     N = int(metadata["samples_per_prompt"])
-    ns = [int(n) for n in group["n"]]
-    proxy_spec, gold_spec = str(group["proxy"].iloc[0]), str(group["gold"].iloc[0])
-    per = best_of_n.bon_per_prompt(frame, proxy_spec, gold_spec, ns, N)
+    gold_spec = str(group["gold"].iloc[0])
+    per = per_prompt(frame, str(group["proxy"].iloc[0]), gold_spec, N)
     firsts = frame.groupby("prompt_id", sort=True)["prompt"].first()
-    return Records(str(group["run_id"].iloc[0]), firsts.index.to_numpy(), firsts.tolist(), np.asarray(ns, float),
+    return Records(str(group["run_id"].iloc[0]), firsts.index.to_numpy(), firsts.tolist(), x,
                    per["kl"], per["proxy"], per["gold"], per["proxy_initial"], per["gold_initial"],
                    float(frame[gold_spec].std(ddof=1)), N)
+
+
+def bon_records(group: pd.DataFrame) -> Records:
+    """Best-of-n of one proxy, for the rows' n (best_of_n.bon_per_prompt)."""
+    from bon_vs_rl import best_of_n
+
+    ns = [int(n) for n in group["n"]]
+    return samples_records(group, np.asarray(ns, float),
+                           lambda frame, proxy, gold, N: best_of_n.bon_per_prompt(frame, proxy, gold, ns, N))
+
+
+def tilted_records(group: pd.DataFrame) -> Records:
+    """The KL-regularized optimum of one proxy, for the rows' β (best_of_n.optimum_per_prompt)."""
+    from bon_vs_rl import best_of_n
+
+    betas = [float(b) for b in group["beta"]]
+    return samples_records(group, np.asarray(betas),
+                           lambda frame, proxy, gold, N: best_of_n.optimum_per_prompt(frame, proxy, gold, betas, N))
 
 
 def rl_records(group: pd.DataFrame) -> Records:
@@ -167,7 +185,7 @@ def rl_records(group: pd.DataFrame) -> Records:
 
 # Methods whose per-prompt records are re-estimated from one samples file; every other method (ppo, rloo,
 # grpo, ...) is an RL-style run with one eval-samples file per row.
-RECORDS = {"bon": bon_records}
+RECORDS = {"bon": bon_records, "tilted": tilted_records}
 
 
 def load_records(method: str, group: pd.DataFrame) -> tuple[Records | None, str]:

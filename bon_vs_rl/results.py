@@ -11,7 +11,7 @@ Two tables:
 Why SQLite: several commands (or a sweep) may write at once. WAL mode lets readers and one writer
 proceed together; a busy timeout plus a retry loop absorbs lock contention; every `add_rows` call is
 one short transaction, so a killed run keeps each batch of rows it committed and nothing half-written.
-A row is keyed by (run_id, method, proxy, n, step), NULLs counting as equal: writing the same key again
+A row is keyed by (run_id, method, proxy, n, step, beta), NULLs counting as equal: writing the same key again
 replaces the row, so a resumed run never duplicates rows.
 
 The file carries a schema version (PRAGMA user_version); MIGRATIONS brings an older file up to date
@@ -51,7 +51,7 @@ __all__ = [
     "export", "load", "resolve_results_path", "run_context",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_FILE = "bonrl-results.sqlite"
 ENV_VAR = "BONRL_RESULTS"
 BUSY_TIMEOUT_S = 30.0
@@ -91,6 +91,14 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX results_key ON results "
         "(run_id, method, ifnull(proxy, ''), ifnull(n, -1), ifnull(step, -1))",
         "CREATE INDEX results_experiment ON results (experiment, method)",
+    ],
+    # β joins the row key: the KL-regularized optimum (method 'tilted') has one point per β and neither
+    # n nor step, so under the old key its points of one run and proxy replaced each other. The new key
+    # only distinguishes more rows than the old one, so creating it on an old file cannot fail.
+    1: [
+        "DROP INDEX results_key",
+        "CREATE UNIQUE INDEX results_key ON results "
+        "(run_id, method, ifnull(proxy, ''), ifnull(n, -1), ifnull(step, -1), ifnull(beta, -1))",
     ],
 }
 

@@ -50,7 +50,7 @@ def test_version():
 @pytest.mark.parametrize(
     ("command", "config_class"),
     [("train-rm", C.TrainRMConfig), ("sample", C.SampleConfig), ("ppo", C.PPOConfig),
-     ("rl", C.RLConfig), ("report", C.ReportConfig)],
+     ("rl", C.RLConfig), ("report", C.ReportConfig), ("lab", C.LabConfig)],
 )
 def test_every_config_field_is_an_option_with_help(command, config_class):
     click_command = typer.main.get_command(cli.app).commands[command]

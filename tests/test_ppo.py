@@ -377,13 +377,114 @@ def test_gae_reduces_to_returns_and_td_errors():
     assert torch.allclose(td[0], torch.tensor([0.1, 0.1, 0.7, 0.0]))  # δ_t = r_t + V_{t+1} − V_t
 
 
-def test_adaptive_kl_controller_moves_beta_toward_the_target():
-    controller = ppo.KLController(beta=0.1, adaptive=True, target=6.0, horizon=10000)
-    controller.update(kl=12.0, episodes=1000)  # error clipped to +0.2: β × (1 + 0.2 · 0.1)
-    assert controller.beta == pytest.approx(0.1 * 1.02)
-    controller.update(kl=3.0, episodes=1000)  # error −0.5, clipped to −0.2
-    assert controller.beta == pytest.approx(0.1 * 1.02 * 0.98)
-    fixed = ppo.KLController(beta=0.1, adaptive=False, target=6.0, horizon=10000)
+def test_gae_at_gamma_and_lambda_below_one_is_the_discounted_sum_of_td_errors():
+    """Schulman et al. 2016 eq. 16: A_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V_{t+1} − V_t, V = 0 after the end;
+    computed here term by term from the definition, for sequences of different lengths."""
+    gamma, lam = 0.9, 0.7
+    rng = np.random.default_rng(0)
+    lengths = [5, 3, 1]
+    width = max(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths], dtype=torch.float64)
+    rewards = torch.tensor(rng.normal(size=(3, width))) * mask
+    values = torch.tensor(rng.normal(size=(3, width))) * mask  # the caller zeroes values past the end
+    advantages, returns = ppo.gae(rewards, values, mask, gamma, lam)
+    for i, n in enumerate(lengths):
+        r, v = rewards[i, :n].numpy(), np.append(values[i, :n].numpy(), 0.0)
+        delta = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+        expected = [sum((gamma * lam) ** k * delta[t + k] for k in range(n - t)) for t in range(n)]
+        assert advantages[i, :n].numpy() == pytest.approx(expected, abs=1e-12)
+        assert returns[i, :n].numpy() == pytest.approx(np.array(expected) + v[:n], abs=1e-12)
+        assert advantages[i, n:].abs().sum() == 0 and returns[i, n:].abs().sum() == 0
+
+
+def test_clipped_policy_loss_matches_a_hand_computed_example():
+    """ε = 0.2. Tokens (advantage, ratio): (+2, 1.5) clipped to 1.2 → −2.4; (+2, 0.5) unclipped → −1.0;
+    (−1, 1.5) unclipped (the pessimistic term) → +1.5; (−1, 0.5) clipped to 0.8 → +0.8; (+3, 1.1) → −3.3;
+    a sixth token is masked out (its huge ratio must not count). Loss = mean of the five = −3.4/5."""
+    ratio = torch.tensor([[1.5, 0.5, 1.5], [0.5, 1.1, 50.0]], dtype=torch.float64)
+    old = torch.log(torch.tensor([[0.2, 0.4, 0.1], [0.3, 0.5, 0.01]], dtype=torch.float64))
+    new = old + torch.log(ratio)
+    advantages = torch.tensor([[2.0, 2.0, -1.0], [-1.0, 3.0, 7.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]], dtype=torch.float64)
+    pg = ppo.clipped_policy_loss(new, old, advantages, mask, clip_range=0.2)
+    assert pg.loss.item() == pytest.approx((-2.4 - 1.0 + 1.5 + 0.8 - 3.3) / 5, abs=1e-12)
+    assert (pg.clipped * mask).tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    assert pg.ratio[0].tolist() == pytest.approx([1.5, 0.5, 1.5])
+    assert pg.ratio[1, 2].item() == 1.0 and pg.log_ratio[1, 2].item() == 0.0  # masked: ratio 1
+    # The gradient flows only through unclipped tokens: d loss / d log π_new = −A r / 5 there, 0 where clipped.
+    new.requires_grad_(True)
+    ppo.clipped_policy_loss(new, old, advantages, mask, clip_range=0.2).loss.backward()
+    expected = torch.tensor([[0.0, -2.0 * 0.5, 1.0 * 1.5], [0.0, -3.0 * 1.1, 0.0]], dtype=torch.float64) / 5
+    assert torch.allclose(new.grad, expected, atol=1e-12)
+
+
+def test_clipped_value_loss_matches_a_hand_computed_example():
+    """c = 0.2. (V, V_old, R): (1.0, 0.5, 1.0): clipped V 0.7, errors 0 and 0.09 → 0.09 (clipped larger);
+    (0.6, 0.5, 1.0): inside the clip, 0.16 both; (0.0, 0.5, 1.0): clipped V 0.3, errors 1.0 and 0.49 → 1.0;
+    a masked token. Loss = ½ mean(0.09, 0.16, 1.0)."""
+    values = torch.tensor([[1.0, 0.6], [0.0, 9.0]], dtype=torch.float64)
+    old_values = torch.tensor([[0.5, 0.5], [0.5, 0.0]], dtype=torch.float64)
+    returns = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    loss, clipped = ppo.clipped_value_loss(values, old_values, returns, mask, clip_range_value=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.09 + 0.16 + 1.0) / 3, abs=1e-12)
+    assert (clipped * mask).tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_kl_penalty_rewards_put_the_score_on_the_last_token_and_minus_beta_kl_everywhere():
+    kl_tokens = torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.5, -0.4, 0.0, 0.0]])
+    score, last, beta = torch.tensor([2.0, -1.0]), torch.tensor([2, 1]), 0.5
+    rewards = ppo.kl_penalty_rewards(score, kl_tokens, last, beta)
+    expected = torch.tensor([[-0.05, -0.1, -0.15 + 2.0, 0.0], [-0.25, 0.2 - 1.0, 0.0, 0.0]])
+    assert torch.allclose(rewards, expected, atol=1e-6)
+    # Summed over a sequence: score − β·KL(sequence), the objective PPO maximizes.
+    assert rewards.sum(1).tolist() == pytest.approx((score - beta * kl_tokens.sum(1)).tolist())
+
+
+def test_masked_whiten_matches_numpy_on_the_masked_entries():
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 2.0, size=(4, 6))
+    mask = (rng.random((4, 6)) < 0.6).astype(float)
+    out = ppo.masked_whiten(None, torch.tensor(x), torch.tensor(mask)).numpy()
+    valid = x[mask == 1]
+    expected = (valid - valid.mean()) / np.sqrt(valid.var() + 1e-8)  # population variance, as in the code
+    assert out[mask == 1] == pytest.approx(expected, abs=1e-10)
+    assert np.all(out[mask == 0] == 0)
+    assert out[mask == 1].mean() == pytest.approx(0.0, abs=1e-12) and out[mask == 1].std() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prompts_for_step_covers_every_prompt_exactly_once_per_pass():
+    n_prompts, batch, seed = 7, 3, 11
+    drawn = [i for step in range(1, 8) for i in ppo.prompts_for_step(n_prompts, step, batch, seed)]  # 3 passes
+    passes = [drawn[k:k + n_prompts] for k in range(0, len(drawn), n_prompts)]
+    assert all(sorted(p) == list(range(n_prompts)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # a fresh permutation per pass, not one order repeated
+    assert ppo.prompts_for_step(n_prompts, 5, batch, seed) == drawn[12:15]  # the same step draws the same prompts
+
+
+def test_adaptive_kl_controller_raises_beta_above_the_target_lowers_it_below_and_settles():
+    """Ziegler et al. (2019) §2.2: β grows while KL > target, shrinks while KL < target, each update moves
+    β by at most 20% × episodes/horizon; in a closed loop where the policy answers β with KL = c/β (a
+    larger penalty, a smaller KL), β settles where KL hits the target, from above and from below."""
+    target, horizon, episodes = 6.0, 1000, 100
+
+    def after(kl: float) -> float:
+        controller = ppo.KLController(beta=0.1, adaptive=True, target=target, horizon=horizon)
+        controller.update(kl, episodes)
+        return controller.beta
+
+    assert after(9.0) > 0.1 > after(3.0) and after(6.0) == 0.1
+    bound = 0.2 * episodes / horizon
+    for kl in (1e-6, 0.1, 5.0, 7.0, 60.0, 1e6):
+        assert abs(after(kl) / 0.1 - 1) <= bound + 1e-15
+    assert after(1e6) == pytest.approx(0.1 * (1 + bound)) and after(0.0) == pytest.approx(0.1 * (1 - bound))
+    c = 0.6  # KL = c / β: the target is met at β* = c / target = 0.1
+    for start in (0.01, 1.0):
+        controller = ppo.KLController(beta=start, adaptive=True, target=target, horizon=horizon)
+        for _ in range(2000):
+            controller.update(c / controller.beta, episodes)
+        assert c / controller.beta == pytest.approx(target, rel=0.01)
+    fixed = ppo.KLController(beta=0.1, adaptive=False, target=target, horizon=horizon)
     fixed.update(kl=100.0, episodes=1000)
     assert fixed.beta == 0.1
 

@@ -40,7 +40,7 @@ def test_new_file_gets_the_schema_in_wal_mode(tmp_path):
     path = tmp_path / "deep" / "er" / "r.sqlite"  # parent directories are created
     with R.ResultsStore(path) as store:
         conn = store.conn
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -65,7 +65,7 @@ def test_migration_from_an_empty_file_and_a_hand_made_version_0_file(tmp_path):
         with R.ResultsStore(path) as store:
             assert R.load(path).empty
             store.add_rows(store.start_run("sample", {}), [_row(1)])
-        assert _raw(path, "PRAGMA user_version") == [(1,)]
+        assert _raw(path, "PRAGMA user_version") == [(R.SCHEMA_VERSION,)]
         assert len(R.load(path)) == 1
     assert _raw(old, "SELECT x FROM notes") == [("kept",)]
 
@@ -74,16 +74,40 @@ def test_migrate_runs_each_step_once_and_in_order(tmp_path, monkeypatch):
     path = tmp_path / "r.sqlite"
     with R.ResultsStore(path) as store:
         store.add_rows(store.start_run("sample", {}), [_row(1)])
-    # A future schema version 2: the version-1 file is brought up, its rows kept.
-    monkeypatch.setitem(R.MIGRATIONS, 1, ["ALTER TABLE results ADD COLUMN note TEXT",
+    # A future schema version 3: the version-2 file is brought up, its rows kept.
+    monkeypatch.setitem(R.MIGRATIONS, 2, ["ALTER TABLE results ADD COLUMN note TEXT",
                                           "UPDATE results SET note = 'migrated'"])
-    monkeypatch.setattr(R, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(R, "SCHEMA_VERSION", 3)
     conn = sqlite3.connect(path, isolation_level=None)
-    assert R._migrate(conn, path) == 1
-    assert R._migrate(conn, path) == 2  # nothing left to do: the step did not run twice
+    assert R._migrate(conn, path) == 2
+    assert R._migrate(conn, path) == 3  # nothing left to do: the step did not run twice
     conn.close()
-    assert _raw(path, "PRAGMA user_version") == [(2,)]
+    assert _raw(path, "PRAGMA user_version") == [(3,)]
     assert _raw(path, "SELECT method, note FROM results") == [("bon", "migrated")]
+
+
+def test_a_version_1_file_keeps_its_rows_and_gets_beta_in_the_row_key(tmp_path, monkeypatch):
+    """Version 1 keyed rows by (run, method, proxy, n, step): the tilted optimum's points (one per β, no n,
+    no step) replaced each other. After the migration they are distinct rows; same-β rows still replace."""
+    path = tmp_path / "v1.sqlite"
+    monkeypatch.setattr(R, "SCHEMA_VERSION", 1)
+    with R.ResultsStore(path) as store:
+        run = store.start_run("sample", {})
+        store.add_rows(run, [_row(1, gold=0.1)])
+        store.add_rows(run, [{"method": "tilted", "beta": 1.0, "gold_mean": 1.0},
+                             {"method": "tilted", "beta": 2.0, "gold_mean": 2.0}])
+        assert R.load(path, method="tilted")["beta"].tolist() == [2.0]  # the old key lost β = 1
+    monkeypatch.undo()
+    assert R.SCHEMA_VERSION == 2
+    with R.ResultsStore(path) as store:
+        assert _raw(path, "PRAGMA user_version") == [(2,)]
+        store.add_rows(run, [{"method": "tilted", "beta": 1.0, "gold_mean": 1.0},
+                             {"method": "tilted", "beta": 0.5, "gold_mean": 0.5},
+                             {"method": "tilted", "beta": 0.5, "gold_mean": 0.6}])
+    frame = R.load(path)
+    assert frame.loc[frame["method"] == "bon", "gold_mean"].tolist() == [0.1]
+    tilted = frame[frame["method"] == "tilted"].sort_values("beta")
+    assert tilted["beta"].tolist() == [0.5, 1.0, 2.0] and tilted["gold_mean"].tolist() == [0.6, 1.0, 2.0]
 
 
 def test_a_file_from_a_newer_bonrl_is_refused(tmp_path):
