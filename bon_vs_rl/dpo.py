@@ -147,9 +147,10 @@ def train(cfg: DPOConfig) -> str:
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     checkpoint = complete_checkpoints(output)[-1] if cfg.resume and complete_checkpoints(output) else None
     saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text()) if checkpoint else {}
-    if checkpoint is not None and saved["config"].get("policy") != cfg.policy:
-        raise ConfigError(f"resume: {checkpoint} was trained from policy {saved['config'].get('policy')!r}, not "
-                          f"{cfg.policy!r}; pass the same --policy or drop --resume")
+    for name in ("policy", "beta", "train_batch_size", "epochs") if checkpoint else ():  # must continue this run
+        if saved["config"].get(name) != getattr(cfg, name):
+            raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved['config'].get(name)!r}, not "
+                              f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
     policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
     reference, _ = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
     reference.requires_grad_(False)
@@ -158,6 +159,9 @@ def train(cfg: DPOConfig) -> str:
     # 2. The comparisons (sampled, labelled and cached once; see 1. above) as token ids.
     data = reward_model.comparison_data(comparison_settings(cfg), device, prompt_sets.load_prompts(cfg.prompts, "train"),
                                         prompt_sets.load_prompts(cfg.prompts, "eval"))
+    if checkpoint is not None and saved.get("data_hash") != data.key:
+        raise ConfigError(f"resume: {checkpoint} was trained on comparison data {saved.get('data_hash')}, not "
+                          f"{data.key}; pass the same data options (and --data-seed) or drop --resume")
     train_pairs = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
     dataset = preference_dataset(train_pairs, data.samples, tokenizer, cfg.max_prompt_tokens)
     console.note(f"dpo: {len(train_pairs)} training pairs from {data.path}", cfg.quiet or not main)
@@ -202,7 +206,8 @@ def train(cfg: DPOConfig) -> str:
             if main:  # written after TRL's files: it marks the checkpoint complete
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MARKER
                 files.write_json(path, {"run_id": self.evaluator.run_id, "eval_tokens": self.eval_tokens,
-                                        "trained_tokens": self.trained_tokens(), "config": config})
+                                        "trained_tokens": self.trained_tokens(), "data_hash": data.key,
+                                        "config": config})
 
     callback = EvaluationCallback()
     with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; our stdout stays machine-readable
