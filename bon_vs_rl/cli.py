@@ -5,6 +5,8 @@
     bonrl ppo          PPO with a KL penalty to the reference policy
     bonrl rl           TRL's RLOO / GRPO, evaluated on the same axes
     bonrl lab          the exact Goodhart lab: BoN, the KL-regularized optimum and PPO, no language model
+    bonrl dpo          DPO on the comparisons a proxy RM is trained on, evaluated on the same axes
+    bonrl distill      best-of-n distilled into the policy (SFT on picks, or vBoN), evaluated on the same axes
     bonrl report       figures, fits and comparison tables from the results table
     bonrl experiment   the whole study from one YAML file
     bonrl results      list runs, export the results table
@@ -152,6 +154,16 @@ stage_command(
 stage_command(
     "lab", C.LabConfig, "bon_vs_rl.lab:lab",
     "The Goodhart lab: best-of-n, the KL-regularized optimum and PPO, exact over a synthetic population.",
+)
+stage_command(
+    "dpo", C.DPOConfig, "bon_vs_rl.dpo:train",
+    "DPO on the gold-labelled comparisons a proxy RM is trained on (same data, same cache), evaluated on the same "
+    "axes as BoN and RL; --proxy is only measured.",
+)
+stage_command(
+    "distill", C.DistillConfig, "bon_vs_rl.distill:train",
+    "Fine-tune the policy toward best-of-n against the proxy: SFT on best-of-n picks, or vBoN's reverse KL; "
+    "evaluated on the same axes as BoN and RL.",
 )
 stage_command(
     "report", C.ReportConfig, "bon_vs_rl.report:report",

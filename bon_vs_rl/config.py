@@ -153,13 +153,10 @@ class SamplingConfig:
 
 
 @dataclass
-class TrainRMConfig(SamplingConfig, CommonConfig):
-    """`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them."""
+class ComparisonDataConfig:
+    """The gold-labelled comparisons (reward_model.comparison_data): train-rm trains a proxy on them, dpo
+    trains the policy on them. Same settings, same cached data, same labels."""
 
-    output: str = option("runs/rm", "Checkpoint directory of the trained proxy (use it as --proxy rm:DIR).")
-    policy: str = option("smollm2-135m", "Policy that writes the completions to compare (model spec).")
-    gold: str = option("vader", "Gold scorer that labels the comparisons (scorer spec).")
-    backbone: str = option("minilm", "Reward-model backbone: tiny, minilm, smollm2-135m, hub id or path.")
     pairs: int = option(2000, "Number of labelled comparison pairs for training.")
     eval_pairs: int = option(400, "Held-out comparison pairs (from held-out prompts) for evaluation.")
     completions_per_prompt: int = option(4, "Completions sampled per prompt (k); pairs are drawn among them.")
@@ -170,18 +167,8 @@ class TrainRMConfig(SamplingConfig, CommonConfig):
     label_noise: float = option(
         0.0, "Fraction of training labels flipped at random (Coste et al. 2023 use 0.25); held-out labels never."
     )
-    # One epoch, as in Stiennon et al. (2020) and Ouyang et al. (2022): reward models overfit quickly.
-    epochs: float = option(1.0, "Training epochs over the comparison pairs.")
-    learning_rate: float = option(5e-5, "Reward-model learning rate (AdamW, linear decay).")
-    train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
-    max_length: int = option(128, "Longest prompt+completion seen by the reward model, in tokens.")
-    ensemble: int = option(1, "Train K members with different seeds and save them as one ensemble.")
-    overwrite: bool = option(False, "Replace the reward model already in --output. Without it a second train-rm into "
-                             "the same --output is refused: other runs may be using that proxy.")
 
     def validate(self) -> None:
-        CommonConfig.validate(self)
-        SamplingConfig.validate(self)
         if self.pairs <= 0:
             raise ConfigError(f"pairs: {self.pairs} must be ≥ 1, e.g. --pairs 2000")
         if self.eval_pairs <= 0:
@@ -194,6 +181,29 @@ class TrainRMConfig(SamplingConfig, CommonConfig):
             raise ConfigError(f"label_temperature: {self.label_temperature} must be > 0")
         if not 0 <= self.label_noise <= 1:
             raise ConfigError(f"label_noise: {self.label_noise} must be in [0, 1], e.g. 0.25")
+
+
+@dataclass
+class TrainRMConfig(ComparisonDataConfig, SamplingConfig, CommonConfig):
+    """`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them."""
+
+    output: str = option("runs/rm", "Checkpoint directory of the trained proxy (use it as --proxy rm:DIR).")
+    policy: str = option("smollm2-135m", "Policy that writes the completions to compare (model spec).")
+    gold: str = option("vader", "Gold scorer that labels the comparisons (scorer spec).")
+    backbone: str = option("minilm", "Reward-model backbone: tiny, minilm, smollm2-135m, hub id or path.")
+    # One epoch, as in Stiennon et al. (2020) and Ouyang et al. (2022): reward models overfit quickly.
+    epochs: float = option(1.0, "Training epochs over the comparison pairs.")
+    learning_rate: float = option(5e-5, "Reward-model learning rate (AdamW, linear decay).")
+    train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
+    max_length: int = option(128, "Longest prompt+completion seen by the reward model, in tokens.")
+    ensemble: int = option(1, "Train K members with different seeds and save them as one ensemble.")
+    overwrite: bool = option(False, "Replace the reward model already in --output. Without it a second train-rm into "
+                             "the same --output is refused: other runs may be using that proxy.")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        ComparisonDataConfig.validate(self)
         if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0 or self.max_length <= 0:
             raise ConfigError("epochs, learning_rate, train_batch_size and max_length must all be > 0")
         if self.ensemble < 1:
@@ -631,6 +641,133 @@ class LabConfig(CommonConfig):
 
 
 # ----------------------------------------------------------------------------------------------
+# Other ways to spend KL, measured by the same evaluation: DPO and best-of-n distillation.
+
+
+def check_checkpoints(cfg) -> None:
+    if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
+        raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
+
+
+# What makes a DPO run's comparison data that of a train-rm run (reward_model.data_settings reads these,
+# with data_seed as train-rm's seed): `bonrl experiment` copies them from the RM stage a DPO entry names.
+COMPARISON_DATA_FIELDS = ("policy", "gold", "prompts", "max_prompt_tokens", "chat_template", "max_new_tokens",
+                          "temperature", "top_k", "top_p", "batch_size", "pairs", "eval_pairs",
+                          "completions_per_prompt", "labels", "label_temperature", "label_noise")
+
+
+@dataclass
+class DPOConfig(ComparisonDataConfig, RLEvalConfig, SamplingConfig, CommonConfig):
+    """`bonrl dpo`: DPO (Rafailov et al. 2023) on the comparisons a proxy RM would be trained on."""
+
+    output: str = option("runs/dpo", "Directory for TRL's checkpoints, eval samples and the resolved config.")
+    policy: str = option("smollm2-135m", "Initial policy, also the frozen reference; it wrote the comparisons.")
+    gold: str = option("vader", "Gold scorer: labels the comparisons (as in train-rm) and measures (scorer spec).")
+    proxy: str = option(
+        "", "Proxy reward model, measured only: DPO optimizes no proxy, but every row records the proxy's score so "
+        "the run sits in one panel with best-of-n and RL against that proxy; give the RM trained on these "
+        "comparisons (e.g. rm:runs/rm)."
+    )
+    data_seed: int | None = option(
+        None, "Seed of the comparison data (sampling, labels, noise); default: --seed. Give the proxy RM's seed to "
+        "train on exactly its comparisons while --seed varies."
+    )
+    beta: float = option(0.1, "DPO's β: the KL strength of the implicit reward β·log(π/π_ref) (Rafailov et al.).")
+    epochs: float = option(1.0, "Passes over the training pairs (Rafailov et al. 2024 see over-optimization within one).")
+    train_batch_size: int = option(16, "Comparison pairs per optimizer step.")
+    learning_rate: float = option(1e-6, "Learning rate (AdamW, constant; Rafailov et al. 2023 use 1e-6).")
+    checkpoint_every: int = option(0, "Save a TRL checkpoint every k optimizer steps (0 = none).")
+    keep_checkpoints: int = option(2, "Keep at most this many checkpoints (oldest removed first).")
+    resume: bool = option(False, "Continue from the last complete checkpoint in --output.")
+    overwrite: bool = option(False, "Replace an earlier run's files in --output (without it a second run there is "
+                             "refused: that run's rows point at its eval samples).")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        RLEvalConfig.validate(self)
+        ComparisonDataConfig.validate(self)
+        check_untruncated(self)
+        check_checkpoints(self)
+        if self.log_with != "none":
+            raise ConfigError(f"log_with: {self.log_with} is not wired into this command yet; use --log-with none "
+                              "(ppo, rl, train-rm and sample log to trackers)")
+        if not self.proxy:
+            raise ConfigError("proxy: no proxy given; DPO only measures it, but its rows need one to share a panel "
+                              "with best-of-n and RL: pass --proxy rm:PATH (the RM trained on the same comparisons)")
+        if self.data_seed is not None and (not isinstance(self.data_seed, int) or self.data_seed < 0):
+            raise ConfigError(f"data_seed: {self.data_seed!r} must be a non-negative integer (or unset: --seed)")
+        if not self.beta > 0:
+            raise ConfigError(f"beta: {self.beta} must be > 0 (at β = 0 the DPO loss is log 2 whatever the policy)")
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0:
+            raise ConfigError("epochs, learning_rate and train_batch_size must all be > 0")
+
+
+@dataclass
+class DistillConfig(RLEvalConfig, SamplingConfig, CommonConfig):
+    """`bonrl distill`: fine-tune the policy toward best-of-n against the proxy (SFT on picks, or vBoN)."""
+
+    output: str = option("runs/distill", "Directory for checkpoints, eval samples and the resolved config.")
+    policy: str = option("smollm2-135m", "Initial policy, also the frozen reference whose best-of-n is the target.")
+    proxy: str = option("", "Proxy reward model that picks the best of n (scorer spec, e.g. rm:runs/rm).")
+    gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
+    n: int = option(4, "The n of the best-of-n distribution distilled (compare with bonrl sample at this n).")
+    objective: str = option(
+        "sft", "sft: maximum likelihood on each prompt's best-of-n pick (rejection-sampling fine-tuning); vbon: "
+        "reverse KL to the best-of-n distribution (Amini et al. 2024)."
+    )
+    sample_from: str = option(
+        "reference", "sft: draw the n candidates from the reference (distils best-of-n of the initial policy) or from "
+        "the current policy (expert iteration: best-of-n of best-of-n ...)."
+    )
+    steps: int = option(100, "Optimizer steps, each on fresh samples.")
+    prompts_per_step: int = option(8, "Train prompts per step.")
+    generations_per_prompt: int = option(4, "vbon: policy samples per prompt (the leave-one-out baseline's group).")
+    reference_samples: int = option(
+        32, "vbon: reference samples per prompt that estimate the proxy's CDF F under π_ref (want several per 1/n)."
+    )
+    learning_rate: float = option(1e-5, "Learning rate, AdamW.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    train_top_layers: int = option(0, "Train only the top k transformer layers (0 = all).")
+    checkpoint_every: int = option(0, "Save a checkpoint every k steps (0 = only at the end).")
+    keep_checkpoints: int = option(2, "Keep at most this many checkpoints (oldest removed first).")
+    resume: bool = option(False, "Continue from the last complete checkpoint in --output.")
+    overwrite: bool = option(False, "Replace an earlier run's files in --output (without it a second run there is "
+                             "refused: that run's rows point at its eval samples).")
+
+    def validate(self) -> None:
+        CommonConfig.validate(self)
+        SamplingConfig.validate(self)
+        RLEvalConfig.validate(self)
+        check_untruncated(self)
+        check_checkpoints(self)
+        if self.log_with != "none":
+            raise ConfigError(f"log_with: {self.log_with} is not wired into this command yet; use --log-with none "
+                              "(ppo, rl, train-rm and sample log to trackers)")
+        if not self.proxy:
+            raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        if self.n < 2:
+            raise ConfigError(f"n: {self.n} must be ≥ 2 (best-of-1 is the initial policy itself)")
+        if self.objective not in ("sft", "vbon"):
+            raise ConfigError(f"objective: {self.objective!r}; use sft or vbon")
+        if self.sample_from not in ("reference", "policy"):
+            raise ConfigError(f"sample_from: {self.sample_from!r}; use reference or policy")
+        if self.objective == "vbon" and self.sample_from != "reference":
+            raise ConfigError("sample_from: vbon's target is best-of-n of the reference; drop --sample-from policy")
+        if self.steps <= 0 or self.prompts_per_step <= 0:
+            raise ConfigError("steps and prompts_per_step must be ≥ 1")
+        if self.generations_per_prompt < 2:
+            raise ConfigError("generations_per_prompt: must be ≥ 2 (vbon's leave-one-out baseline needs a group)")
+        if self.reference_samples < self.n:
+            raise ConfigError(f"reference_samples: {self.reference_samples} < n={self.n}; the CDF estimate needs at "
+                              f"least n samples, e.g. --reference-samples {8 * self.n}")
+        if self.learning_rate <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError("learning_rate and max_grad_norm must be > 0")
+        if self.train_top_layers < 0:
+            raise ConfigError("train_top_layers must be ≥ 0")
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading results: report, results, experiment.
 
 
@@ -688,10 +825,11 @@ class ExperimentConfig:
     """`bonrl experiment CONFIG`: the whole study from one YAML file (see configs/*.yaml).
 
     Stages, in order, each writing under OUTPUT/<stage>/: rm-0, rm-1, ... (one per `train_rm` entry),
-    bon, ppo-0, ppo-1, ... (one per `ppo` entry), rl-0, ... (one per `rl` entry), report. A stage's
-    config is `common` merged with its own entry (the entry wins), then seed/device/cache_dir/quiet/
-    experiment/results/output from here. `proxy` in a bon/ppo/rl entry may name an RM stage (rm-1);
-    the default is every RM for bon and rm-0 for ppo/rl.
+    bon, ppo-0, ppo-1, ... (one per `ppo` entry), rl-0, ... (one per `rl` entry), dpo-0, ... (one per
+    `dpo` entry), distill-0, ... (one per `distill` entry), report. A stage's config is `common` merged
+    with its own entry (the entry wins), then seed/device/cache_dir/quiet/experiment/results/output from
+    here. `proxy` in a bon/ppo/rl/dpo/distill entry may name an RM stage (rm-1); the default is every RM
+    for bon and rm-0 for the others. A dpo entry's comparison data is that of an RM stage.
     """
 
     name: str = option("experiment", "Experiment name; tags every result row.")
@@ -715,6 +853,13 @@ class ExperimentConfig:
         "replicate per seed (stages ppo-K-seedS), pooled into one curve by the report."
     )
     rl: list | None = option(None, "Optional TRL runs: mappings with algo: rloo|grpo and their settings (seeds too).")
+    dpo: list | None = option(
+        None, "Optional DPO runs (e.g. one per β). Each trains on the comparisons of an RM stage (`comparisons: rm-K`, "
+        "default: its proxy's stage, else rm-0) — same pairs, same labels — and is measured against that proxy."
+    )
+    distill: list | None = option(
+        None, "Optional best-of-n distillation runs: mappings with n, objective: sft|vbon and their settings (seeds too)."
+    )
     report: dict = option({}, "Report settings.")
 
     def validate(self) -> None:
@@ -730,7 +875,7 @@ class ExperimentConfig:
                 setattr(self, key, {})
             elif not isinstance(value, dict):
                 raise ConfigError(f"{key}: must be a mapping of option: value, got {type(value).__name__}")
-        for key in ("train_rm", "ppo", "rl"):
+        for key in ("train_rm", "ppo", "rl", "dpo", "distill"):
             value = getattr(self, key)
             if value is None:
                 value = []

@@ -12,6 +12,9 @@ experiment's name:
     bon                `bonrl sample`: best-of-n over the n grid against every proxy (or those named)
     ppo-0, ppo-1, ...  `bonrl ppo`, one per `ppo` entry (e.g. one per β), against rm-0 unless it names one
     rl-0, ...          `bonrl rl`, one per `rl` entry (algo: rloo | grpo)
+    dpo-0, ...         `bonrl dpo`, one per `dpo` entry, on the comparisons of an RM stage (below)
+    distill-0, ...     `bonrl distill`, one per `distill` entry (n, objective: sft | vbon), against rm-0
+                       unless it names another proxy
     report             `bonrl report` over exactly the runs of the stages above (OUTPUT/report)
 
 One shared evaluation set: the experiment's `eval_prompts` (the first that many held-out prompts) is
@@ -20,6 +23,10 @@ the same prompts and the report can pair their gains prompt by prompt (issue: co
 Replicate seeds: an RL entry with `seeds: [0, 1, 2]` becomes one stage per seed (ppo-0-seed0,
 ppo-0-seed1, ...; `--force ppo-0` reruns them all); the report pools them into one curve whose interval
 includes the seed-to-seed spread.
+Same labels for DPO: a `dpo` entry trains on the comparisons of one RM stage — `comparisons: rm-K`, by
+default the stage of its proxy (rm-0 unless it names another) — whose data settings (policy, gold,
+prompts, sampling, pairs, labels, noise and seed as `data_seed`) are copied into it, so it reads the very
+pairs that proxy was trained on from the comparison cache; an entry may not set them itself.
 
 A stage's config is built the way the stage's own command builds it (`config.resolve`): built-in
 defaults < `common` (the keys that stage has) < the stage's entry < what the experiment fixes (seed
@@ -32,9 +39,9 @@ of the configs of the stages it reads, e.g. the RM a PPO run optimizes) and its 
 skips a stage whose marker has the same hash and whose run finished in the results table, so an
 interrupted experiment resumes where it stopped, and editing one stage reruns that stage and those
 that depend on it. The marker is removed before a stage starts and written only after it succeeds. An interrupted
-PPO or RL stage with an unchanged config continues from its last checkpoint (set `checkpoint_every` in
-its entry to have some); other stages start over, replacing their earlier run (`overwrite`: the stage
-directory belongs to the experiment).
+PPO, RL, DPO or distill stage with an unchanged config continues from its last checkpoint (set
+`checkpoint_every` in its entry to have some); other stages start over, replacing their earlier run
+(`overwrite`: the stage directory belongs to the experiment).
 `--force NAME` reruns a stage regardless: a stage name (rm-0, bon, ppo-1, ...), a kind (rm, ppo, rl:
 all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
 change). The report is always rewritten (it only reads the table).
@@ -58,7 +65,7 @@ from bon_vs_rl import config as C
 from bon_vs_rl import console, files
 
 MARKER = ".bonrl-stage.json"
-STARTED = ".bonrl-stage-started.json"  # PPO and RL: which config last started here, for --resume
+STARTED = ".bonrl-stage-started.json"  # checkpointed kinds: which config last started here, for --resume
 
 # kind -> (config class, "module:function" that runs it). The report is handled apart: it always runs.
 STAGES = {
@@ -66,7 +73,10 @@ STAGES = {
     "bon": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),
     "ppo": (C.PPOConfig, "bon_vs_rl.ppo:train"),
     "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
+    "dpo": (C.DPOConfig, "bon_vs_rl.dpo:train"),
+    "distill": (C.DistillConfig, "bon_vs_rl.distill:train"),
 }
+CHECKPOINTED = ("ppo", "rl", "dpo", "distill")  # kinds that resume an interrupted stage from a checkpoint
 FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet", "eval_prompts")  # set by the experiment only
 UNHASHED = ("quiet", "device", "cache_dir", "resume", "overwrite", "log_with")  # how a stage runs, not what it computes
 RM_STAGE = re.compile(r"rm-\d+")
@@ -159,13 +169,18 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
 
     entry, needs = wire(cfg.sample, "sample", list(rm_specs))
     stages.append(Stage("bon", "bon", stage_config(cfg, "bon", "bon", entry, "sample", results), needs))
-    for kind, entries in (("ppo", cfg.ppo), ("rl", cfg.rl)):
+    rm_stages = {s.name: s for s in stages if s.kind == "rm"}
+    for kind, entries in (("ppo", cfg.ppo), ("rl", cfg.rl), ("dpo", cfg.dpo), ("distill", cfg.distill)):
         for i, raw in enumerate(entries):
-            entry, needs = wire(raw, f"{kind}[{i}]", ["rm-0"])
+            raw = dict(raw)
+            source = raw.pop("comparisons", None) if kind == "dpo" else None
+            entry, needs = wire(raw, f"{kind}[{i}]", [str(source or "rm-0")])
             if len(entry["proxy"]) != 1:
                 raise C.ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
                                     f"add one {kind} entry per proxy")
             entry["proxy"] = entry["proxy"][0]
+            if kind == "dpo":
+                entry, needs = use_comparisons(entry, needs, source, rm_stages, f"{kind}[{i}]")
             seeds = replicate_seeds(entry.pop("seeds", None), f"{kind}[{i}]")
             if seeds is None:
                 name = f"{kind}-{i}"
@@ -199,6 +214,23 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     return stages, report_cfg
 
 
+def use_comparisons(entry: dict, needs: list[str], source, rm_stages: dict[str, Stage],
+                    where: str) -> tuple[dict, list[str]]:
+    """A DPO entry trains on one RM stage's comparisons: that stage's data settings are copied into it (and
+    its seed becomes the DPO run's data_seed), so both read the same cached pairs and labels."""
+    source = str(source) if source is not None else (needs[0] if needs else "rm-0")
+    if source not in rm_stages:
+        raise C.ConfigError(f"{where}: comparisons {source!r} is not an RM stage of this experiment "
+                            f"(it has {', '.join(rm_stages)})")
+    clash = [k for k in entry if k.replace("-", "_") in (*C.COMPARISON_DATA_FIELDS, "data_seed")]
+    if clash:
+        raise C.ConfigError(f"{where}: {clash[0]!r} is set by comparisons: {source} (DPO trains on that RM's "
+                            "pairs); change it in that train_rm entry, or name another RM stage")
+    rm = rm_stages[source].cfg
+    entry = {**entry, **{name: getattr(rm, name) for name in C.COMPARISON_DATA_FIELDS}, "data_seed": rm.seed}
+    return entry, list(dict.fromkeys([*needs, source]))
+
+
 def replicate_seeds(value, where: str) -> list[int] | None:
     """`seeds: [0, 1, 2]` (or `seeds: 3` for 0, 1, 2) -> the list; None when the entry has no seeds key."""
     if value is None:
@@ -227,7 +259,7 @@ def forced(stages: list[Stage], force: list[str]) -> set[str]:
             out |= {s.name for s in stages if s.kind == item}
         elif item != "report":  # the report always runs
             raise C.ConfigError(f"force: no stage {item!r} in this experiment; stages are "
-                                f"{', '.join(s.name for s in stages)}, report (or a kind: rm, ppo, rl; or all)")
+                                f"{', '.join(s.name for s in stages)}, report (or a kind: {', '.join(STAGES)}; or all)")
     return out
 
 
@@ -262,7 +294,7 @@ def is_complete(stage: Stage, finished: set[str]) -> dict | None:
 
 
 def resume_interrupted(stage: Stage, fresh: bool, quiet: bool) -> None:
-    """An interrupted PPO or RL stage with the same config continues from its last checkpoint (`--resume`,
+    """An interrupted PPO, RL, DPO or distill stage with the same config continues from its last checkpoint (`--resume`,
     which starts afresh when there is none); a forced, changed or finished one starts afresh."""
     started = Path(stage.cfg.output) / STARTED
     try:
@@ -317,7 +349,7 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
         previous = read_marker(stage)
         finished_before = bool(previous and previous.get("hash") == stage.hash)
         stage.marker.unlink(missing_ok=True)  # a stage that fails half-way must not look complete
-        if stage.kind in ("ppo", "rl"):
+        if stage.kind in CHECKPOINTED:
             resume_interrupted(stage, fresh=stage.name in rerun or finished_before, quiet=cfg.quiet)
         console.note(f"stage {stage.name}: running ({stage.cfg.output})", cfg.quiet)
         start = time.perf_counter()

@@ -371,8 +371,8 @@ def test_smoke_experiment_resumes_and_reruns_only_what_changed(tmp_path, monkeyp
     assert (runs["command"] == "train-rm").sum() == 1  # trained once
 
     rows = R.load(tmp_path / "results.sqlite")
-    curves = rows[(rows["experiment"] == "smoke") & rows["method"].isin(["bon", "ppo"])]
-    assert set(curves["method"]) == {"bon", "ppo"}
+    curves = rows[(rows["experiment"] == "smoke") & (rows["method"] != "rm")]
+    assert set(curves["method"]) == {"bon", "ppo", "dpo", "distill"}
     page = Page((tmp_path / "smoke" / "report" / "report.html").read_text(encoding="utf-8"))
     points = page.frame("points")
     assert sorted(map(row_key, points.to_dict("records"))) == sorted(map(row_key, curves.to_dict("records")))
