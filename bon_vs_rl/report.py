@@ -303,6 +303,9 @@ def name_curves(curves: list[Curve], outputs: dict[str, str]) -> None:
             c.label = "BoN"
         elif c.method == "tilted":
             c.label = "optimum (tilted)"
+        elif c.method == "distill":
+            n, objective = column(c.runs[0], "n"), c.runs[0].get("objective", pd.Series([""])).iloc[0]
+            c.label = f"distill {objective or ''} n={n[0]:g}".replace("  ", " ") if np.isfinite(n).any() else "distill"
         else:
             c.label = f"{c.method} β={beta[0]:g}" if len(beta) else c.method
         if len(c.runs) > 1:
@@ -427,8 +430,19 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
             statistics.CurveSamples(c.label, c.form, s.kl[i:i + 1], s.proxy[i:i + 1], s.gold[i:i + 1]), baseline),
             scale) for i in range(s.seeds)] if s.seeds > 1 else []
         c.fit_interval = result.fits[c.label]
+    rows = list(result.comparisons)
+    # A policy distilled from best-of-n (bonrl distill) against best-of-n itself at the same n: how much of
+    # best-of-n's gold the trained policy keeps, and at what KL.
+    bon = next((c for c in analysed if c.is_bon), None)
+    for c in analysed:
+        n = column(c.runs[0], "n")
+        if c.method != "distill" or bon is None or not np.isfinite(n).any() or float(n[0]) not in bon.runs[0]["n"].tolist():
+            continue
+        kb = bon.runs[0]["n"].tolist().index(float(n[0]))
+        for row in statistics.compare_points(result, c.label, len(c.points) - 1, bon.label, kb):
+            rows.append({**row, "target": float(n[0])})
     panel.comparisons = [{"policy": panel.key[0], "proxy": panel.key[1], "gold": panel.key[2], "prompts": len(ids),
-                          **row} for row in result.comparisons]
+                          **row} for row in rows]
 
 
 POINT_EXTRAS = ("length_mean", "generated_tokens", "trained_tokens", "ess", "low_ess", "n", "step", "beta")
@@ -581,6 +595,8 @@ def span(value, lo, hi, digits: int = 3) -> str:
 
 
 QUANTITY_WORDS = {
+    "gold_at_point": "gold gain of the final distilled policy against best-of-{target}",
+    "kl_at_point": "KL (nats) of the final distilled policy against best-of-{target}",
     "gold_at_kl": "gold gain at KL {target} nats",
     "kl_at_proxy": "KL (nats) to reach proxy gain {target}",
     "kl_to_gold": "KL (nats) to reach gold gain {target}",
@@ -604,10 +620,14 @@ def verdict_sentence(r: pd.Series) -> str:
         more = r["prompts_needed"]
         hint = (f" (roughly {int(more)} prompts instead of {int(r['prompts'])} would resolve a difference this size)"
                 if math.isfinite(more) else "")
-        return f"{what}: {both} — not resolved at this sample size{hint}."
+        kept = (f" The distilled policy keeps {span(r['share'], r['share_lo'], r['share_hi'])} of best-of-n's gold "
+                "gain." if r["quantity"] == "gold_at_point" and math.isfinite(r.get("share", math.nan)) else "")
+        return f"{what}: {both} — not resolved at this sample size{hint}.{kept}"
     winner, loser = (r["curve_a"], r["curve_b"]) if r["verdict"] == "ahead" else (r["curve_b"], r["curve_a"])
+    kept = (f" The distilled policy keeps {span(r['share'], r['share_lo'], r['share_hi'])} of best-of-n's gold gain."
+            if r["quantity"] == "gold_at_point" and math.isfinite(r.get("share", math.nan)) else "")
     return (f"{what}: {both} — **{winner} is ahead of {loser}** (the 95% interval of the difference "
-            "excludes 0).")
+            f"excludes 0).{kept}")
 
 
 def summary(panels: list[Panel]) -> list[str]:

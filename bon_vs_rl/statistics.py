@@ -52,6 +52,7 @@ Functions (B replicates, P prompts, K points along a curve):
     compare_curves                      matched comparisons between two curves, paired
     verdict                             "ahead" / "behind" / "unresolved" (+ prompts that would resolve it)
     analyse                             all of the above for one panel of curves
+    compare_points                      one curve's point against another's (distilled policy vs BoN at n)
 
 numpy only: no scipy, torch or pandas, so importing it is fast.
 """
@@ -633,3 +634,40 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
 def _half_smaller_peak(est: list[dict]) -> float:
     smaller = min(float(np.max(e["gold_gain"])) for e in est)
     return smaller / 2 if smaller > 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. One point of a curve against one point of another: a distilled policy against best-of-n at its n.
+# --------------------------------------------------------------------------------------------------
+
+
+def compare_points(result: Analysis, a: str, ka: int, b: str, kb: int) -> list[dict]:
+    """Curve a at its point ka against curve b at its point kb, from `analyse`'s replicates (the same prompt
+    resamples for both, so the difference is paired): rows like `Analysis.comparisons` for
+        gold_at_point   the gold gain of each (higher is better), and `share` = a / b with its interval:
+                        e.g. how much of best-of-n's gold a policy distilled from it keeps
+        kl_at_point     the KL of each (lower is better: the same gold for less KL)
+    """
+    level, P = result.level, result.prompts
+    est_a, est_b = result.points[a], result.points[b]
+    rep_a, rep_b = result.replicates[a], result.replicates[b]
+    rows = []
+    for name, quantity, higher in (("gold_at_point", "gold_gain", True), ("kl_at_point", "kl", False)):
+        row = {"curve_a": a, "curve_b": b, "quantity": name, "target": math.nan, "point_a": ka, "point_b": kb}
+        ra, rb = rep_a[quantity][:, ka], rep_b[quantity][:, kb]
+        for part, value, reps in (("a", est_a[quantity][ka], ra), ("b", est_b[quantity][kb], rb),
+                                  ("diff", est_a[quantity][ka] - est_b[quantity][kb], ra - rb)):
+            row[part] = float(value)
+            row[f"{part}_lo"], row[f"{part}_hi"] = (float(v) for v in interval(reps, level))
+        if name == "gold_at_point":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                row["share"] = row["a"] / row["b"] if row["b"] else math.nan
+                # A ratio's replicates are only meaningful where the denominator's sign is settled.
+                settled = interval(rb, level)[0] > 0
+                row["share_lo"], row["share_hi"] = ((float(v) for v in interval(ra / rb, level)) if settled
+                                                    else (math.nan, math.nan))
+        row["verdict"], row["prompts_needed"] = verdict(row["diff"], row["diff_lo"], row["diff_hi"], P, level,
+                                                        higher_is_better=higher)
+        row["better"] = "higher" if higher else "lower"
+        rows.append(row)
+    return rows

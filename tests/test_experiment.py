@@ -220,7 +220,8 @@ EDITS = {  # case: (edit of PINNED, extra flags of the second run, the stages th
     "common key of ppo and rl": (lambda s: s["common"].update(eval_every=5), [], {"ppo-0", "ppo-1", "rl-0"}),
     "common key of bon only": (lambda s: s["common"].update(samples_per_prompt=16), [], {"bon"}),
     "common key both rm entries set": (lambda s: s["common"].update(pairs=80), [], set()),
-    "common key the ppo entries set": (lambda s: s["common"].update(beta=0.5), [], {"rl-0"}),
+    # β is also best-of-n's: the KL-regularized optimum's β grid (the same KL coefficient), so bon reruns.
+    "common key the ppo entries set": (lambda s: s["common"].update(beta=0.5), [], {"bon", "rl-0"}),
     "rm-0's entry": (lambda s: s["train_rm"][0].update(pairs=60), [], READS_RM0),
 }
 

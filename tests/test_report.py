@@ -71,7 +71,8 @@ def rl_gain(d: float, alpha: float = RL["alpha"], beta: float = RL["beta"]) -> f
 
 def rl_run(path: Path, root: Path, proxy: str, beta: float, seed: int, *, experiment: str = "synth",
            output: str = "ppo", steps=range(0, 55, 5), kl_per_step: float = 0.2, gain=rl_gain,
-           seed_effect: float = 0.0, setting: str | None = None, noise: float = 0.3) -> str:
+           seed_effect: float = 0.0, setting: str | None = None, noise: float = 0.3, method: str = "ppo",
+           extra: dict | None = None) -> str:
     """An RL run: one eval-samples file per evaluation (4 samples per prompt), and its rows."""
     rng = np.random.default_rng(1000 + seed)
     shift = rng.normal(0, seed_effect) if seed_effect else 0.0  # this training seed's own luck
@@ -91,12 +92,12 @@ def rl_run(path: Path, root: Path, proxy: str, beta: float, seed: int, *, experi
         file = root / output / f"seed{seed}" / f"step-{step:06d}.parquet"
         file.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(file, index=False)
-        rows.append({"method": "ppo", "step": step, "beta": beta, "kl": frame["kl"].mean(), "policy": "tiny",
+        rows.append({**(extra or {}), "method": method, "step": step, "beta": beta, "kl": frame["kl"].mean(), "policy": "tiny",
                      "proxy": proxy, "gold": "vader", "proxy_mean": frame["proxy"].mean(),
                      "gold_mean": frame["gold"].mean(), "samples_path": str(file), "seed": seed,
                      "setting": setting or f"{output}-{beta}", "length_mean": 12.0,
                      "generated_tokens": 1000 * (step + 1), "trained_tokens": 800 * step})
-    return add_run(path, "ppo", rows, experiment, output)
+    return add_run(path, method, rows, experiment, output)
 
 
 @pytest.fixture
@@ -316,6 +317,30 @@ def test_replicate_seeds_pool_into_one_curve_whose_interval_holds_the_seed_sprea
     last, last_single = pooled.iloc[-1], single[single["method"] == "ppo"].iloc[-1]
     assert (last["gold_gain_hi"] - last["gold_gain_lo"]) > 1.5 * (last_single["gold_gain_hi"] - last_single["gold_gain_lo"])
     assert "3 seeds end at gold gains" in " ".join(page(out).items)
+
+
+def test_a_distilled_policy_is_compared_with_best_of_n_at_its_n(tmp_path):
+    """bonrl distill's rows carry n: the report puts its final policy beside best-of-n at that n, paired, with
+    the share of best-of-n's gold gain it keeps. Here the distilled policy ends at half of best-of-4's gain."""
+    path = tmp_path / "r.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1)
+    bon4 = GOLD_STD * expected_max(4) / math.sqrt(1 + S**2)
+    rl_run(path, tmp_path, "rm:a", math.nan, seed=0, output="distill", method="distill", steps=range(0, 25, 5),
+           kl_per_step=0.02, gain=lambda d: 0.5 * bon4 * min(d / math.sqrt(0.4), 1.0), noise=0.1,
+           extra={"n": 4, "objective": "sft"})
+    out = report(path)
+    comparison = pd.read_csv(out / "comparison.csv")
+    gold = comparison[comparison["quantity"] == "gold_at_point"].iloc[0]
+    kl = comparison[comparison["quantity"] == "kl_at_point"].iloc[0]
+    assert gold["curve_a"] == "distill sft n=4" and gold["curve_b"] == "BoN" and gold["target"] == 4
+    points = pd.read_csv(out / "points.csv")
+    bon = points[points["method"] == "bon"].set_index("n")
+    distill = points[points["method"] == "distill"].sort_values("step")
+    assert gold["b"] == pytest.approx(bon.loc[4, "gold_gain"]) and gold["a"] == pytest.approx(distill["gold_gain"].iloc[-1])
+    assert kl["b"] == pytest.approx(bon.loc[4, "kl"]) and kl["a"] == pytest.approx(distill["kl"].iloc[-1])
+    assert gold["share"] == pytest.approx(gold["a"] / gold["b"])
+    assert gold["share_lo"] <= 0.5 <= gold["share_hi"] and gold["verdict"] == "behind"  # BoN keeps more gold
+    assert "The distilled policy keeps" in " ".join(page(out).items)
 
 
 def test_two_runs_of_one_kind_get_labels_that_tell_them_apart(tmp_path):
