@@ -335,16 +335,16 @@ class Panel:
     notes: list[str] = field(default_factory=list)
 
 
-def shared_prompts(records: list[Records]) -> tuple[np.ndarray, dict[int, str]]:
-    """Prompt ids every run measured, with one text each; ids whose text differs between runs are dropped
-    (another prompt set, template or truncation: not the same prompt)."""
+def shared_prompts(records: list[Records]) -> np.ndarray:
+    """Prompt ids every run measured; ids whose text differs between runs are dropped (another prompt set,
+    template or truncation: not the same prompt)."""
     ids = set.intersection(*(set(r.prompt_ids.tolist()) for r in records))
     texts: dict[int, str] = {}
     for r in records:
         for pid, text in zip(r.prompt_ids.tolist(), r.prompt_texts):
             if pid in ids and texts.setdefault(pid, text) != text:
                 ids.discard(pid)
-    return np.asarray(sorted(ids), dtype=int), texts
+    return np.asarray(sorted(ids), dtype=int)
 
 
 def pick_baseline(curves: list[Curve]) -> tuple[Curve | None, str]:
@@ -367,11 +367,10 @@ def restrict(records: Records, ids: np.ndarray) -> Records:
                    records.initial_gold_std, records.samples_per_prompt)
 
 
-def measure(curves: list[Curve], cfg: ReportConfig) -> tuple[list[Panel], list[str]]:
+def measure(curves: list[Curve], cfg: ReportConfig) -> list[Panel]:
     """Per panel: records -> shared prompts -> baseline -> statistics.analyse -> points, fits, comparisons."""
     from bon_vs_rl import statistics
 
-    notes: list[str] = []
     panels = []
     for key, group in itertools.groupby(curves, key=lambda c: c.panel):
         panel = Panel(key, list(group))
@@ -384,7 +383,7 @@ def measure(curves: list[Curve], cfg: ReportConfig) -> tuple[list[Panel], list[s
                 c.records = [records for records, _ in loaded]
         analysed = [c for c in panel.curves if c.records]
         if analysed:
-            ids, _ = shared_prompts([r for c in analysed for r in c.records])
+            ids = shared_prompts([r for c in analysed for r in c.records])
             base_curve, source = pick_baseline(analysed)
             if base_curve is None:
                 panel.notes.append(f"panel {key[1]}: no measurement of the initial policy (no best-of-n samples, "
@@ -398,7 +397,7 @@ def measure(curves: list[Curve], cfg: ReportConfig) -> tuple[list[Panel], list[s
             if not c.in_analysis:
                 c.points = row_points(c)
         panels.append(panel)
-    return panels, notes
+    return panels
 
 
 def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_curve: Curve, source: str,
@@ -939,8 +938,7 @@ def report(cfg: ReportConfig) -> Path:
     curves, notes = group_curves(rows)
     name_curves(curves, run_outputs(rows, results.resolve_results_path(cfg.results)))
     curves.sort(key=lambda c: (c.panel, not c.is_bon, c.method != "tilted", c.method, c.label))
-    panels, more = measure(curves, cfg)
-    notes += more
+    panels = measure(curves, cfg)
     unit = cfg.scale == "unit" and all(p.prompt_ids is not None and p.gold_std > 0 for p in panels)
     if cfg.scale == "unit" and not unit:
         notes.append("Unit scale was asked for but some panel has no measured initial gold std (no per-prompt "
