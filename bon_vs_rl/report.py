@@ -564,6 +564,8 @@ def pair_table(frame: pd.DataFrame) -> pd.DataFrame:
 def verdict_words(r) -> str:
     if r["verdict"] == "unresolved":
         more = r["prompts_needed"]
+        if math.isfinite(more) and more > 100 * r["prompts"]:
+            return f"not resolved (> {100 * int(r['prompts'])} prompts would be needed)"
         return f"not resolved (~{int(more)} prompts would)" if math.isfinite(more) else "not resolved"
     winner = r["curve_a"] if r["verdict"] == "ahead" else r["curve_b"]
     return f"{winner} ahead"
@@ -616,9 +618,11 @@ def verdict_sentence(r: pd.Series) -> str:
     if short:
         return f"{what}: {' and '.join(short)} never reach{'es' if len(short) == 1 else ''} it on the measured points."
     if r["verdict"] == "unresolved":
-        more = r["prompts_needed"]
-        hint = (f" (roughly {int(more)} prompts instead of {int(r['prompts'])} would resolve a difference this size)"
-                if math.isfinite(more) else "")
+        more, prompts = r["prompts_needed"], int(r["prompts"])
+        hint = ("" if not math.isfinite(more) else
+                f" (a difference this size would need more than {100 * prompts} prompts: it is small against its "
+                "uncertainty)" if more > 100 * prompts else
+                f" (roughly {int(more)} prompts instead of {prompts} would resolve a difference this size)")
         kept = (f" The distilled policy keeps {span(r['share'], r['share_lo'], r['share_hi'])} of best-of-n's gold "
                 "gain." if r["quantity"] == "gold_at_point" and math.isfinite(r.get("share", math.nan)) else "")
         return f"{what}: {both} — not resolved at this sample size{hint}.{kept}"
