@@ -73,9 +73,10 @@ Determinism and resume. Every random draw derives from (seed, step, process): th
 sampler's seed and the minibatch shuffles. Checkpoints (every `--checkpoint-every` steps and at the
 end, written whole or not at all, the last `--keep-checkpoints` kept) hold the policy, the value head,
 the optimizer, the learning-rate schedule, the KL controller, the proxy's normalization (gain and
-bias), the running reward statistics, the RNG states, the step, the token counters and the run id. `--resume` reloads the last one and re-opens the same run in the results
-table; rows are keyed by (run, method, proxy, n, step), so evaluations after the checkpoint are written
-again with the same values and the table ends exactly as after an uninterrupted run. An --output holds
+bias), the running reward statistics, the RNG states, the step, the token counters and the run id.
+`--resume` reloads the last one and re-opens the same run in the results table; rows are keyed by
+(run, method, proxy, n, step), so evaluations after the checkpoint are written again with the same
+values and the table ends exactly as after an uninterrupted run. An --output holds
 one run (its id in OUTPUT/bonrl_run.json): a second run into it is refused (exit 2) unless it resumes
 that run (--resume) or replaces its files (--overwrite), so no results row points at another run's samples.
 
