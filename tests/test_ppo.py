@@ -187,8 +187,8 @@ from bon_vs_rl import cli, ppo
 
 save = ppo.save_checkpoint
 
-def save_and_signal(output, keep, model, tokenizer, optimizer, state, cfg):
-    path = save(output, keep, model, tokenizer, optimizer, state, cfg)
+def save_and_signal(*args):
+    path = save(*args)
     print(path, flush=True)
     sys.stdin.read()  # wait to be killed
     return path
