@@ -421,8 +421,10 @@ def sample(cfg: SampleConfig) -> str:
         if cfg.from_samples:
             local = saved[saved["prompt_id"].isin(ids)].reset_index(drop=True)
         else:
-            local = sampling.generate_share(policy, tokenizer, prompts, ids, N, cfg, cfg.seed, quiet,
-                                            f"best-of-n: sampling {N} per prompt")
+            # fp32 weights under models.autocast: the initial policy exactly as RL's reference computes it.
+            with models.autocast(device, cfg.precision):
+                local = sampling.generate_share(policy, tokenizer, prompts, ids, N, cfg, cfg.seed, quiet,
+                                                f"best-of-n: sampling {N} per prompt")
         for spec, scorer in loaded.items():
             local[spec] = score_frame(local, scorer, scorer_roles[spec], quiet)
         return local

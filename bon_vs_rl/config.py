@@ -148,6 +148,22 @@ class SamplingConfig:
             raise ConfigError(f"batch_size: {self.batch_size} must be ≥ 1")
 
 
+@dataclass
+class PrecisionConfig:
+    """How the policy's forward passes run, shared by every command that samples it from its own code
+    (train-rm's comparisons, best-of-n, PPO): one setting, so best-of-n's policy and RL's reference are one
+    distribution (models.autocast)."""
+
+    precision: str = option(
+        "auto", "Policy arithmetic: auto (bf16 autocast on CUDA GPUs that support it, else fp32), fp32, or bf16 "
+        "(autocast, also on CPU). Weights stay fp32; give best-of-n and RL the same value."
+    )
+
+    def validate(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision: {self.precision!r}; use auto, fp32 or bf16")
+
+
 # ----------------------------------------------------------------------------------------------
 # One config per command.
 
@@ -184,7 +200,7 @@ class ComparisonDataConfig:
 
 
 @dataclass
-class TrainRMConfig(ComparisonDataConfig, SamplingConfig, CommonConfig):
+class TrainRMConfig(ComparisonDataConfig, PrecisionConfig, SamplingConfig, CommonConfig):
     """`bonrl train-rm`: gold-labelled comparisons, then a proxy reward model trained on them."""
 
     output: str = option("runs/rm", "Checkpoint directory of the trained proxy (use it as --proxy rm:DIR).")
@@ -203,6 +219,7 @@ class TrainRMConfig(ComparisonDataConfig, SamplingConfig, CommonConfig):
     def validate(self) -> None:
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
+        PrecisionConfig.validate(self)
         ComparisonDataConfig.validate(self)
         if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0 or self.max_length <= 0:
             raise ConfigError("epochs, learning_rate, train_batch_size and max_length must all be > 0")
@@ -211,7 +228,7 @@ class TrainRMConfig(ComparisonDataConfig, SamplingConfig, CommonConfig):
 
 
 @dataclass
-class SampleConfig(SamplingConfig, CommonConfig):
+class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
     """`bonrl sample`: best-of-n with unbiased estimates for every n."""
 
     output: str = option("runs/bon", "Directory for the samples file (Parquet) and the resolved config.")
@@ -238,6 +255,7 @@ class SampleConfig(SamplingConfig, CommonConfig):
     def validate(self) -> None:
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
+        PrecisionConfig.validate(self)
         ns = parse_int_list(self.n, "n")
         if self.samples_per_prompt < 0:
             raise ConfigError(f"samples_per_prompt: {self.samples_per_prompt} must be ≥ 0 (0 = largest n)")
@@ -415,7 +433,7 @@ class RLEvalConfig:
 
 
 @dataclass
-class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
+class PPOConfig(RLEvalConfig, PrecisionConfig, SamplingConfig, CommonConfig):
     """`bonrl ppo`: PPO with a KL penalty to the reference policy (Ziegler et al. 2019; Huang et al. 2024)."""
 
     output: str = option("runs/ppo", "Directory for checkpoints, eval samples and the resolved config.")
@@ -428,7 +446,18 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     gradient_accumulation_steps: int = option(1, "Minibatches accumulated per optimizer step.")
     ppo_epochs: int = option(4, "Passes over each rollout batch.")
     learning_rate: float = option(1e-5, "Policy (and value) learning rate, AdamW.")
-    beta: float = option(0.05, "KL penalty coefficient β (initial value when adaptive).")
+    lr_schedule: str = option(
+        "constant", "constant, or linear: the learning rate decays linearly to 0 over --steps (step s uses "
+        "lr·(1 − (s−1)/steps), as lm-human-preferences and CleanRL anneal it)."
+    )
+    beta: float = option(0.05, "KL penalty coefficient β (initial value when adaptive), in units of the score: "
+                         "the normalized proxy with --normalize-proxy (rows record β in raw proxy units as beta_raw).")
+    normalize_proxy: bool = option(
+        True, "Before step 1, score --normalize-samples reference samples of train prompts and use g·proxy + b "
+        "(gain g = 1/std, bias b = −mean/std) as the score: unit scale, so β and the value clip mean the same "
+        "for any proxy (Ziegler et al. 2019). g and b are recorded in every row; proxy_mean stays raw."
+    )
+    normalize_samples: int = option(64, "Reference samples (one per train prompt) that set the proxy's gain and bias.")
     adaptive_kl: bool = option(False, "Adapt β toward target_kl (Ziegler et al. 2019 controller).")
     target_kl: float = option(6.0, "Adaptive β: target KL per sequence, in nats.")
     kl_horizon: int = option(10000, "Adaptive β: horizon of the proportional controller, in episodes.")
@@ -438,7 +467,8 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
     clip_range_value: float = option(0.2, "Value-function clip.")
     value_coef: float = option(0.1, "Value loss coefficient.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
-    whiten_rewards: bool = option(False, "Whiten proxy scores with running mean/std before the KL penalty.")
+    whiten_rewards: bool = option(False, "Whiten proxy scores with running mean/std of all rollouts so far, before the "
+                                  "KL penalty (makes --normalize-proxy's scale moot; β in raw units is beta_raw).")
     missing_eos_penalty: float | None = option(None, "Subtracted from the score of a completion with no EOS.")
     lora_rank: int = option(0, "LoRA rank (peft); 0 trains full weights.")
     train_top_layers: int = option(0, "Train only the top k transformer layers (0 = all).")
@@ -452,9 +482,15 @@ class PPOConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         CommonConfig.validate(self)
         SamplingConfig.validate(self)
         RLEvalConfig.validate(self)
+        PrecisionConfig.validate(self)
         check_untruncated(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r}; use constant or linear")
+        if self.normalize_proxy and self.normalize_samples < 2:
+            raise ConfigError(f"normalize_samples: {self.normalize_samples} cannot give a standard deviation; use at "
+                              "least 2, e.g. --normalize-samples 64 (or --no-normalize-proxy)")
         if self.steps <= 0:
             raise ConfigError(f"steps: {self.steps} must be ≥ 1")
         if self.beta < 0:

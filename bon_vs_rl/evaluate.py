@@ -188,8 +188,11 @@ class Evaluator:
     """Measures a policy on the held-out eval prompts and records one results row per evaluation."""
 
     def __init__(self, cfg, method: str, tokenizer, reference, proxy: scorers.Scorer, gold: scorers.Scorer,
-                 output: Path, accelerator=None, store=None, run_id: str | None = None):
+                 output: Path, accelerator=None, store=None, run_id: str | None = None, autocast=None):
+        """`autocast`: a context factory for every forward pass (PPO's models.autocast at --precision);
+        default: the accelerator's, or none."""
         self.cfg, self.method, self.tokenizer, self.reference = cfg, method, tokenizer, reference
+        self.autocast = autocast or (accelerator.autocast if accelerator else None)
         self.proxy, self.gold, self.output = proxy, gold, Path(output)
         self.accelerator, self.store, self.run_id = accelerator, store, run_id
         prompts = prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # ConfigError if bad
@@ -222,7 +225,7 @@ class Evaluator:
         this evaluation's own."""
         start = time.perf_counter()
         cfg = self.cfg
-        autocast = self.accelerator.autocast if self.accelerator else None
+        autocast = self.autocast
         was_training = policy.training
         policy.eval()
         local_prompts = [self.prompts[i] for i in self.local]

@@ -192,13 +192,37 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def default_dtype(device):
-    """float32 on CPU (bf16 matmuls are slow there); bf16 on GPUs that support it."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def uses_bf16(device, precision: str = "auto") -> bool:
+    """Whether the policy's matmuls run in bf16 (under autocast) for this --precision and device.
+
+    auto: bf16 on CUDA GPUs that support it, fp32 elsewhere; fp32: never; bf16: always, also on CPU. On a
+    CPU with AVX512-BF16 (the 2-core EPYC of the demo) bf16 autocast was measured faster, not slower
+    (scripts/bench_ppo_cpu.py: 1.25x sampling, 1.5x log-prob passes, 1.4x a modelled PPO step), at a cost
+    of ~0.15 nats sd in a 16-token sequence's log-prob; auto keeps CPUs on fp32, which the exact-KL axis
+    and every test were built on, and --precision bf16 opts in (the same value for every stage)."""
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def autocast(device, precision: str = "auto"):
+    """The one numeric setting under which every command samples and scores the policy: fp32 weights
+    (load_policy's default) under bf16 autocast when `uses_bf16`, plain fp32 otherwise. best-of-n, the
+    reward model's comparison data and RL's reference (whose autocast is accelerate's, the same
+    torch.autocast) therefore sample one initial policy, not a bf16 copy of it on one side and the fp32
+    weights on the other."""
+    import contextlib
+
+    import torch
+
+    if uses_bf16(device, precision):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def load_tokenizer(spec: str, cache_dir: str | None = None, padding_side: str = "left", name: str = "policy"):
@@ -216,13 +240,18 @@ def load_tokenizer(spec: str, cache_dir: str | None = None, padding_side: str = 
 
 
 def load_policy(spec: str, device, cache_dir: str | None = None, dtype=None, name: str = "policy"):
-    """A causal LM in eval mode (dropout off: Huang et al. 2024, detail 'disable dropout') and its tokenizer."""
+    """A causal LM in eval mode (dropout off: Huang et al. 2024, detail 'disable dropout') and its tokenizer.
+
+    Weights are fp32 unless `dtype` says otherwise: RL trains them (its optimizer needs fp32), and every
+    other command loads the same weights so that its initial policy is RL's reference; lower precision
+    comes from `autocast(device, precision)` around the forward passes."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec, cache_dir, name)
     tokenizer = load_tokenizer(spec, cache_dir, name=name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except Exception as exc:
         raise _load_error(spec, exc, name) from None
     if model.config.pad_token_id is None:

@@ -25,9 +25,18 @@ PPO"). One step:
    of the whole batch; the sampler's incremental log-probs are not reused, so old and new log-probs
    of the PPO ratio come from the same computation.
 3. Reward (Ziegler et al. eq. 2; Stiennon et al. eq. 1): per token r_t = −β (log π(y_t) − log π_ref(y_t)),
-   and the proxy score added at the completion's last token. Optionally the score is whitened with
-   running mean/std over all rollouts so far (`--whiten-rewards`), and a completion that never
-   emitted EOS loses `--missing-eos-penalty` (Huang et al.'s "EOS trick").
+   and the score added at the completion's last token. The score is the proxy normalized once, before
+   step 1 (`--normalize-proxy`, on by default): g·proxy + b with gain g = 1/std and bias b = −mean/std of
+   the proxy on `--normalize-samples` reference samples of train prompts (population std), so the score
+   has mean 0 and std 1 under the initial policy — what Ziegler et al. 2019 and lm-human-preferences do to
+   their reward model before RL. β, the value clip and the learning rate then act on a unit-scale reward
+   whatever the proxy's units; rows record g and b (proxy_gain_norm, proxy_bias_norm; proxy_gain is
+   another thing, the gain over the initial policy) and β in raw proxy units, beta_raw = β/g, the β that
+   best-of-n's tilted optimum π_ref·exp(proxy/β) compares with. Rows' proxy_mean stays the raw proxy.
+   Optionally the score is also whitened with running mean/std over all rollouts so far
+   (`--whiten-rewards`: not a one-off affine map but one that drifts as the policy improves; the
+   normalization is then moot, and beta_raw = β·std of the raw proxy so far), and a completion that
+   never emitted EOS loses `--missing-eos-penalty` (Huang et al.'s "EOS trick"), in units of the score.
    β is fixed, or adapted by Ziegler et al.'s proportional controller toward `--target-kl`:
        e = clip(KL / target − 1, −0.2, 0.2),   β ← β (1 + e · rollout_batch_size / horizon).
 4. GAE(γ, λ) (Schulman et al. 2016) over completion tokens, the value after the last token being 0;
@@ -36,6 +45,8 @@ PPO"). One step:
    clipped value loss (Huang et al. detail "value function loss clipping"),
    loss = policy loss + value_coef · value loss, gradient accumulation over
    `gradient_accumulation_steps` minibatches, gradient clipping to `max_grad_norm`, AdamW (ε = 1e-5).
+   The learning rate is constant, or (`--lr-schedule linear`) decays linearly to 0 over the run: step s
+   uses lr·(1 − (s−1)/steps), as lm-human-preferences and CleanRL anneal it.
    Dropout is off everywhere (the policy and reference are in eval mode with dropout p = 0), so the
    rollout's log-probs and the first epoch's are equal and the first ratio is exactly 1.
 
@@ -61,10 +72,11 @@ processes; only the main process writes results rows, checkpoints and samples.
 Determinism and resume. Every random draw derives from (seed, step, process): the prompt order, the
 sampler's seed and the minibatch shuffles. Checkpoints (every `--checkpoint-every` steps and at the
 end, written whole or not at all, the last `--keep-checkpoints` kept) hold the policy, the value head,
-the optimizer, the KL controller, the running reward statistics, the RNG states, the step, the token
-counters and the run id. `--resume` reloads the last one and re-opens the same run in the results
-table; rows are keyed by (run, method, proxy, n, step), so evaluations after the checkpoint are written
-again with the same values and the table ends exactly as after an uninterrupted run. An --output holds
+the optimizer, the learning-rate schedule, the KL controller, the proxy's normalization (gain and
+bias), the running reward statistics, the RNG states, the step, the token counters and the run id.
+`--resume` reloads the last one and re-opens the same run in the results table; rows are keyed by
+(run, method, proxy, n, step), so evaluations after the checkpoint are written again with the same
+values and the table ends exactly as after an uninterrupted run. An --output holds
 one run (its id in OUTPUT/bonrl_run.json): a second run into it is refused (exit 2) unless it resumes
 that run (--resume) or replaces its files (--overwrite), so no results row points at another run's samples.
 
@@ -181,6 +193,20 @@ class TrainState:
     scores: RunningMoments
     generated_tokens: int = 0
     trained_tokens: int = 0
+    # The proxy's normalization, fixed before step 1 (identity when off): score = gain · proxy + bias.
+    proxy_gain_norm: float = 1.0
+    proxy_bias_norm: float = 0.0
+    # d score / d proxy at the last step (gain, or gain / running std when whitening; None before step 1
+    # then): β / score_scale is β in raw proxy units.
+    score_scale: float | None = 1.0
+
+    def beta_raw(self) -> float | None:
+        return None if self.score_scale is None else self.kl.beta / self.score_scale
+
+    def row_fields(self) -> dict:
+        """What every results row records about the reward's scale (module docstring, step 3)."""
+        return {"proxy_gain_norm": self.proxy_gain_norm, "proxy_bias_norm": self.proxy_bias_norm,
+                "beta_raw": self.beta_raw()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +311,37 @@ def prompts_for_step(n_prompts: int, step: int, batch: int, seed: int) -> list[i
     return out
 
 
+def normalization(scores: np.ndarray) -> tuple[float, float]:
+    """Gain and bias that map the reference's proxy scores to mean 0 and (population) std 1: g = 1/std,
+    b = −mean/std (Ziegler et al. 2019, §2; lm-human-preferences normalizes its reward model the same way)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    std = float(scores.std())
+    if not std > 0:
+        raise ConfigError(f"normalize_proxy: the proxy gives all {len(scores)} reference samples the same score "
+                          f"({scores[0]:.6g}), so it has no scale to normalize; use --no-normalize-proxy")
+    return 1.0 / std, -float(scores.mean()) / std
+
+
+def normalize_proxy(cfg: PPOConfig, accelerator, reference, tokenizer, proxy, train_prompts: list[str],
+                    device) -> tuple[float, float]:
+    """Sample the reference once on `normalize_samples` train prompts (a seeded permutation, the same on
+    every process), score them with the proxy and return (gain, bias). Each process samples its share."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    local = cfg.normalize_samples // world
+    indices = prompts_for_step(len(train_prompts), 1, cfg.normalize_samples, seed_for(cfg.seed, 3))
+    prompts = [train_prompts[i] for i in indices[rank * local:(rank + 1) * local]]
+    with models.autocast(device, cfg.precision):  # the reference exactly as the rollouts' log-probs compute it
+        samples = sampling.generate(reference, tokenizer, prompts, 1, cfg, seed=seed_for(cfg.seed, 0, rank, 3),
+                                    quiet=cfg.quiet or rank != 0, description="ppo: proxy normalization")
+    scores = np.asarray(proxy(prompts, samples.completions), dtype=np.float64)
+    gathered = accelerator.gather(torch.as_tensor(scores, dtype=torch.float64, device=device)).cpu().numpy()
+    if not np.isfinite(gathered).all():
+        raise NonFiniteError(f"the proxy gave a non-finite score to {int((~np.isfinite(gathered)).sum())} of the "
+                             f"{len(gathered)} reference samples that normalize it; fix the proxy "
+                             "(or pass --no-normalize-proxy)")
+    return normalization(gathered)
+
+
 # ----------------------------------------------------------------------------------------------
 # What is trained: full weights, LoRA adapters, or the top k decoder blocks.
 
@@ -319,6 +376,15 @@ def add_lora(lm, rank: int):
     return get_peft_model(lm, config)
 
 
+def lr_scheduler(cfg: PPOConfig, optimizer):
+    """None (constant), or linear decay: the k-th scheduler step (k PPO steps done) sets lr·(1 − k/steps),
+    so step s trains at lr·(1 − (s−1)/steps) and the rate would reach 0 after the last step (CleanRL's
+    `frac = 1 − (iteration − 1) / num_iterations`)."""
+    if cfg.lr_schedule != "linear":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0 - k / cfg.steps)
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: OUTPUT/checkpoints/step-NNNNNN/{policy/, trainer.pt, state.json}, each written whole.
 
@@ -332,7 +398,7 @@ def checkpoint_dirs(output: Path) -> list[Path]:
 
 
 def save_checkpoint(output: Path, keep: int, model: PolicyWithValueHead, tokenizer, optimizer,
-                    state: TrainState, cfg: PPOConfig) -> Path:
+                    state: TrainState, cfg: PPOConfig, scheduler=None) -> Path:
     path = output / CHECKPOINTS / f"step-{state.step:06d}"
     with files.atomic_directory(path) as tmp:
         model.lm.save_pretrained(tmp / "policy")  # LoRA: the adapter only; else a full model directory
@@ -340,8 +406,8 @@ def save_checkpoint(output: Path, keep: int, model: PolicyWithValueHead, tokeniz
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"value_head": model.value_head.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng},
-                   tmp / "trainer.pt")
+        torch.save({"value_head": model.value_head.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None}, tmp / "trainer.pt")
         files.write_json(tmp / "state.json", {**asdict(state), "config": to_dict(cfg)})  # last: marks it complete
     for old in checkpoint_dirs(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -350,15 +416,19 @@ def save_checkpoint(output: Path, keep: int, model: PolicyWithValueHead, tokeniz
 
 def load_state(path: Path) -> TrainState:
     data = json.loads((path / "state.json").read_text())
+    # Checkpoints written before the proxy was normalized hold no gain and bias: the identity.
     return TrainState(step=data["step"], run_id=data["run_id"], kl=KLController(**data["kl"]),
                       scores=RunningMoments(**data["scores"]), generated_tokens=data["generated_tokens"],
-                      trained_tokens=data["trained_tokens"])
+                      trained_tokens=data["trained_tokens"], proxy_gain_norm=data.get("proxy_gain_norm", 1.0),
+                      proxy_bias_norm=data.get("proxy_bias_norm", 0.0), score_scale=data.get("score_scale", 1.0))
 
 
-def restore_trainer(path: Path, model: PolicyWithValueHead, optimizer) -> None:
+def restore_trainer(path: Path, model: PolicyWithValueHead, optimizer, scheduler=None) -> None:
     saved = torch.load(path / "trainer.pt", weights_only=False)
     model.value_head.load_state_dict(saved["value_head"])
-    optimizer.load_state_dict(saved["optimizer"])
+    optimizer.load_state_dict(saved["optimizer"])  # its learning rate too: where the schedule had reached
+    if scheduler is not None and saved.get("scheduler") is not None:
+        scheduler.load_state_dict(saved["scheduler"])
     random.setstate(saved["rng"]["python"])
     np.random.set_state(saved["rng"]["numpy"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -379,11 +449,14 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     console.quiet_libraries(cfg.quiet)
     # 1. Everything that can be bad input, before any work or any file (exit 2).
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(cpu=not use_cuda, device_placement=False, mixed_precision="bf16" if bf16 else "no")
+    # No mixed precision in accelerate: every forward pass runs under models.autocast(device, --precision),
+    # the context best-of-n samples under (fp32 weights, bf16 autocast where --precision asks for it).
+    accelerator = Accelerator(cpu=not use_cuda, device_placement=False)
     world, main = accelerator.num_processes, accelerator.is_main_process
     if cfg.rollout_batch_size % world or cfg.minibatch_size % world:
         raise ConfigError(f"rollout_batch_size and minibatch_size must be multiples of the {world} processes")
+    if cfg.normalize_proxy and cfg.normalize_samples % world:
+        raise ConfigError(f"normalize_samples: {cfg.normalize_samples} is not a multiple of the {world} processes")
     device = accelerator.device if world > 1 or cfg.device == "auto" else models.resolve_device(cfg.device)
     output = Path(cfg.output)
     # One run per output directory, refused rather than given a subdirectory per run (as `bonrl sample`
@@ -399,12 +472,18 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     checkpoint = checkpoint_dirs(output)[-1] if cfg.resume and checkpoint_dirs(output) else None
     if checkpoint is not None:  # the checkpoint's weights must fit the model this run builds
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
-        for name in ("policy", "lora_rank", "train_top_layers"):
+        # Older checkpoints predate the proxy normalization and the schedule: they ran without them.
+        saved = {"normalize_proxy": False, "lr_schedule": "constant", **saved}
+        for name in ("policy", "lora_rank", "train_top_layers", "normalize_proxy", "lr_schedule"):
             if saved.get(name) != getattr(cfg, name):
                 raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
                                   f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+        if cfg.lr_schedule == "linear" and saved.get("steps") != cfg.steps:
+            raise ConfigError(f"resume: {checkpoint}'s learning rate decays to 0 over steps={saved.get('steps')}; "
+                              f"pass --steps {saved.get('steps')} (or start a new run)")
 
-    # Policy (fp32 weights: the optimizer needs them; bf16 autocast on GPUs) and the frozen reference.
+    # Policy (fp32 weights: the optimizer needs them) and the frozen reference, also fp32: under the same
+    # autocast as best-of-n's policy (--precision; models.autocast), so both are one initial policy.
     if checkpoint is not None and not cfg.lora_rank:
         lm, tokenizer = models.load_policy(str(checkpoint / "policy"), device, cfg.cache_dir, dtype=torch.float32)
     else:
@@ -423,18 +502,28 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     elif cfg.train_top_layers:
         train_only_top_layers(lm, cfg.train_top_layers)
     train_prompts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
-    evaluator = Evaluator(cfg, "ppo", tokenizer, reference, proxy, gold, output, accelerator)
+    evaluator = Evaluator(cfg, "ppo", tokenizer, reference, proxy, gold, output, accelerator,
+                          autocast=lambda: models.autocast(device, cfg.precision))
 
     # 2. The model, its optimizer, the run's state.
     model = PolicyWithValueHead(lm).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   eps=1e-5, weight_decay=0.0)
+    scheduler = lr_scheduler(cfg, optimizer)  # stepped once per PPO step, by us: not accelerate's per-process count
     state = TrainState(step=0, run_id=None, kl=KLController(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon),
                        scores=RunningMoments())
     if checkpoint is not None:
         state = load_state(checkpoint)
-        restore_trainer(checkpoint, model, optimizer)
+        restore_trainer(checkpoint, model, optimizer, scheduler)
         console.note(f"resuming run {state.run_id} from {checkpoint} (step {state.step})", cfg.quiet or not main)
+    elif cfg.normalize_proxy:  # before any file is written: a proxy with no spread is bad input (exit 2)
+        state.proxy_gain_norm, state.proxy_bias_norm = normalize_proxy(cfg, accelerator, reference, tokenizer, proxy,
+                                                                       train_prompts, device)
+        console.note(f"proxy normalized on {cfg.normalize_samples} reference samples: score = "
+                     f"{state.proxy_gain_norm:.4g}·proxy + {state.proxy_bias_norm:.4g} (β = {cfg.beta:g} is "
+                     f"{cfg.beta / state.proxy_gain_norm:.4g} in raw proxy units)", cfg.quiet or not main)
+    if checkpoint is None:
+        state.score_scale = None if cfg.whiten_rewards else state.proxy_gain_norm
     elif cfg.resume:
         console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run (replacing any earlier "
                      f"run's files in {output})", cfg.quiet or not main)
@@ -460,7 +549,7 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
 
         def evaluate(step: int, extra: dict | None = None) -> None:
             row = evaluator.evaluate(accelerator.unwrap_model(model).lm, step, state.generated_tokens,
-                                     state.trained_tokens, state.kl.beta, extra)
+                                     state.trained_tokens, state.kl.beta, {**state.row_fields(), **(extra or {})})
             state.generated_tokens += evaluator.tokens_used
             if row:
                 tracker.log(tracking.eval_metrics(row), step)
@@ -472,6 +561,8 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
             metrics = ppo_step(cfg, step, accelerator, model, optimizer, tokenizer, reference, proxy, gold, state,
                                train_prompts, local_batch, local_minibatch, pad_id, device, output)
             state.step = step
+            if scheduler is not None:
+                scheduler.step()
             metrics["time/step_s"] = time.perf_counter() - started
             if main:
                 console.note(f"ppo step {step}/{cfg.steps} " + " ".join(
@@ -486,7 +577,7 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
                 accelerator.wait_for_everyone()
                 if main:
                     save_checkpoint(output, cfg.keep_checkpoints, accelerator.unwrap_model(model), tokenizer,
-                                    optimizer, state, cfg)
+                                    optimizer, state, cfg, scheduler)
                 accelerator.wait_for_everyone()
     return state.run_id or ""
 
@@ -498,12 +589,15 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
     rank, world = accelerator.process_index, accelerator.num_processes
     beta = state.kl.beta
 
+    def autocast():  # --precision: the same context as best-of-n's sampling (models.autocast)
+        return models.autocast(device, cfg.precision)
+
     # 1. Rollout: this process's share of the step's prompts, one completion each.
     indices = prompts_for_step(len(train_prompts), step, cfg.rollout_batch_size, cfg.seed)
     prompts = [train_prompts[i] for i in indices[rank * local_batch:(rank + 1) * local_batch]]
     policy = accelerator.unwrap_model(model)
     rollout_start = time.perf_counter()
-    with accelerator.autocast():  # bf16 on GPUs, as in the log-prob passes below; a no-op on CPU
+    with autocast():  # bf16 under --precision bf16 (auto: on GPUs), as in the log-prob passes below
         samples = sampling.generate(policy.lm, tokenizer, prompts, 1, cfg, seed=seed_for(cfg.seed, step, rank, 1),
                                     quiet=cfg.quiet or rank != 0, description=f"ppo rollout {step}")
     rollout_seconds = time.perf_counter() - rollout_start
@@ -522,7 +616,7 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
         old_logprobs, old_values, entropy = [], [], []
         for start in range(0, local_batch, local_minibatch):
             part = batch[slice(start, start + local_minibatch)]
-            with accelerator.autocast():
+            with autocast():
                 logits, values = policy(part.input_ids, part.attention_mask, part.position_ids, part.completion_ids,
                                         cfg.temperature)
             old_logprobs.append(gather_logprobs(logits, part.completion_ids, part.completion_mask))
@@ -530,7 +624,7 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
             probs = torch.softmax(logits, -1)
             entropy.append(-(probs * torch.log_softmax(logits, -1)).sum(-1) * part.completion_mask)
         old_logprobs, old_values, entropy = torch.cat(old_logprobs), torch.cat(old_values), torch.cat(entropy)
-        ref_logprobs = token_logprobs(reference, batch, cfg.temperature, local_minibatch, accelerator.autocast)
+        ref_logprobs = token_logprobs(reference, batch, cfg.temperature, local_minibatch, autocast)
 
     # 4. Rewards: −β·KL per token, the (whitened, EOS-penalised) proxy score at the last token.
     kl_tokens = (old_logprobs - ref_logprobs) * mask  # k1: log π − log π_ref of the sampled token
@@ -540,11 +634,16 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
         what = "reward" if not scores_ok else "gold" if not gold_ok else "KL"
         stop(output, f"non-finite {what}", step, rank, world, prompts, samples.completions,
              {"proxy": scores, "gold": gold_scores, "kl": sequence_kl.cpu().numpy()})
-    all_scores = accelerator.gather(torch.as_tensor(scores, device=device)).cpu().numpy()
-    score = torch.as_tensor(scores, dtype=torch.float32, device=device)
+    # The proxy's normalization (identity when off), then optional running whitening; score_scale is
+    # d score / d proxy, so β / score_scale is the step's β in raw proxy units.
+    gain, bias = state.proxy_gain_norm, state.proxy_bias_norm
+    all_scores = gain * accelerator.gather(torch.as_tensor(scores, device=device)).cpu().numpy() + bias
+    score = gain * torch.as_tensor(scores, dtype=torch.float32, device=device) + bias
+    state.score_scale = gain
     if cfg.whiten_rewards:
         state.scores.update(all_scores)
         score = (score - state.scores.mean) / (state.scores.std + 1e-8)
+        state.score_scale = gain / (state.scores.std + 1e-8)
     if cfg.missing_eos_penalty is not None:
         score = score - cfg.missing_eos_penalty * torch.as_tensor(~samples.ended, dtype=torch.float32, device=device)
     rewards = kl_penalty_rewards(score, kl_tokens, last, beta)
@@ -567,7 +666,7 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
             part, part_mask = batch[rows], mask[rows]
             sync = (k + 1) % accumulate == 0
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                with accelerator.autocast():
+                with autocast():
                     logits, values = model(part.input_ids, part.attention_mask, part.position_ids,
                                            part.completion_ids, cfg.temperature)
                 new_logprobs = gather_logprobs(logits, part.completion_ids, part_mask)
@@ -614,6 +713,8 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
         "reward/gold": global_mean(accelerator, torch.as_tensor(gold_scores, dtype=torch.float32, device=device)),
         "ppo/beta": beta,
         "ppo/beta_next": state.kl.beta,
+        "ppo/beta_raw": beta / state.score_scale,
+        "ppo/learning_rate": optimizer.param_groups[0]["lr"],
         "rollout/length": global_mean(accelerator, mask.sum(1)),
         "rollout/ended_frac": global_mean(accelerator, torch.as_tensor(samples.ended, dtype=torch.float32,
                                                                        device=device)),

@@ -280,12 +280,13 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     train_texts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
     eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
 
-    train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, cfg.pairs, cfg,
-                                                    "train", cfg.labels, quiet, rank, world)
+    with models.autocast(device, cfg.precision):  # the policy as best-of-n and RL sample it
+        train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, cfg.pairs, cfg,
+                                                        "train", cfg.labels, quiet, rank, world)
+        # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
+        eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
+                                                      "eval", "deterministic", quiet, rank, world)
     train_pairs = flip_labels(train_pairs, cfg.label_noise, np.random.default_rng(_seed(cfg.seed, 20_000)))
-    # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
-    eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
-                                                  "eval", "deterministic", quiet, rank, world)
     del policy
     eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
     samples = pd.concat([train_samples, eval_samples], ignore_index=True)

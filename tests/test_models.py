@@ -93,7 +93,7 @@ def test_missing_directory_and_offline_hub_id_are_clear_errors(tmp_path):
 def test_device_choice():
     assert models.resolve_device("cpu").type == "cpu"
     assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert models.default_dtype(torch.device("cpu")) == torch.float32
+    assert not models.uses_bf16(torch.device("cpu")) and models.uses_bf16(torch.device("cpu"), "bf16")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cpu"):
             models.resolve_device("cuda")

@@ -35,7 +35,7 @@ NAN_AFTER_FIRST = f"python:{Path(toy_rewards.__file__)}:nan_after_first"
 # Compared between an uninterrupted and a resumed run: everything but ids, paths and timings.
 ROW_VALUES = ["step", "kl", "kl_se", "sqrt_kl", "proxy_mean", "proxy_se", "gold_mean", "gold_se", "length_mean",
               "sample_count", "prompt_count", "generated_tokens", "trained_tokens", "beta", "kl_negative",
-              "train_objective_kl", "train_reward_proxy"]
+              "train_objective_kl", "train_reward_proxy", "proxy_gain_norm", "proxy_bias_norm", "beta_raw"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -187,8 +187,8 @@ from bon_vs_rl import cli, ppo
 
 save = ppo.save_checkpoint
 
-def save_and_signal(output, keep, model, tokenizer, optimizer, state, cfg):
-    path = save(output, keep, model, tokenizer, optimizer, state, cfg)
+def save_and_signal(*args):
+    path = save(*args)
     print(path, flush=True)
     sys.stdin.read()  # wait to be killed
     return path
@@ -308,7 +308,9 @@ def test_bad_input_exits_2_with_one_line_before_any_work(flags, message, toy_pol
 
 
 def test_non_finite_reward_stops_the_run_and_saves_the_batch(toy_policy, tmp_path):
-    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", proxy=NAN_AFTER_FIRST, steps=3)
+    # No normalization: its reference samples would take the proxy's one finite call.
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", proxy=NAN_AFTER_FIRST, steps=3,
+                    normalize_proxy=False)
     result = runner.invoke(cli.app, cli_args(args))
     assert result.exit_code == 1, result.output
     saved = tmp_path / "out" / "nonfinite-step-000001.parquet"
@@ -530,3 +532,172 @@ def test_cuda_asked_for_without_cuda_exits_2(tmp_path):
                                      "--output", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--device cpu" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The proxy's normalization, the learning-rate schedule, and one precision for best-of-n and RL.
+
+
+def test_normalization_maps_scores_to_mean_zero_and_unit_population_std():
+    scores = np.random.default_rng(3).normal(5.0, 0.3, size=50)
+    gain, bias = ppo.normalization(scores)
+    assert gain == pytest.approx(1 / np.sqrt(np.mean((scores - scores.mean()) ** 2)), rel=1e-12)
+    assert bias == pytest.approx(-scores.mean() * gain, rel=1e-12)
+    normalized = gain * scores + bias
+    assert normalized.mean() == pytest.approx(0.0, abs=1e-12) and normalized.std() == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(C.ConfigError, match=r"^normalize_proxy: the proxy gives all 4 reference samples the same "
+                                            r"score \(0\.5\), .*; use --no-normalize-proxy$"):
+        ppo.normalization(np.full(4, 0.5))
+
+
+@pytest.fixture
+def proxy_calls(monkeypatch):
+    """Every (prompts, completions, scores) the proxy of a PPO run is asked for, in order (the gold is not
+    recorded: load_scorer is wrapped for role='proxy' only)."""
+    calls: list[tuple[list[str], list[str], np.ndarray]] = []
+    load = scorers.load_scorer
+
+    def load_recording(spec, *args, role=None, **kwargs):
+        scorer = load(spec, *args, role=role, **kwargs)
+        if role != "proxy":
+            return scorer
+        score_batch = scorer.score_batch
+
+        def recording(prompts, completions):
+            scores = score_batch(prompts, completions)
+            calls.append((list(prompts), list(completions), np.asarray(scores, dtype=np.float64)))
+            return scores
+
+        scorer.score_batch = recording
+        return scorer
+
+    monkeypatch.setattr(scorers, "load_scorer", load_recording)
+    return calls
+
+
+def test_proxy_is_normalized_on_reference_samples_and_rows_carry_gain_bias_and_raw_beta(toy_policy, tmp_path,
+                                                                                         proxy_calls):
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=1, eval_every=1, beta=0.3,
+                    normalize_samples=24)
+    _, rows, metrics = run_ppo(**args)
+    # The first proxy call scores the normalization samples: one completion for each of 24 distinct train prompts.
+    prompts, completions, scores = proxy_calls[0]
+    from bon_vs_rl import prompts as prompt_sets
+
+    train = prompt_sets.load_prompts("builtin", "train")
+    assert len(completions) == 24 and len(set(prompts)) == 24 and set(prompts) <= set(train)
+    gain, bias = 1 / scores.std(), -scores.mean() / scores.std()  # numpy's std: the population std
+    for _, row in rows.iterrows():  # step 0 and step 1
+        assert row["proxy_gain_norm"] == pytest.approx(gain, rel=1e-9)
+        assert row["proxy_bias_norm"] == pytest.approx(bias, rel=1e-9)
+        assert row["beta"] == 0.3 and row["beta_raw"] == pytest.approx(0.3 / gain, rel=1e-9)
+    # The rollout's score is g·proxy + b; proxy_mean (rows) and reward/proxy (metrics) stay raw.
+    (step,) = metrics
+    assert step["reward/proxy_used"] == pytest.approx(gain * step["reward/proxy"] + bias, rel=1e-5)
+    assert step["ppo/beta_raw"] == pytest.approx(0.3 / gain, rel=1e-9)
+    frame = pd.read_parquet(rows["samples_path"].iloc[-1])
+    assert rows["proxy_mean"].iloc[-1] == pytest.approx(frame["proxy"].mean()) and 0 <= frame["proxy"].min()
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-000001" / "state.json").read_text())
+    assert state["proxy_gain_norm"] == pytest.approx(gain, rel=1e-9)
+
+
+def test_without_normalization_the_score_is_the_raw_proxy_and_whitening_records_its_raw_beta(toy_policy, tmp_path):
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=1, eval_every=1, beta=0.3,
+                    normalize_proxy=False, whiten_rewards=True)
+    _, rows, (step,) = run_ppo(**args)
+    assert rows["proxy_gain_norm"].tolist() == [1.0, 1.0] and rows["proxy_bias_norm"].tolist() == [0.0, 0.0]
+    # Whitening divides the score by the running std of the proxy (here: of the first rollout), so β acts on
+    # the raw proxy as β·std. Before any rollout there is no std: the step-0 row has no raw β.
+    assert pd.isna(rows["beta_raw"].iloc[0])
+    assert rows["beta_raw"].iloc[1] == pytest.approx(step["ppo/beta_raw"])
+    assert step["reward/proxy_used"] == pytest.approx(0.0, abs=1e-5)  # whitened over this one batch
+    assert step["ppo/beta_raw"] > 0 and np.isfinite(step["ppo/beta_raw"])
+
+
+def test_a_proxy_with_no_spread_on_reference_samples_exits_2_before_any_file(toy_policy, tmp_path):
+    constant = f"python:{Path(toy_rewards.__file__)}:constant_half"
+    base = ["ppo", "--policy", toy_policy, "--proxy", constant, "--gold", REWARD, "--steps", "1", "--device", "cpu",
+            "--normalize-samples", "8", "--output", str(tmp_path / "out"), "--results", str(tmp_path / "r.sqlite"),
+            "--quiet"]
+    result = runner.invoke(cli.app, base)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("bonrl: error: normalize_proxy: the proxy gives all 8 reference samples the same "
+                                     "score (0.5), so it has no scale to normalize; use --no-normalize-proxy")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r.sqlite").exists()
+
+
+def test_linear_lr_decay_follows_the_schedule_and_resume_continues_it_and_keeps_the_normalization(
+        toy_policy, tmp_path, monkeypatch):
+    """Step s trains at lr·(1 − (s−1)/steps). A run resumed from its step-2 checkpoint (the later one removed,
+    as if killed) repeats steps 3-4 exactly — the schedule, the Adam moments and the proxy's gain and bias
+    come back from the checkpoint rather than being recomputed."""
+    lr, steps = 1e-2, 4
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=steps, eval_every=2,
+                    learning_rate=lr, lr_schedule="linear", checkpoint_every=2, normalize_samples=16)
+    run_id, rows, metrics = run_ppo(**args)
+    expected = [lr * (1 - (s - 1) / steps) for s in range(1, steps + 1)]
+    assert [m["ppo/learning_rate"] for m in metrics] == pytest.approx(expected, rel=1e-12)
+    constant = run_ppo(**{**args, "lr_schedule": "constant", "output": str(tmp_path / "constant")})[2]
+    assert [m["ppo/learning_rate"] for m in constant] == [lr] * steps
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")
+
+    def recompute(*_, **__):
+        raise AssertionError("a resumed run must keep its checkpoint's normalization, not recompute it")
+
+    monkeypatch.setattr(ppo, "normalize_proxy", recompute)
+    resumed_id, resumed_rows, resumed = run_ppo(**{**args, "resume": True})
+    assert resumed_id == run_id
+    assert [m["ppo/learning_rate"] for m in resumed] == pytest.approx(expected[2:], rel=1e-12)
+    for key in ("reward/proxy", "objective/kl", "ppo/policy_loss", "ppo/beta_raw"):
+        assert [m[key] for m in resumed] == [m[key] for m in metrics[2:]], key
+    pd.testing.assert_frame_equal(resumed_rows[ROW_VALUES], rows[ROW_VALUES], check_exact=True)
+    # A resumed linear schedule needs the run's own length.
+    result = runner.invoke(cli.app, cli_args({**args, "resume": True, "steps": 8}))
+    assert result.exit_code == 2
+    assert "learning rate decays to 0 over steps=4; pass --steps 4" in result.output
+
+
+def test_resume_refuses_a_change_of_normalization(toy_policy, tmp_path):
+    args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=1, normalize_samples=8)
+    run_ppo(**args)
+    result = runner.invoke(cli.app, cli_args({**args, "resume": True, "steps": 2, "normalize_proxy": False}))
+    assert result.exit_code == 2
+    assert "was trained with normalize_proxy=True, not False; pass the same value or drop --resume" in result.output
+
+
+@pytest.mark.parametrize("precision, autocast", [("auto", False), ("bf16", True)])
+def test_best_of_n_and_ppo_sample_one_initial_policy_at_one_precision(precision, autocast, tmp_path, monkeypatch):
+    """Best-of-n's policy and RL's reference (and RL's initial policy) load fp32 weights and sample under the
+    same autocast, so best-of-n and RL start from one distribution. On CPU, auto means plain fp32."""
+    from bon_vs_rl import sampling
+
+    loads, draws = [], []
+    load_policy, generate = models.load_policy, sampling.generate
+
+    def recording_load(spec, device, cache_dir=None, dtype=None, name="policy"):
+        model, tokenizer = load_policy(spec, device, cache_dir, dtype, name)
+        loads.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    def recording_generate(model, *args, **kwargs):
+        draws.append((next(model.parameters()).dtype, torch.is_autocast_enabled("cpu"),
+                       torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_policy", recording_load)
+    monkeypatch.setattr(sampling, "generate", recording_generate)
+    result = runner.invoke(cli.app, ["sample", "--policy", "tiny", "--proxy", REWARD, "--gold", REWARD, "--n", "1,2",
+                                     "--eval-prompts", "2", "--max-new-tokens", "3", "--device", "cpu", "--precision",
+                                     precision, "--output", str(tmp_path / "bon"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    bon_loads, bon_draws = loads[:], draws[:]
+    loads.clear(), draws.clear()
+    run_ppo(**tiny_args(tmp_path, precision=precision, normalize_samples=4))
+    expected = (torch.float32, autocast, torch.bfloat16 if autocast else None)
+    assert bon_loads == [torch.float32] and loads == [torch.float32, torch.float32]  # PPO: policy and reference
+    assert set(bon_draws) == {expected}
+    assert set(draws) == {expected}  # normalization (the reference), rollout and evaluations (the policy)
+    assert len(draws) >= 3

@@ -6,6 +6,7 @@ carries a signal, and PPO can raise it by moving mass to the vowel-rich tokens i
 
     python:tests/toy_rewards.py:vowel_fraction     the reward: fraction of the completion's letters that are vowels
     python:tests/toy_rewards.py:nan_after_first    finite on its first call (the step-0 evaluation), NaN afterwards
+    python:tests/toy_rewards.py:constant_half      0.5 whatever the completion (a proxy with no spread)
 """
 
 from __future__ import annotations
@@ -39,3 +40,8 @@ def good_fraction(prompts: list[str], completions: list[str]) -> list[float]:
         words = completion.split()
         out.append(words.count("good") / len(words) if words else 0.0)
     return out
+
+
+def constant_half(prompts: list[str], completions: list[str]) -> list[float]:
+    """A proxy with no spread: nothing to normalize."""
+    return [0.5] * len(completions)
