@@ -680,6 +680,13 @@ class LabConfig(CommonConfig):
 # Other ways to spend KL, measured by the same evaluation: DPO and best-of-n distillation.
 
 
+def check_no_tracker(cfg) -> None:
+    """dpo and distill do not log to trackers yet: refuse --log-with rather than ignore it."""
+    if cfg.log_with != "none":
+        raise ConfigError(f"log_with: {cfg.log_with} is not wired into this command yet; use --log-with none "
+                          "(ppo, rl, train-rm and sample log to trackers)")
+
+
 def check_checkpoints(cfg) -> None:
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
         raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
@@ -725,9 +732,7 @@ class DPOConfig(ComparisonDataConfig, RLEvalConfig, SamplingConfig, CommonConfig
         ComparisonDataConfig.validate(self)
         check_untruncated(self)
         check_checkpoints(self)
-        if self.log_with != "none":
-            raise ConfigError(f"log_with: {self.log_with} is not wired into this command yet; use --log-with none "
-                              "(ppo, rl, train-rm and sample log to trackers)")
+        check_no_tracker(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy given; DPO only measures it, but its rows need one to share a panel "
                               "with best-of-n and RL: pass --proxy rm:PATH (the RM trained on the same comparisons)")
@@ -777,9 +782,7 @@ class DistillConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         RLEvalConfig.validate(self)
         check_untruncated(self)
         check_checkpoints(self)
-        if self.log_with != "none":
-            raise ConfigError(f"log_with: {self.log_with} is not wired into this command yet; use --log-with none "
-                              "(ppo, rl, train-rm and sample log to trackers)")
+        check_no_tracker(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
         if self.n < 2:

@@ -545,7 +545,8 @@ class Analysis:
 def _largest_reached(candidates: np.ndarray, est: list[dict], reps: list[dict], x: str, need: float) -> float:
     """The largest candidate level that every curve's point estimate reaches along x and that its
     replicates reach in at least a share `need` (so `interval` can bound the statistic there)."""
-    candidates = np.unique(candidates[np.isfinite(candidates)])[::-1]
+    # Only positive levels: a comparison "at KL 0" or "at proxy gain 0" compares the initial policy with itself.
+    candidates = np.unique(candidates[np.isfinite(candidates) & (candidates > 0)])[::-1]
     if not candidates.size:
         return math.nan
     reached = np.ones(candidates.size, dtype=bool)
@@ -565,7 +566,7 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
     paired); each curve gets its own seed weights (its seeds are separate training runs).
 
     Targets (the same for every pair when given):
-      kl_target:    default, per pair, the largest KL among both curves' measured (point-estimate) KLs
+      kl_target:    default, per pair, the largest positive KL among both curves' measured (point-estimate) KLs
                     that both point estimates reach and both curves' replicates reach in at least
                     1 - (1 - level)/2 of resamples, so the interval at it is defined.
       proxy_target: default, per pair, the same rule on the proxy gain.

@@ -551,3 +551,20 @@ def test_import_is_light():
     code = "import sys, bon_vs_rl.statistics; print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_default_targets_are_positive_levels_never_the_initial_policy():
+    """Regression: a curve whose resamples reliably reach no positive KL made the default matched KL 0, and
+    the report then compared two curves "at KL 0" (the initial policy with itself). Now: no target (NaN)."""
+    rng = np.random.default_rng(3)
+    P, K = 30, 4
+    steady = np.tile(np.linspace(0.0, 2.0, K), (1, P, 1)) + rng.normal(0, 0.01, (1, P, K))
+    steady[..., 0] = 0.0
+    gold = rng.normal(0, 1, (1, P, K))
+    wild = np.concatenate([steady * 0.2, steady * 3.0])  # two seeds that disagree wildly about the KL reached
+    wild[..., 1:] -= 2.5 * (np.arange(2)[:, None, None] == 0)  # one seed's KL goes negative: never reliably reached
+    a = st.CurveSamples("a", "rl", steady, gold, gold)
+    b = st.CurveSamples("b", "rl", wild, np.concatenate([gold, gold]), np.concatenate([gold, gold]))
+    result = st.analyse([a, b], st.Baseline(np.zeros(P), np.zeros(P)), B=300, seed=0)
+    row = next(r for r in result.comparisons if r["quantity"] == "gold_at_kl")
+    assert math.isnan(row["target"]) or row["target"] > 0
