@@ -306,6 +306,7 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_two_processes_write_one_run_with_the_samples_and_rows_of_one_process(one_torch_thread, tmp_path):
     """5 eval prompts in batches of 2 (N = 8, batch size 16): one process samples prompts 0, 1 and 4, the
     other 2 and 3; the main process gathers them and writes one samples file and one set of rows."""
@@ -329,6 +330,7 @@ def test_two_processes_write_one_run_with_the_samples_and_rows_of_one_process(on
     pd.testing.assert_frame_equal(two_rows[ESTIMATES], one_rows[ESTIMATES], check_exact=True)
 
 
+@pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_a_scorer_failing_in_the_second_process_fails_the_run_on_the_main_one(tmp_path):
     """The main process's own share scores fine; it learns of the other process's error in the gather,
     marks the run failed with that error and writes no rows, instead of waiting to be killed."""

@@ -133,6 +133,7 @@ def test_dpo_moves_the_policy_and_its_rows_share_the_evaluation_prompts_of_best_
     assert dpo_run["stdout"] == ""  # --quiet, and TRL's logs never reach stdout
 
 
+@pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_resumed_dpo_continues_the_same_run_without_duplicate_rows(toy_policy, tmp_path, monkeypatch):
     """Stopped during the step-2 evaluation after the step-1 checkpoint, then resumed: one finished run, 0-1-2."""
     from bon_vs_rl import evaluate

@@ -626,6 +626,7 @@ def test_a_proxy_with_no_spread_on_reference_samples_exits_2_before_any_file(toy
     assert not (tmp_path / "out").exists() and not (tmp_path / "r.sqlite").exists()
 
 
+@pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_linear_lr_decay_follows_the_schedule_and_resume_continues_it_and_keeps_the_normalization(
         toy_policy, tmp_path, monkeypatch):
     """Step s trains at lr·(1 − (s−1)/steps). A run resumed from its step-2 checkpoint (the later one removed,

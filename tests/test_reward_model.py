@@ -194,6 +194,7 @@ def test_training_curves_and_accuracy_reach_tensorboard(trained, toy, tmp_path):
     assert not (output / "tensorboard").exists()
 
 
+@pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_half_the_labels_flipped_stays_near_chance(toy, tmp_path):
     # With half the labels flipped the data says nothing about the gold, but a run's held-out accuracy
     # spreads more than the binomial sd (0.04 with 150 pairs): the RM still fits *some* direction of
