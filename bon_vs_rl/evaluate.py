@@ -30,8 +30,8 @@ every `eval_every` steps and at the last step,
    prompts (`statistics.paired_gain_interval`), and kl_lo / kl_hi likewise. Pairing removes the
    prompt-to-prompt variation that an unpaired difference of two means would carry;
 5. write one row to the shared results table (method ppo / rloo / grpo) and the samples, in
-   best-of-n's saved-samples format (`Samples.to_frame`) plus step, ref_logprob, kl and kl_sampled
-   columns, to OUTPUT/eval_samples/step-NNNNNN.parquet (the row's samples_path is absolute, so it does
+   best-of-n's saved-samples format (`Samples.to_frame`) plus step, completion_ids, ref_logprob, kl and
+   kl_sampled columns, to OUTPUT/eval_samples/step-NNNNNN.parquet (the row's samples_path is absolute, so it does
    not depend on the working directory).
 
 Under `accelerate launch` every process samples its share of the eval prompts; the per-sample numbers
@@ -251,6 +251,7 @@ class Evaluator:
         local = {
             "prompt_id": [self.local[i] for i in samples.prompt_index], "prompt": sample_prompts,
             "completion": samples.completions, "tokens": samples.token_count.tolist(),
+            "completion_ids": [[int(t) for t in ids] for ids in samples.completion_ids],
             "sampler_logprob": samples.logprob.tolist(), "logprob": logprob.tolist(),
             "ref_logprob": ref_logprob.tolist(), "ended": samples.ended.tolist(),
             "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl_exact.tolist(),
@@ -295,6 +296,9 @@ class Evaluator:
                                                          "sampler_logprob", "ended", "proxy", "gold")})
             frame = frame.rename(columns={"sampler_logprob": "logprob"})
         frame.insert(0, "step", step)
+        # The sampled token ids themselves: decoded text does not always re-tokenize to the same ids, so
+        # anything recomputed from this file (log-probs, KL) starts from these.
+        frame["completion_ids"] = merged["completion_ids"]
         frame["ref_logprob"] = merged["ref_logprob"]
         frame["policy_logprob"] = merged["logprob"]
         frame["kl"] = kl_all

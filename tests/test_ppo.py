@@ -96,8 +96,8 @@ def test_rows_and_samples_have_the_shared_evaluation_format(beta0):
     assert rows["generated_tokens"].iloc[-1] <= (3 * 16 + 6 * 16) * 12
     assert rows["trained_tokens"].iloc[-1] == sum(m["rollout/tokens"] for m in beta0["metrics"])
     frame = pd.read_parquet(rows["samples_path"].iloc[-1])
-    for column in ("prompt_id", "prompt", "completion", "tokens", "logprob", "ended", "proxy", "gold", "kl",
-                   "kl_sampled", "ref_logprob", "step"):
+    for column in ("prompt_id", "prompt", "completion", "completion_ids", "tokens", "logprob", "ended", "proxy",
+                   "gold", "kl", "kl_sampled", "ref_logprob", "step"):
         assert column in frame, column
     assert len(frame) == 16 and (frame["step"] == 6).all()
     assert np.allclose(frame["kl_sampled"], frame["policy_logprob"] - frame["ref_logprob"])
@@ -135,19 +135,21 @@ def test_every_evaluation_row_is_recomputed_from_its_eval_samples_file(beta0):
 
 def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_policy):
     """The last evaluation's exact KL recomputed without the batching code: each completion alone, unpadded,
-    KL_t = sum_v p log(p/q) from the final checkpoint's policy and the reference (the initial policy)."""
+    KL_t = sum_v p log(p/q) from the final checkpoint's policy and the reference (the initial policy).
+
+    It starts from the saved token ids, not the text: a decoded completion can re-tokenize into other ids of
+    the same length (an earlier version of this test did that, and failed on a sample that did)."""
     checkpoint = sorted((Path(beta0["args"]["output"]) / "checkpoints").iterdir())[-1] / "policy"
     policy, tokenizer = models.load_policy(str(checkpoint), torch.device("cpu"), dtype=torch.float32)
     reference, _ = models.load_policy(toy_policy, torch.device("cpu"), dtype=torch.float32)
     frame = pd.read_parquet(beta0["rows"]["samples_path"].iloc[-1]).head(6)
     from bon_vs_rl import sampling
 
-    checked = 0
     for _, sample in frame.iterrows():
         prompt = sampling.encode_prompts(tokenizer, [sample["prompt"]], beta0["args"].get("max_prompt_tokens", 64))[0]
-        completion = tokenizer(sample["completion"], add_special_tokens=False)["input_ids"][: int(sample["tokens"])]
-        if len(completion) != int(sample["tokens"]):  # an EOS the text does not show: skip, decoding is lossy
-            continue
+        completion = [int(t) for t in sample["completion_ids"]]
+        assert len(completion) == sample["tokens"]
+        assert tokenizer.decode(completion, skip_special_tokens=True) == sample["completion"]
         ids = torch.tensor([prompt + completion])
         with torch.no_grad():
             logp = torch.log_softmax(policy(ids).logits[0].double(), -1)
@@ -157,8 +159,7 @@ def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_
         sampled = sum(float(logp[t, ids[0, t + 1]] - logq[t, ids[0, t + 1]]) for t in positions)
         assert sample["kl"] == pytest.approx(exact, rel=1e-3, abs=1e-5)  # float32 softmax against float64
         assert sample["kl_sampled"] == pytest.approx(sampled, rel=1e-3, abs=1e-5)
-        checked += 1
-    assert checked >= 3 and frame["kl"].max() > 1.0  # enough samples, and a KL far from 0 to get wrong
+    assert frame["kl"].max() > 1.0  # a KL far from 0, to get wrong
 
 
 def test_kl_at_step_zero_is_zero_within_its_standard_error(beta0):
@@ -171,6 +172,7 @@ def test_kl_at_step_zero_is_zero_within_its_standard_error(beta0):
     assert np.allclose(frame["logprob"], frame["policy_logprob"], atol=1e-3)
 
 
+@pytest.mark.slow  # 4-6 s each: with the others marked so, `make test` keeps a 2x margin on 3 min
 def test_large_beta_keeps_kl_far_below_beta_zero(beta0, tmp_path):
     args = {**beta0["args"], "beta": 1.0, "output": str(tmp_path / "out"), "results": str(tmp_path / "r.sqlite")}
     _, rows, metrics = run_ppo(**args)

@@ -143,6 +143,7 @@ def test_second_run_with_the_same_settings_reuses_the_comparison_data(trained, t
     assert again["evaluation"]["accuracy"] == pytest.approx(trained.meta["evaluation"]["accuracy"])
 
 
+@pytest.mark.slow  # 4-6 s each: with the others marked so, `make test` keeps a 2x margin on 3 min
 def test_ensemble_members_differ_and_score_with_mean_and_min(trained, toy, tmp_path):
     out = tmp_path / "ensemble"
     result = invoke(train_rm_args(toy, out, "--ensemble", "2"))

@@ -57,6 +57,7 @@ def _tiny_reward_model(path, seed):
     tokenizer.save_pretrained(path)
 
 
+@pytest.mark.slow  # 4-6 s each: with the others marked so, `make test` keeps a 2x margin on 3 min
 def test_rm_ensemble_aggregations_and_hf_single_model(tmp_path):
     root = tmp_path / "rm"
     for i in range(3):

@@ -68,6 +68,7 @@ def test_trl_trainer_writes_the_shared_evaluation_rows(algo, tracker, toy_policy
     assert {(1, "train/loss"), (2, "train/loss")} <= set(logged)
 
 
+@pytest.mark.slow  # 4-6 s each: with the others marked so, `make test` keeps a 2x margin on 3 min
 def test_rl_resumes_from_its_last_checkpoint_into_the_same_run(toy_policy, tmp_path, monkeypatch):
     """A run that dies after its step-2 checkpoint continues there with --resume: one run, every step once."""
     args = rl_args("rloo", toy_policy, tmp_path / "out", "--steps", "4", "--checkpoint-every", "2")
