@@ -33,15 +33,22 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
+def split_list(value: str, name: str, example: str) -> list[str]:
+    """'1,2,4' -> ['1', '2', '4']. An empty entry ('1,,2', '1,2,') is a typo, not a request for fewer
+    items: refused. An empty string is an empty list (the caller decides whether that is allowed)."""
+    items = [v.strip() for v in value.split(",")]
+    if value.strip() and "" in items:
+        raise ConfigError(f"{name}: {value!r} has an empty entry; give a comma-separated list like "
+                          f"--{name.replace('_', '-')} {example}")
+    return [v for v in items if v]
+
+
 def parse_int_list(value: str | list[int] | int, name: str) -> list[int]:
     """'1,2,4' (or a YAML list [1, 2, 4]) -> [1, 2, 4]; every entry must be a positive integer."""
     if isinstance(value, int):
         items: list[Any] = [value]
     elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-        if value.strip() and "" in items:  # '1,,2' or '1,2,': a typo, not a request for fewer n
-            raise ConfigError(f"{name}: {value!r} has an empty entry; give a comma-separated list like --{name} 1,2,4")
-        items = [v for v in items if v]
+        items = split_list(value, name, "1,2,4")
     else:
         items = list(value)
     out = []
@@ -65,7 +72,7 @@ def parse_float_list(value: str | list | float, name: str) -> list[float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         items: list[Any] = [value]
     elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
+        items = split_list(value, name, "0.5,1,2")
     else:
         items = list(value)
     out = []
@@ -250,6 +257,7 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
         "",
         "Comma-separated KL coefficients β (as in bonrl ppo), e.g. 0.5,1,2: also estimate the KL-regularized "
         "optimum π_β ∝ π_ref·exp(proxy/β) from the same samples (method 'tilted'); empty = off.",
+        comma_list=True,
     )
 
     def validate(self) -> None:
@@ -366,7 +374,10 @@ def _check_types(cfg: Any) -> None:
             continue
         kind, _ = _field_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        example = f"e.g. {f.name}: {default!r}" if default is not None else f"one {kind.__name__} value"
+        # The fix, as the flag a user types (YAML takes the same name with underscores: `learning_rate: 1e-05`).
+        flag = "--" + f.name.replace("_", "-")
+        shown = (flag if default else f"--no-{flag[2:]}") if kind is bool else f"{flag} {default}"
+        example = f"e.g. {shown}" if default not in (None, "") else f"one {kind.__name__} value"
         if kind is list:
             if isinstance(value, str):
                 value = [value]
@@ -581,7 +592,7 @@ def parse_lab_ns(value: str | list | int, name: str = "n") -> list[int]:
     """'1,10,1e6,e^31' -> [1, 10, 1000000, 29048849665247]: integers, scientific notation, or e^X for
     exp(X) rounded to an integer (best-of-n sizes far beyond any sample, for the exact lab)."""
     if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
+        items = split_list(value, name, "1,10,1000,e^31")
     else:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
     out = []
@@ -618,12 +629,15 @@ class LabConfig(CommonConfig):
     error_scale: float = option(1.0, "Error size s: every kind of X is scaled to the interquartile range of s·N(0,1).")
     df: float = option(3.0, "Tail index: student-t's degrees of freedom, hack's Pareto exponent (smaller = heavier).")
     n: str = option("1,2,4,8,16,32,64,128,256,512,1000,1e4,1e5,e^31",
-                    "Comma-separated best-of-n sizes; e^X is exp(X) rounded (e^31: log n − (n−1)/n = 30 nats).")
-    beta: str = option("0.125,0.25,0.5,1,2,4", "Comma-separated β of the KL-regularized optimum π_β ∝ π_ref·exp(U/β).")
+                    "Comma-separated best-of-n sizes; e^X is exp(X) rounded (e^31: log n − (n−1)/n = 30 nats).",
+                    comma_list=True)
+    beta: str = option("0.125,0.25,0.5,1,2,4", "Comma-separated β of the KL-regularized optimum π_β ∝ π_ref·exp(U/β).",
+                       comma_list=True)
     rl_steps: int = option(0, "PPO steps on a softmax policy over the outcomes (0 = no PPO).")
     rl_policy: str = option("linear", "PPO's policy: linear (logits θ·(V, X), two parameters, any K) or tabular "
                                       "(one logit per outcome: needs many rollouts per outcome, so small K).")
-    rl_beta: str = option("", "Comma-separated β of the PPO runs (one run each); empty = every --beta.")
+    rl_beta: str = option("", "Comma-separated β of the PPO runs (one run each); empty = every --beta.",
+                          comma_list=True)
     rl_batch_size: int = option(512, "Rollouts (outcomes sampled from the policy) per PPO step.")
     rl_minibatch_size: int = option(128, "Rollouts per PPO minibatch; must divide rl_batch_size.")
     rl_epochs: int = option(4, "PPO passes over each rollout batch.")
@@ -633,6 +647,9 @@ class LabConfig(CommonConfig):
 
     def validate(self) -> None:
         CommonConfig.validate(self)
+        if self.log_with != "none":  # exact rows written at once: nothing to watch while it runs
+            raise ConfigError(f"log_with: the lab logs to no tracker (its rows are exact and written at once); "
+                              f"drop --log-with {self.log_with}")
         if self.outcomes < 2:
             raise ConfigError(f"outcomes: {self.outcomes} must be ≥ 2, e.g. --outcomes 1000000")
         if self.outcomes > 50_000_000:
@@ -680,13 +697,6 @@ class LabConfig(CommonConfig):
 # Other ways to spend KL, measured by the same evaluation: DPO and best-of-n distillation.
 
 
-def check_no_tracker(cfg) -> None:
-    """dpo and distill do not log to trackers yet: refuse --log-with rather than ignore it."""
-    if cfg.log_with != "none":
-        raise ConfigError(f"log_with: {cfg.log_with} is not wired into this command yet; use --log-with none "
-                          "(ppo, rl, train-rm and sample log to trackers)")
-
-
 def check_checkpoints(cfg) -> None:
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
         raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
@@ -732,7 +742,6 @@ class DPOConfig(ComparisonDataConfig, RLEvalConfig, SamplingConfig, CommonConfig
         ComparisonDataConfig.validate(self)
         check_untruncated(self)
         check_checkpoints(self)
-        check_no_tracker(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy given; DPO only measures it, but its rows need one to share a panel "
                               "with best-of-n and RL: pass --proxy rm:PATH (the RM trained on the same comparisons)")
@@ -782,7 +791,6 @@ class DistillConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         RLEvalConfig.validate(self)
         check_untruncated(self)
         check_checkpoints(self)
-        check_no_tracker(self)
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
         if self.n < 2:

@@ -53,6 +53,7 @@ table ends as after an uninterrupted run. One process (no accelerate launch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -163,9 +164,10 @@ def save_checkpoint(output: Path, keep: int, policy, tokenizer, optimizer, state
 
 def train(cfg: DistillConfig) -> str:
     """Distil best-of-n into the policy with the shared evaluation; returns the run id."""
-    from bon_vs_rl import results
+    from bon_vs_rl import results, tracking
 
     # 1. Everything that can be bad input, before any work or any file (exit 2).
+    console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("distill runs in one process; start it without accelerate launch / torchrun")
     device = models.resolve_device(cfg.device)
@@ -211,17 +213,21 @@ def train(cfg: DistillConfig) -> str:
     described = {"n": cfg.n, "objective": cfg.objective, "sample_from": cfg.sample_from}
 
     with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
-            results.run_context(store, "distill", config, cfg.seed, cfg.experiment, run_id=state.run_id) as run_id:
+            results.run_context(store, "distill", config, cfg.seed, cfg.experiment, run_id=state.run_id) as run_id, \
+            contextlib.ExitStack() as on_exit:
         state.run_id = run_id
         if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
             files.clear_outputs(output, RUN_FILES)
         files.claim_output(output, "distill", run_id)
         files.write_json(output / "resolved_config.json", config)
         evaluator.store, evaluator.run_id = store, run_id
+        tracker = tracking.start(cfg.log_with, output, run_id, config, "distill", cfg.experiment, cfg.quiet)
+        on_exit.callback(tracker.finish)
 
         def evaluate(step: int, extra: dict) -> None:
-            evaluator.evaluate(policy, step, state.generated_tokens, state.trained_tokens, float("nan"),
-                               {**described, **extra})
+            row = evaluator.evaluate(policy, step, state.generated_tokens, state.trained_tokens, float("nan"),
+                                     {**described, **extra})
+            tracker.log(tracking.eval_metrics(row), step)
             state.generated_tokens += evaluator.tokens_used
 
         if state.step == 0:
@@ -231,6 +237,7 @@ def train(cfg: DistillConfig) -> str:
             metrics = distill_step(cfg, step, policy, reference, tokenizer, proxy, optimizer, train_prompts, state,
                                    device, output)
             state.step = step
+            tracker.log({f"train/{k}": v for k, v in metrics.items()}, step)
             console.note(f"distill ({cfg.objective}, n={cfg.n}) step {step}/{cfg.steps} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items()) + f" ({time.perf_counter() - started:.1f} s)", cfg.quiet)
             if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -108,7 +108,9 @@ def dpo_arguments(cfg: DPOConfig, world: int, use_cuda: bool, bf16: bool):
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         beta=cfg.beta, loss_type=["sigmoid"], max_length=None,  # prompts and completions are already bounded
         disable_dropout=True, use_cpu=not use_cuda, bf16=bf16, activation_checkpointing=False,
-        logging_steps=1, report_to=[], disable_tqdm=cfg.quiet, dataloader_num_workers=0,
+        # Our own progress (reward_model.progress_callback): the Trainer's tqdm would write \r frames into a
+        # log file, and with it disabled the Trainer's printer writes every log dict.
+        logging_steps=1, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, eval_strategy="no",
         save_strategy="steps" if cfg.checkpoint_every else "no", save_steps=cfg.checkpoint_every or 500,
         save_total_limit=cfg.keep_checkpoints, save_only_model=False,
@@ -134,10 +136,11 @@ def train(cfg: DPOConfig) -> str:
     from accelerate import PartialState
     from transformers import TrainerCallback
 
-    from bon_vs_rl import results
+    from bon_vs_rl import results, tracking
     from bon_vs_rl.evaluate import Evaluator
 
     # 1. Bad input, before any work or file (exit 2).
+    console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
     state = PartialState(cpu=not use_cuda)
@@ -181,7 +184,7 @@ def train(cfg: DPOConfig) -> str:
         counters and run id saved beside each TRL checkpoint."""
 
         def __init__(self):
-            self.trainer, self.evaluator = None, None
+            self.trainer, self.evaluator, self.tracker = None, None, tracking.NoTracker()
             self.eval_tokens = int(saved.get("eval_tokens", 0))
             self.trained_before = int(saved.get("trained_tokens", 0))  # tokens trained before a resume
             self.last_logs: dict = {}
@@ -194,8 +197,10 @@ def train(cfg: DPOConfig) -> str:
             extra = {"pairs": len(train_pairs), "data_hash": data.key, "epoch": float(epoch or 0.0),
                      "train_loss": self.last_logs.get("loss", float("nan")),
                      "train_reward_accuracy": self.last_logs.get("rewards/accuracies", float("nan"))}
-            self.evaluator.evaluate(accelerator.unwrap_model(model), step, self.eval_tokens, self.trained_tokens(),
-                                    cfg.beta, extra)
+            row = self.evaluator.evaluate(accelerator.unwrap_model(model), step, self.eval_tokens,
+                                          self.trained_tokens(), cfg.beta, extra)
+            if row is not None:  # the main process's row
+                self.tracker.log(tracking.eval_metrics(row), step)
             self.eval_tokens += self.evaluator.tokens_used
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -220,11 +225,11 @@ def train(cfg: DPOConfig) -> str:
     callback = EvaluationCallback()
     with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; our stdout stays machine-readable
         trainer = trainer_class()(model=policy, ref_model=reference, args=args, train_dataset=dataset,
-                                  processing_class=tokenizer, callbacks=[callback])
-    if cfg.quiet:  # with tqdm disabled, transformers prints every log dict instead
-        from transformers.trainer_callback import PrinterCallback
+                                  processing_class=tokenizer, callbacks=[callback, reward_model.progress_callback(
+                                      "dpo", cfg.quiet or not main, accuracy_key="rewards/accuracies")])
+    from transformers.trainer_callback import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # with tqdm disabled it would print every log dict
     callback.trainer = trainer
     reference.to(trainer.accelerator.device)
     callback.evaluator = evaluator = Evaluator(cfg, "dpo", tokenizer, reference, proxy, gold, output,
@@ -233,12 +238,16 @@ def train(cfg: DPOConfig) -> str:
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
     with store_context as store, (results.run_context(store, "dpo", config, cfg.seed, cfg.experiment,
                                                       run_id=saved.get("run_id")) if main
-                                  else contextlib.nullcontext()) as run_id:
+                                  else contextlib.nullcontext()) as run_id, contextlib.ExitStack() as on_exit:
         if main:
             if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
                 files.clear_outputs(output, RUN_FILES)
             files.claim_output(output, "dpo", run_id)
             files.write_json(output / "resolved_config.json", config)
+            # --log-with: the Trainer's log dicts (DPO loss, implicit rewards) and every evaluation row.
+            callback.tracker = tracking.start(cfg.log_with, output, run_id, config, "dpo", cfg.experiment, cfg.quiet)
+            on_exit.callback(callback.tracker.finish)
+            trainer.add_callback(tracking.trainer_callback(callback.tracker))
         if checkpoint is not None:
             console.note(f"resuming run {run_id} from {checkpoint}", cfg.quiet or not main)
         elif cfg.resume:

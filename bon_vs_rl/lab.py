@@ -48,13 +48,13 @@ policy is explicit) and records KL(π_θ‖π_β), which PPO drives toward 0 (te
 Rows (the shared results table; policy "lab:<error>", proxy "lab:V+X, …", gold "lab:V~N(0,1)"):
 method bon (one per n), tilted (one per β) in one run; method ppo (one per evaluated step) in one run
 per PPO β, so `bonrl report` draws each PPO β as its own curve, as it does for `bonrl ppo` runs. There
-are no standard errors: the numbers are exact for the population. Tables on stderr; run ids on stdout.
+are no standard errors: the numbers are exact for the population, so every row's gains over π_ref
+(gold_gain, proxy_gain) have intervals of zero width, and kl_lo = kl_hi = kl. Tables on stderr; run ids on stdout.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +213,6 @@ def ppo_on_population(proxy: np.ndarray, gold: np.ndarray, beta: float, cfg: Lab
     """PPO at one β on the softmax policy over the outcomes (module docstring); one dict per evaluation
     (steps 0, every rl_eval_every and the last), each with the exact KL(π_θ‖π_β) to the optimum."""
     import torch
-    from tqdm.auto import tqdm
 
     from bon_vs_rl import models, ppo
 
@@ -252,8 +251,9 @@ def ppo_on_population(proxy: np.ndarray, gold: np.ndarray, beta: float, cfg: Lab
                 "kl_to_optimum": max(kl_to_optimum, 0.0), "rollouts": step * B, **stats}
 
     rows = [evaluate(0, {})]
-    for step in tqdm(range(1, cfg.rl_steps + 1), desc=description, unit="step", disable=cfg.quiet, file=sys.stderr,
-                     leave=False):
+    bar = console.progress(cfg.rl_steps, description, unit="step", quiet=cfg.quiet)  # plain lines in a log
+    for step in range(1, cfg.rl_steps + 1):
+        bar.update(1)
         for group in optimizer.param_groups:  # linear annealing to 0 (CleanRL's anneal_lr)
             group["lr"] = cfg.rl_learning_rate * (1.0 - (step - 1) / cfg.rl_steps)
         # Rollout and rewards with the policy before this step's updates (π_old).
@@ -287,6 +287,7 @@ def ppo_on_population(proxy: np.ndarray, gold: np.ndarray, beta: float, cfg: Lab
                     stats["approx_kl"].append(float(((pg.ratio - 1) - pg.log_ratio).mean()))  # k3, as bonrl ppo
         if step % cfg.rl_eval_every == 0 or step == cfg.rl_steps:
             rows.append(evaluate(step, {f"train_{k}": float(np.mean(x)) for k, x in stats.items()}))
+    bar.close()
     return rows
 
 
@@ -355,6 +356,22 @@ def print_tables(bon_part: list[dict], tilted_part: list[dict], title: str, quie
     console.print_table(shown, title="the optimum π_β ∝ π_ref·exp(proxy/β), exact", quiet=quiet)
 
 
+def exact_gains(rows: list[dict], population: Population) -> list[dict]:
+    """Each row with the gain columns every results row has, relative to π_ref (the population's means).
+
+    Exact, so each 95% interval is the point itself (lo = hi); without them `bonrl report` would measure a
+    curve from its own smallest-KL point, which for the optimum is its largest β, not π_ref."""
+    reference = {"proxy": float(population.raw_proxy.mean()), "gold": float(population.raw_gold.mean())}
+    out = []
+    for row in rows:
+        gains = {"kl_lo": row["kl"], "kl_hi": row["kl"]}
+        for name in ("proxy", "gold"):
+            gain = row[f"{name}_mean"] - reference[name]
+            gains.update({f"{name}_gain": gain, f"{name}_gain_lo": gain, f"{name}_gain_hi": gain})
+        out.append({**row, **gains})
+    return out
+
+
 def lab(cfg: LabConfig) -> str:
     """The exact study of the module docstring; returns the run id of the best-of-n/optimum run."""
     from bon_vs_rl import results
@@ -380,8 +397,8 @@ def lab(cfg: LabConfig) -> str:
             files.write_json(output / run_id / "resolved_config.json", config)
             bon_part = bon_rows(population, cfg.ns, cfg.error_scale, gaussian)
             tilted_part = tilted_rows(population, cfg.betas, cfg.error_scale, gaussian)
-            store.add_rows(run_id, [{**provenance, "method": "bon", **r} for r in bon_part]
-                           + [{**provenance, "method": "tilted", **r} for r in tilted_part])
+            store.add_rows(run_id, [{**provenance, "method": "bon", **r} for r in exact_gains(bon_part, population)]
+                           + [{**provenance, "method": "tilted", **r} for r in exact_gains(tilted_part, population)])
         run_ids.append(run_id)
         print_tables(bon_part, tilted_part, f"{provenance['proxy']}, K={cfg.outcomes:,}", cfg.quiet)
 
@@ -391,7 +408,7 @@ def lab(cfg: LabConfig) -> str:
                 files.write_json(output / ppo_run / "resolved_config.json", ppo_config)
                 seed = int(np.random.SeedSequence([cfg.seed, k, 7]).generate_state(1)[0])
                 part = ppo_on_population(proxy, gold, beta, cfg, seed, description=f"lab ppo β={beta:g}")
-                store.add_rows(ppo_run, [{**provenance, "method": "ppo", **r} for r in part])
+                store.add_rows(ppo_run, [{**provenance, "method": "ppo", **r} for r in exact_gains(part, population)])
             run_ids.append(ppo_run)
             optimum = population.tilted([beta])
             end = part[-1]

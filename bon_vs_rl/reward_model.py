@@ -353,9 +353,10 @@ def tokenize_pairs(tokenizer, pairs, max_length: int):
     return datasets.Dataset.from_dict({"chosen_ids": encode(pairs["chosen"]), "rejected_ids": encode(pairs["rejected"])})
 
 
-def progress_callback(description: str, quiet: bool):
-    """A progress bar on stderr (console.progress) showing the Bradley–Terry loss and pairwise accuracy over
-    the last 50 steps."""
+def progress_callback(description: str, quiet: bool, accuracy_key: str = "accuracy"):
+    """A progress bar on stderr (console.progress: a bar on a terminal, plain lines in a log) showing the
+    loss and pairwise accuracy (the log entry `accuracy_key`) over the last 50 steps. Bradley–Terry for
+    train-rm; `bonrl dpo` shows DPO's loss and its implicit-reward accuracy with it."""
     from transformers import TrainerCallback
 
     class ProgressBar(TrainerCallback):
@@ -373,7 +374,7 @@ def progress_callback(description: str, quiet: bool):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 self.loss.append(logs["loss"])
-                self.accuracy.append(logs.get("accuracy", float("nan")))
+                self.accuracy.append(logs.get(accuracy_key, float("nan")))
                 self.bar.set_postfix(loss=f"{np.mean(self.loss):.3f}", acc=f"{np.mean(self.accuracy):.3f}",
                                      refresh=False)
 

@@ -196,7 +196,7 @@ def test_a_non_finite_learning_rate_fails_before_models_load(monkeypatch):
     result = runner.invoke(cli.app, ["ppo", "--proxy", "rm:x", "--learning-rate", "nan"])
     assert result.exit_code == 2 and "cfg" not in seen
     assert error_lines(result) == ["bonrl: error: learning_rate: nan is not a finite number; give e.g. "
-                                   "learning_rate: 1e-05"]
+                                   "--learning-rate 1e-05"]
 
 
 @pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="checks a machine without MPS")

@@ -101,8 +101,21 @@ def test_a_yaml_list_of_ints_is_an_n_grid(tmp_path):
     assert C.resolve(C.ReportConfig, {"methods": ["bon", "ppo"]}, {}).methods == "bon,ppo"
     with pytest.raises(C.ConfigError, match=r"^n: '2.5' is not an integer"):
         C.resolve(C.SampleConfig, {"n": [1, 2.5]}, {"proxy": ["x"]})
-    with pytest.raises(C.ConfigError, match=r"^policy: \['a', 'b'\] is a list; give e.g. policy: 'smollm2-135m'$"):
+    with pytest.raises(C.ConfigError, match=r"^policy: \['a', 'b'\] is a list; give e.g. --policy smollm2-135m$"):
         C.resolve(C.SampleConfig, {"policy": ["a", "b"]}, {"proxy": ["x"]})  # one value, not a comma list
+
+
+def test_every_comma_list_takes_a_yaml_list_and_refuses_an_empty_entry():
+    """YAML lists mean the comma list they spell, for every list-valued option; '0.5,,1' is a typo."""
+    sample = C.resolve(C.SampleConfig, {"n": [1, 4], "beta": [0.5, 1]}, {"proxy": ["x"]})
+    assert sample.ns == [1, 4] and sample.betas == [0.5, 1.0]
+    lab = C.resolve(C.LabConfig, {"n": [1, 10, "e^3"], "beta": [0.5, 2], "rl_beta": [1]}, {})
+    assert lab.ns == [1, 10, 20] and lab.betas == [0.5, 2.0] and lab.rl_betas == [1.0]
+    for cls, name, value, extra in ((C.SampleConfig, "beta", "0.5,,1", {"proxy": ["x"]}),
+                                    (C.SampleConfig, "n", "1,2,", {"proxy": ["x"]}),
+                                    (C.LabConfig, "n", "1,,10", {}), (C.LabConfig, "rl_beta", ",1", {})):
+        with pytest.raises(C.ConfigError, match=rf"^{name}: '{value}' has an empty entry; give a comma-separated list"):
+            C.resolve(cls, {}, {**extra, name: value})
 
 
 @pytest.mark.parametrize(("cls", "name"), [(C.PPOConfig, "learning_rate"), (C.PPOConfig, "beta"),
@@ -111,6 +124,6 @@ def test_a_yaml_list_of_ints_is_an_n_grid(tmp_path):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan"])
 def test_non_finite_floats_are_rejected_up_front(cls, name, value):
     proxy = {C.SampleConfig: {"proxy": ["rm:x"]}, C.TrainRMConfig: {}}.get(cls, {"proxy": "rm:x"})
-    with pytest.raises(C.ConfigError, match=rf"^{name}: -?(nan|inf) is not a finite number; give (e.g. {name}: "
+    with pytest.raises(C.ConfigError, match=rf"^{name}: -?(nan|inf) is not a finite number; give (e.g. --{name.replace('_', '-')} "
                                             r"|one float value$)"):
         C.resolve(cls, {}, {**proxy, name: value})

@@ -141,12 +141,21 @@ def bon_prompt_set(toy_policy, tmp_path_factory):
 
 @pytest.mark.parametrize("objective", ["sft", "vbon"])
 def test_distill_moves_the_policy_and_its_rows_share_the_evaluation_prompts_of_best_of_n(
-        objective, toy_policy, bon_prompt_set, tmp_path):
-    args = distill_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", objective=objective)
+        objective, toy_policy, bon_prompt_set, tmp_path, capfd, loud_libraries):
+    """Also: --quiet prints nothing (library bars and warnings included), --log-with reaches the tracker."""
+    import tracker_files
+
+    args = distill_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", objective=objective,
+                        log_with="tensorboard")
     result = runner.invoke(cli.app, cli_args(args))
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""
+    assert result.stdout == "" and result.stderr == "" and capfd.readouterr().err == ""
+    assert [str(w.message) for w in loud_libraries] == []
     rows = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
+    scalars = tracker_files.tensorboard_scalars(tmp_path / "out" / "tensorboard" / rows["run_id"].iloc[0])
+    assert scalars["eval/kl"] == [(int(s), pytest.approx(k)) for s, k in zip(rows["step"], rows["kl"])]
+    assert scalars["train/loss"] == [(1, pytest.approx(rows["train_loss"].iloc[1])),
+                                     (2, pytest.approx(rows["train_loss"].iloc[2]))]
     assert rows["method"].tolist() == ["distill"] * 3 and rows["step"].tolist() == [0, 1, 2]
     assert (rows["n"] == 4).all() and (rows["objective"] == objective).all()
     assert (rows["sample_from"] == "reference").all() and rows["beta"].isna().all()

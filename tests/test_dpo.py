@@ -105,11 +105,22 @@ def test_dpo_reads_the_comparison_data_train_rm_would_train_on():
 @pytest.fixture(scope="module")
 def dpo_run(toy_policy, tmp_path_factory):
     """One DPO run and one best-of-n run on the same eval prompts, in one results table."""
+    import warnings
+
+    import transformers
+
     root = tmp_path_factory.mktemp("dpo")
     results = root / "results.sqlite"
-    result = runner.invoke(cli.app, dpo_args(toy_policy, root / "out", "--results", str(results),
-                                             "--cache-dir", str(root / "cache")))
+    # The libraries' noise back on, as in a fresh process (an earlier test may have switched it off): the
+    # run's --quiet must silence it itself.
+    transformers.utils.logging.enable_progress_bar()
+    transformers.logging.set_verbosity_warning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(cli.app, dpo_args(toy_policy, root / "out", "--results", str(results),
+                                                 "--cache-dir", str(root / "cache"), "--log-with", "tensorboard"))
     assert result.exit_code == 0, result.output
+    assert result.stderr == "" and [str(w.message) for w in caught] == []  # --quiet: nothing at all
     bon = runner.invoke(cli.app, ["sample", "--policy", toy_policy, "--proxy", PROXY, "--gold", GOLD, "--n", "1,2,4",
                                   "--eval-prompts", "4", "--max-new-tokens", "8", "--device", "cpu", "--quiet",
                                   "--output", str(root / "bon"), "--results", str(results)])
@@ -131,6 +142,17 @@ def test_dpo_moves_the_policy_and_its_rows_share_the_evaluation_prompts_of_best_
     assert sorted(frame["prompt_id"].unique()) == [0, 1, 2, 3] and {"proxy", "gold", "kl"} <= set(frame)
     assert (dpo_run["root"] / "out" / "policy" / "config.json").exists()
     assert dpo_run["stdout"] == ""  # --quiet, and TRL's logs never reach stdout
+
+
+def test_dpo_logs_its_losses_and_every_evaluation_to_the_tracker(dpo_run):
+    import tracker_files
+
+    runs = dpo_run["rows"][dpo_run["rows"]["method"] == "dpo"].sort_values("step")
+    scalars = tracker_files.tensorboard_scalars(dpo_run["root"] / "out" / "tensorboard" / runs["run_id"].iloc[0])
+    assert scalars["eval/kl"] == [(int(s), pytest.approx(k)) for s, k in zip(runs["step"], runs["kl"])]
+    assert scalars["eval/gold_mean"] == [(int(s), pytest.approx(g)) for s, g in zip(runs["step"], runs["gold_mean"])]
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(runs["train_loss"].iloc[1:].tolist())
 
 
 @pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes

@@ -229,6 +229,32 @@ def test_lab_writes_bon_tilted_and_one_ppo_run_per_beta(tmp_path):
     assert set(runs["command"]) == {"lab"} and set(runs["status"]) == {"finished"}
 
 
+def test_report_measures_every_lab_curve_from_the_reference_policy(tmp_path):
+    """Regression: the report once took the optimum's smallest-KL point (its largest β) as its initial
+    policy, so the lab's optimum gains came out short by that point's gain. Every lab row now records its
+    exact gain over π_ref; the report's points must equal gold/proxy minus the population's means."""
+    import pandas as pd
+
+    result = invoke("--outcomes", "2000", "--n", "1,4,16", "--beta", "0.5,1,4", "--rl-steps", "2",
+                    "--rl-beta", "1", "--rl-eval-every", "1", "--rl-batch-size", "32", "--rl-minibatch-size", "32",
+                    "--output", "lab")
+    assert result.exit_code == 0, result.output
+    proxy, gold = lab.draw_population(2000, "normal", 1.0, 3.0, 0)
+    rows = R.load()
+    for name, values in (("gold", gold), ("proxy", proxy)):
+        assert np.allclose(rows[f"{name}_gain"], rows[f"{name}_mean"] - values.mean(), rtol=0, atol=1e-12)
+        assert (rows[f"{name}_gain_lo"] == rows[f"{name}_gain"]).all() and (rows[f"{name}_gain_hi"] == rows[f"{name}_gain"]).all()
+    assert (rows["kl_lo"] == rows["kl"]).all() and (rows["kl_hi"] == rows["kl"]).all()
+    report = runner.invoke(cli.app, ["report", "--quiet", "--output", "report"])
+    assert report.exit_code == 0, report.output
+    points = pd.read_csv(Path("report") / "points.csv")
+    tilted = points[points["method"] == "tilted"]
+    assert len(tilted) == 3 and tilted["gold_gain"].min() > 0.2  # β = 4 moves gold by ~1/4: not a zero point
+    for _, point in points.iterrows():
+        assert point["gold_gain"] == pytest.approx(point["gold_mean"] - gold.mean(), abs=1e-9), point["curve"]
+        assert point["proxy_gain"] == pytest.approx(point["proxy_mean"] - proxy.mean(), abs=1e-9), point["curve"]
+
+
 def test_the_goodhart_lab_preset_validates_as_a_lab_config():
     preset = Path(__file__).resolve().parent.parent / "configs" / "goodhart-lab.yaml"
     cfg = C.resolve(C.LabConfig, C.load_yaml(preset))
@@ -249,6 +275,9 @@ def test_the_goodhart_lab_preset_validates_as_a_lab_config():
     (["--rl-policy", "mlp"], "rl_policy: 'mlp'"),
     (["--rl-batch-size", "64", "--rl-minibatch-size", "48"], "rl_minibatch_size: 48 must be ≥ 1 and divide"),
     (["--rl-learning-rate", "0"], "rl_learning_rate: 0.0 must be > 0"),
+    (["--n", "1,,10"], "n: '1,,10' has an empty entry"),
+    (["--beta", "0.5,1,"], "beta: '0.5,1,' has an empty entry"),
+    (["--log-with", "tensorboard"], "log_with: the lab logs to no tracker"),
 ])
 def test_bad_flags_exit_2_naming_the_flag_before_any_work(flags, message, tmp_path):
     result = invoke("--outcomes", "100", *flags) if flags[0] != "--outcomes" else invoke(*flags)
