@@ -706,11 +706,11 @@ def check_checkpoints(cfg) -> None:
 # with data_seed as train-rm's seed): `bonrl experiment` copies them from the RM stage a DPO entry names.
 COMPARISON_DATA_FIELDS = ("policy", "gold", "prompts", "max_prompt_tokens", "chat_template", "max_new_tokens",
                           "temperature", "top_k", "top_p", "batch_size", "pairs", "eval_pairs",
-                          "completions_per_prompt", "labels", "label_temperature", "label_noise")
+                          "completions_per_prompt", "labels", "label_temperature", "label_noise", "precision")
 
 
 @dataclass
-class DPOConfig(ComparisonDataConfig, RLEvalConfig, SamplingConfig, CommonConfig):
+class DPOConfig(ComparisonDataConfig, RLEvalConfig, PrecisionConfig, SamplingConfig, CommonConfig):
     """`bonrl dpo`: DPO (Rafailov et al. 2023) on the comparisons a proxy RM would be trained on."""
 
     output: str = option("runs/dpo", "Directory for TRL's checkpoints, eval samples and the resolved config.")

@@ -142,7 +142,9 @@ def train(cfg: DPOConfig) -> str:
     # 1. Bad input, before any work or file (exit 2).
     console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    # --precision as for train-rm, sample and ppo: the comparisons are sampled in it (their cache key holds
+    # it), and the policy trains and is evaluated under it.
+    bf16 = models.uses_bf16(models.resolve_device(cfg.device), cfg.precision)
     state = PartialState(cpu=not use_cuda)
     world, main = state.num_processes, state.is_main_process
     if cfg.train_batch_size % world:

@@ -311,6 +311,21 @@ def test_data_hash_covers_every_setting_that_shapes_the_data():
         assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) == key, name
 
 
+def test_data_hash_follows_the_arithmetic_the_policy_samples_in():
+    """bf16 autocast samples another distribution: cached fp32 comparisons must not serve a bf16 run. The key
+    holds the arithmetic, not the word: --precision auto is fp32 on a CPU and bf16 on a GPU that has it."""
+    import torch
+
+    def key(precision, device):
+        cfg = C.TrainRMConfig(precision=precision)
+        return reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"], torch.device(device)))
+
+    assert key("bf16", "cpu") != key("fp32", "cpu")
+    assert key("auto", "cpu") == key("fp32", "cpu")
+    # The experiment copies it from an RM stage into a DPO entry, which samples its comparisons the same way.
+    assert "precision" in C.COMPARISON_DATA_FIELDS and C.DPOConfig().precision == "auto"
+
+
 def test_comparison_cache_key_follows_what_the_specs_name_not_their_text(tmp_path):
     """Editing a python: gold function (or retraining an rm: directory) under the same spec is new data."""
     gold = tmp_path / "gold.py"
