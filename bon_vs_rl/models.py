@@ -88,10 +88,22 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     A GGUF-loaded model refuses `save_pretrained`, so we rebuild it from its config without the
     quantization config and copy the state dict across.
     """
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    # transformers draws its GGUF bar with a bare tqdm that no logging switch reaches: it would write
+    # carriage-return frames into a log and print under --quiet. The conversion takes seconds, once.
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

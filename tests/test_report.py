@@ -45,7 +45,7 @@ def add_run(path: Path, command: str, rows: list[dict], experiment: str, output:
 
 
 def bon_run(path: Path, root: Path, proxy: str, seed: int, experiment: str = "synth", output: str = "bon",
-            ns=NS, prompts: int = P) -> str:
+            ns=NS, prompts: int = P, betas=()) -> str:
     """A best-of-n run: its samples file, and its rows from best_of_n.bon_rows as `bonrl sample` writes them."""
     rng = np.random.default_rng(seed)
     z, x = rng.standard_normal((prompts, N)), rng.normal(0, S, (prompts, N))
@@ -62,6 +62,8 @@ def bon_run(path: Path, root: Path, proxy: str, seed: int, experiment: str = "sy
              "samples_path": str(samples), "samples_per_prompt": N, "prompt_count": prompts,
              "generated_tokens": 12 * prompts * N, "setting": f"bon-{output}-{seed}"}
             for row in best_of_n.bon_rows(frame, proxy, "vader", ns, N, 200, seed)]
+    rows += [{**rows[0], "n": None, "method": "tilted", **row}  # `bonrl sample --beta`: the optimum, same samples
+             for row in best_of_n.optimum_rows(frame, proxy, "vader", list(betas), N, 200, seed)] if betas else []
     return add_run(path, "sample", rows, experiment, output)
 
 
@@ -341,6 +343,33 @@ def test_a_distilled_policy_is_compared_with_best_of_n_at_its_n(tmp_path):
     assert gold["share"] == pytest.approx(gold["a"] / gold["b"])
     assert gold["share_lo"] <= 0.5 <= gold["share_hi"] and gold["verdict"] == "behind"  # BoN keeps more gold
     assert "The distilled policy keeps" in " ".join(page(out).items)
+
+
+def test_the_optimum_is_drawn_beside_best_of_n_and_its_low_ess_points_are_not_measurements(tmp_path):
+    """`bonrl sample --beta`: the optimum's curve shares best-of-n's prompts and baseline, gets compared with
+    best-of-n and RL, and its points resting on fewer than tilted.LOW_ESS effective samples (small β) keep
+    their row but enter no fit and no comparison, and the summary says so."""
+    path = tmp_path / "results.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1, betas=[0.25, 3.0, 5.0, 10.0])  # ESS ≈ 64·exp(−1.4/β²): 0.25 is low
+    rl_run(path, tmp_path, "rm:a", 0.05, seed=0, output="ppo-0")
+    out = report(path)
+    points = pd.read_csv(out / "points.csv")
+    optimum = points[points["method"] == "tilted"].sort_values("beta")
+    assert len(optimum) == 4 and optimum["low_ess"].tolist() == [True, False, False, False]
+    assert (optimum["gold_gain"] > 0).all() and optimum["gold_gain_lo"].notna().all()  # paired, with intervals
+    fits = pd.read_csv(out / "fits.csv").set_index("curve")
+    assert fits.loc["optimum (tilted)", "points"] == 3  # the low-ESS point is not fitted
+    comparisons = pd.read_csv(out / "comparison.csv")
+    pairs = {frozenset((a, b)) for a, b in zip(comparisons["curve_a"], comparisons["curve_b"])}
+    assert frozenset(("BoN", "optimum (tilted)")) in pairs
+    assert any("optimum (tilted)" in pair and any(label.startswith("ppo") for label in pair) for pair in pairs)
+    # The default matched KL is one both curves reach on trusted points: below the low-ESS point's KL.
+    trusted_max = optimum.loc[~optimum["low_ess"], "kl"].max()
+    at_kl = comparisons[(comparisons["quantity"] == "gold_at_kl")
+                        & comparisons["curve_a"].eq("BoN") & comparisons["curve_b"].eq("optimum (tilted)")]
+    assert len(at_kl) == 1 and at_kl["target"].iloc[0] <= trusted_max + 1e-12
+    text = (out / "report.md").read_text()
+    assert "1 further point(s) rest on too few effective samples" in text
 
 
 def test_two_runs_of_one_kind_get_labels_that_tell_them_apart(tmp_path):

@@ -267,6 +267,39 @@ def test_matched_kl_difference_covers_and_needs_the_kl_uncertainty():
     assert hits_fixed_kl / R < hits / R - 0.05  # measured: 0.9525 against 0.865
 
 
+def test_untrusted_points_keep_their_intervals_but_enter_no_fit_target_or_comparison():
+    """A tilted optimum's low-ESS points (CurveSamples.trusted = False) are drawn with intervals, but the fit,
+    the default matched targets and the comparisons must come out as if those points had never been measured."""
+    rng = np.random.default_rng(5)
+    P = 40
+    kl = np.array([0.0, 0.25, 1.0, 2.25, 4.0, 9.0])
+    gold = (0.5 * np.sqrt(kl) + 0.1 * rng.standard_normal((P, kl.size)))[None]
+    gold[..., -1] += 5.0  # the last point wildly off: an estimate resting on a handful of samples
+    trusted = np.array([True] * 5 + [False])
+    baseline = st.Baseline(proxy=np.zeros(P), gold=np.zeros(P))
+    proxy = np.broadcast_to(np.sqrt(kl), gold.shape)
+
+    def curves(keep):
+        cut = slice(0, 5) if keep is None else slice(None)  # None: the untrusted point never measured
+        shaky = st.CurveSamples("optimum", "bon", np.broadcast_to(kl, gold.shape)[..., cut], proxy[..., cut],
+                                gold[..., cut], trusted=keep)
+        other = st.CurveSamples("other", "bon", np.broadcast_to(kl, gold.shape), proxy, 0.8 * gold)
+        return [shaky, other]
+
+    flagged = st.analyse(curves(trusted), baseline, B=300, seed=1)
+    dropped = st.analyse(curves(None), baseline, B=300, seed=1)
+    assert len(flagged.points["optimum"]["kl"]) == 6  # still a point, with its interval
+    assert np.isfinite(flagged.points["optimum"]["gold_gain_lo"][-1])
+    for key in ("alpha", "beta", "alpha_lo", "beta_hi", "peak_kl"):
+        assert flagged.fits["optimum"][key] == pytest.approx(dropped.fits["optimum"][key], rel=1e-12), key
+    for row_f, row_d in zip(flagged.comparisons, dropped.comparisons, strict=True):
+        assert row_f["quantity"] == row_d["quantity"]
+        assert row_f["target"] == pytest.approx(row_d["target"], rel=1e-12, nan_ok=True)
+        assert row_f["diff"] == pytest.approx(row_d["diff"], rel=1e-12, nan_ok=True), row_f["quantity"]
+    with pytest.raises(ValueError, match=r"trusted must have shape \[6\]"):
+        st.CurveSamples("x", "bon", kl[None, None], kl[None, None], kl[None, None], trusted=[True])
+
+
 def test_compare_curves_estimates_and_pairing():
     """The point estimates are report.along on the mean curves; the replicates use one set of prompt
     weights for both curves (a curve compared with itself differs by exactly 0 in every replicate)."""
