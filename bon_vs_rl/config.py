@@ -840,6 +840,10 @@ class ReportConfig:
     kl_target: float | None = option(
         None, "KL (nats) at which to compare gold gains; default: the largest KL both curves reliably reach."
     )
+    proxy_target: float | None = option(
+        None, "Proxy gain at which to compare KL spent and gold gained; default: the largest proxy gain both "
+        "curves reliably reach."
+    )
     bootstrap: int = option(2000, "Prompt (and seed) resamples behind every 95% interval; at least 100.")
     seed: int = option(0, "Seed of the resampling, so a report is reproducible.")
     quiet: bool = option(False, "No progress output.")
@@ -848,6 +852,8 @@ class ReportConfig:
         check_bootstrap(self.bootstrap)
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
             raise ConfigError(f"kl_target: {self.kl_target} must be a positive number of nats, e.g. --kl-target 2")
+        if self.proxy_target is not None and not (math.isfinite(self.proxy_target) and self.proxy_target > 0):
+            raise ConfigError(f"proxy_target: {self.proxy_target} must be a positive proxy gain, e.g. --proxy-target 0.5")
         if self.scale not in ("relative", "unit"):
             raise ConfigError(f"scale: {self.scale!r}; use relative or unit")
         if self.fit_kl_max < 0:

@@ -422,7 +422,7 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
                                        trusted=~extras(c)["low_ess"].to_numpy(dtype=bool))
                for c in analysed]
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
-                                kl_target=cfg.kl_target)
+                                kl_target=cfg.kl_target, proxy_target=cfg.proxy_target)
     for c, s in zip(analysed, samples):
         c.in_analysis = True
         c.points = analysed_points(c, result.points[c.label], scale)
@@ -606,6 +606,7 @@ QUANTITY_WORDS = {
     "kl_at_point": "KL (nats) of the final distilled policy against best-of-{target}",
     "gold_at_kl": "gold gain at KL {target} nats",
     "kl_at_proxy": "KL (nats) to reach proxy gain {target}",
+    "gold_at_proxy": "gold gain at proxy gain {target}",
     "kl_to_gold": "KL (nats) to reach gold gain {target}",
 }
 

@@ -458,6 +458,8 @@ COMPARISONS = {
     # name: (x, y, target keyword, whether more of y is better, how a NaN replicate of a or b reads)
     "gold_at_kl": ("kl", "gold_gain", "kl_target", True, "unknown"),  # gold gain at a matched KL
     "kl_at_proxy": ("proxy_gain", "kl", "proxy_target", False, "high"),  # KL spent for a proxy gain
+    # gold gain where the proxy gain first reaches the target: how much of a matched proxy gain is real
+    "gold_at_proxy": ("proxy_gain", "gold_gain", "proxy_target", True, "unknown"),
     "kl_to_gold": ("gold_gain", "kl", "gold_target", False, "high"),  # KL spent to reach a gold gain
 }
 
@@ -483,6 +485,7 @@ def compare_curves(a: CurveSamples, b: CurveSamples, baseline: Baseline, prompt_
     Returns {"estimate": {name: float}, "replicates": {name: [B]}} for
         gold_at_kl_a, _b, _diff     gold gain at KL kl_target (interpolated along each curve)
         kl_at_proxy_a, _b, _diff    KL where the proxy gain first reaches proxy_target
+        gold_at_proxy_a, _b, _diff  gold gain where the proxy gain first reaches proxy_target
         kl_to_gold_a, _b, _diff     KL where the gold gain first reaches gold_target
     with diff = a - b (NaN where either is). Each replicate resamples KL together with gold and proxy,
     so an RL curve's KL uncertainty is inside every interval; seed weights bring in the seed spread.

@@ -258,7 +258,7 @@ def test_matched_kl_comparison_interpolates_both_curves_and_calls_a_resolved_win
     path, _ = table
     out = report(path, "--experiment", "synth", "--proxy", "rm:a")
     comparison = pd.read_csv(out / "comparison.csv")
-    assert len(comparison) == 3 * 3  # three pairs of curves, three quantities each
+    assert len(comparison) == 3 * 4  # three pairs of curves, four quantities each
     row = comparison[(comparison["curve_a"] == "BoN") & (comparison["curve_b"] == "ppo β=0.2")
                      & (comparison["quantity"] == "gold_at_kl")].iloc[0]
     points = pd.read_csv(out / "points.csv")
@@ -274,6 +274,22 @@ def test_matched_kl_comparison_interpolates_both_curves_and_calls_a_resolved_win
     assert row["verdict"] == "ahead" and row["diff_lo"] > 0
     summary = " ".join(page(out).items)
     assert "BoN is ahead of ppo β=0.2" in summary and f"{row['diff']:.3g} [{row['diff_lo']:.3g}" in summary
+
+
+def test_gold_at_a_matched_proxy_gain_is_the_regressional_share_for_best_of_n(table, tmp_path):
+    """Best-of-n by a proxy z + x (x ~ N(0, S²)) against gold GOLD_STD·z: at every n the gold gain is
+    GOLD_STD/(1 + S²) times the proxy gain (regressional Goodhart), so interpolating gold at a matched proxy
+    gain must land on that line, and its interval must cover it."""
+    path, _ = table
+    out = report(path, "--experiment", "synth", "--proxy", "rm:a", "--proxy-target", "0.8")
+    rows = pd.read_csv(out / "comparison.csv").query("quantity == 'gold_at_proxy' and curve_a == 'BoN'")
+    assert len(rows) == 2 and (rows["target"] == 0.8).all()
+    points = pd.read_csv(out / "points.csv")
+    bon = points[points["method"] == "bon"].sort_values("n")
+    for _, row in rows.iterrows():
+        assert row["a"] == pytest.approx(np.interp(0.8, bon["proxy_gain"], bon["gold_gain"]))
+        assert row["a_lo"] <= GOLD_STD * 0.8 / (1 + S**2) <= row["a_hi"]
+    assert "Gold gain at proxy gain 0.8" in " ".join(page(out).items)
 
 
 def test_an_unresolved_difference_says_so_and_how_many_prompts_would_resolve_it(tmp_path):

@@ -316,7 +316,9 @@ def test_compare_curves_estimates_and_pairing():
     assert out["estimate"]["gold_at_kl_a"] == pytest.approx(report.along(frame, "kl", 1.0, "gold_gain"))
     assert out["estimate"]["kl_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "kl"), nan_ok=True)
     assert out["estimate"]["kl_to_gold_a"] == pytest.approx(report.along(frame, "gold_gain", 0.6, "kl"), nan_ok=True)
-    for name in ("gold_at_kl", "kl_at_proxy", "kl_to_gold"):
+    assert out["estimate"]["gold_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "gold_gain"),
+                                                               nan_ok=True)
+    for name in ("gold_at_kl", "kl_at_proxy", "gold_at_proxy", "kl_to_gold"):
         diff = out["replicates"][f"{name}_diff"]
         assert diff.shape == (100,)
         a_reached = np.isfinite(out["replicates"][f"{name}_a"])
@@ -521,7 +523,7 @@ def test_analyse_panel():
     assert np.all(out.points["PPO β=0.1"]["kl_hi"][1:] > out.points["PPO β=0.1"]["kl_lo"][1:])
 
     rows = {r["quantity"]: r for r in out.comparisons}
-    assert set(rows) == {"gold_at_kl", "kl_at_proxy", "kl_to_gold"}
+    assert set(rows) == {"gold_at_kl", "kl_at_proxy", "gold_at_proxy", "kl_to_gold"}
     g = rows["gold_at_kl"]
     assert (g["curve_a"], g["curve_b"]) == ("BoN", "PPO β=0.1")
     # Default KL target: a measured KL that both curves reach in >= 97.5% of replicates; no larger
