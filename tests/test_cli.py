@@ -158,6 +158,9 @@ COMMANDS = {
     "sample": ["sample", "--policy", "tiny", "--proxy", TOY_REWARD],
     "ppo": ["ppo", "--policy", "tiny", "--proxy", TOY_REWARD],
     "rl": ["rl", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "dpo": ["dpo", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "distill": ["distill", "--policy", "tiny", "--proxy", TOY_REWARD],
+    "lab": ["lab", "--outcomes", "100"],
     "report": ["report"],
 }
 
@@ -200,7 +203,7 @@ def test_a_non_finite_learning_rate_fails_before_models_load(monkeypatch):
 
 
 @pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="checks a machine without MPS")
-@pytest.mark.parametrize("command", ["sample", "ppo", "rl", "train-rm"])
+@pytest.mark.parametrize("command", ["sample", "ppo", "rl", "train-rm", "dpo", "distill"])
 def test_mps_asked_for_without_mps_exits_2_before_models_load(command, tmp_path):
     result = runner.invoke(cli.app, [*COMMANDS[command], "--device", "mps", "--output", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output

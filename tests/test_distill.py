@@ -197,17 +197,18 @@ def test_resume_writes_the_same_rows_as_an_uninterrupted_run(toy_policy, tmp_pat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--n", "1"], "n: 1"),
-    (["--objective", "bond"], "objective"),
-    (["--objective", "vbon", "--sample-from", "policy"], "sample_from"),
-    (["--reference-samples", "2"], "reference_samples"),
-    (["--top-p", "0.9"], "top_k/top_p"),
-    (["--proxy", ""], "proxy"),
-    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
+    (["--n", "1"], "n: 1 must be ≥ 2 (best-of-1 is the initial policy itself)"),
+    (["--objective", "bond"], "objective: 'bond'; use sft or vbon"),
+    (["--objective", "vbon", "--sample-from", "policy"], "sample_from: vbon's target is best-of-n of the reference"),
+    (["--reference-samples", "2"], "reference_samples: 2 < n=4; the CDF estimate needs at least n samples"),
+    (["--top-p", "0.9"], "top_k/top_p: RL samples and measures the untruncated policy"),
+    (["--proxy", ""], "proxy: no proxy reward model given; pass --proxy rm:PATH"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
 ])
 def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
     args = cli_args(distill_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite")) + flags
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2, result.output
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"bonrl: error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "results.sqlite").exists()

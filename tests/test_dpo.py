@@ -182,18 +182,19 @@ def test_resumed_dpo_continues_the_same_run_without_duplicate_rows(toy_policy, t
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--beta", "0"], "beta"),
-    (["--proxy", ""], "proxy"),
-    (["--proxy", "rm:/nonexistent/rm"], "proxy"),
-    (["--top-k", "5"], "top_k"),
-    (["--pairs", "0"], "pairs"),
-    (["--data-seed", "-1"], "data_seed"),
-    (["--labels", "coin"], "labels"),
+    (["--beta", "0"], "beta: 0.0 must be > 0 (at β = 0 the DPO loss is log 2"),
+    (["--proxy", ""], "proxy: no proxy given; DPO only measures it"),
+    (["--proxy", "rm:/nonexistent/rm"], "proxy: /nonexistent/rm is not a bonrl reward model"),
+    (["--top-k", "5"], "top_k/top_p: RL samples and measures the untruncated policy"),
+    (["--pairs", "0"], "pairs: 0 must be ≥ 1, e.g. --pairs 2000"),
+    (["--data-seed", "-1"], "data_seed: -1 must be a non-negative integer"),
+    (["--labels", "coin"], "labels: 'coin'; use deterministic or bradley-terry"),
 ])
 def test_bad_input_exits_2_before_any_work(flags, message, toy_policy, tmp_path):
     result = runner.invoke(cli.app, dpo_args(toy_policy, tmp_path / "out") + flags)
     assert result.exit_code == 2, result.output
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"bonrl: error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "results.sqlite").exists()
 
 

@@ -274,7 +274,7 @@ def test_failed_training_leaves_no_complete_looking_output(trained, toy, tmp_pat
     previous.mkdir()
     (previous / scorers.RM_METADATA).write_text('{"members": ["."], "old": true}')
     result = invoke(train_rm_args(toy, previous, "--overwrite"))
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and "simulated crash" in result.stderr
     assert json.loads((previous / scorers.RM_METADATA).read_text())["old"] is True
 
 
