@@ -171,7 +171,7 @@ def train(cfg: DPOConfig) -> str:
 
     # 2. The comparisons (sampled, labelled and cached once; see 1. above) as token ids.
     data = reward_model.comparison_data(comparison_settings(cfg), device, prompt_sets.load_prompts(cfg.prompts, "train"),
-                                        prompt_sets.load_prompts(cfg.prompts, "eval"))
+                                        prompt_sets.load_prompts(cfg.prompts, "eval"), state.process_index, world)
     if checkpoint is not None and saved.get("data_hash") != data.key:
         raise ConfigError(f"resume: {checkpoint} was trained on comparison data {saved.get('data_hash')}, not "
                           f"{data.key}; pass the same data options (and --data-seed) or drop --resume")
