@@ -464,14 +464,33 @@ COMPARISONS = {
 }
 
 
+def to_axis(values, name: str):
+    """Where a curve is interpolated: KL on d = sqrt(KL), the axis of Gao et al.'s figures and forms (both
+    R(d) = d(α − β d) and d(α − β log d) start out linear in d), every other quantity as it is. Linear in
+    KL itself would bend every curve's first segment: between best-of-1 (KL 0) and best-of-2 (KL 0.19) a
+    gain that grows like sqrt(KL) would be read as growing like KL, half of it at a tenth of the KL."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.sqrt(np.clip(values, 0.0, None)) if name == "kl" else values
+
+
+def from_axis(values, name: str):
+    values = np.asarray(values, dtype=np.float64)
+    return values**2 if name == "kl" else values
+
+
+def along_axes(x_values, y_values, level, x: str, y: str) -> np.ndarray:
+    """`along` with KL on its interpolation axis (to_axis) as x, as y, or both."""
+    return from_axis(along(to_axis(x_values, x), to_axis(y_values, y), to_axis(level, x)), y)
+
+
 def _compare(est_a: dict, rep_a: dict, est_b: dict, rep_b: dict, targets: dict) -> dict:
     out: dict = {"estimate": {}, "replicates": {}}
     for name, (x, y, key, _, _) in COMPARISONS.items():
         target = targets.get(key)
         target = math.nan if target is None else float(target)
         for tag, est, rep in (("a", est_a, rep_a), ("b", est_b, rep_b)):
-            out["estimate"][f"{name}_{tag}"] = float(along(est[x], est[y], target))
-            out["replicates"][f"{name}_{tag}"] = along(rep[x], rep[y], target)
+            out["estimate"][f"{name}_{tag}"] = float(along_axes(est[x], est[y], target, x, y))
+            out["replicates"][f"{name}_{tag}"] = along_axes(rep[x], rep[y], target, x, y)
         for part in ("estimate", "replicates"):
             out[part][f"{name}_diff"] = out[part][f"{name}_a"] - out[part][f"{name}_b"]  # NaN if either is
     return out

@@ -264,11 +264,11 @@ def test_matched_kl_comparison_interpolates_both_curves_and_calls_a_resolved_win
     points = pd.read_csv(out / "points.csv")
     bon = points[points["method"] == "bon"].sort_values("n")
     ppo = points[(points["method"] == "ppo") & (points["beta"] == 0.2)].sort_values("step")
-    # Each curve's gold gain at the matched KL, by linear interpolation of its own points.
     k = row["target"]
     assert 0 < k <= min(bon["kl"].max(), ppo["kl"].max())
-    assert row["a"] == pytest.approx(np.interp(k, bon["kl"], bon["gold_gain"]))
-    assert row["b"] == pytest.approx(np.interp(k, ppo["kl"], ppo["gold_gain"]))
+    # Each curve's gold gain at the matched KL, linear in d = sqrt(KL) between its own points.
+    assert row["a"] == pytest.approx(np.interp(np.sqrt(k), np.sqrt(bon["kl"]), bon["gold_gain"]))
+    assert row["b"] == pytest.approx(np.interp(np.sqrt(k), np.sqrt(ppo["kl"]), ppo["gold_gain"]))
     assert row["diff"] == pytest.approx(row["a"] - row["b"])
     # Best-of-n's truth is far above the RL form's at the KL both reach: resolved, and said with the interval.
     assert row["verdict"] == "ahead" and row["diff_lo"] > 0
@@ -316,7 +316,8 @@ def test_kl_to_reach_a_gold_level_takes_the_first_crossing_of_a_rising_then_fall
     first = int(np.argmax(ppo["gold_gain"].to_numpy() >= level))
     assert first > 0 and ppo["gold_gain"].iloc[-1] < ppo["gold_gain"].max()  # rises, peaks, falls
     lo, hi = ppo.iloc[first - 1], ppo.iloc[first]
-    expected = lo["kl"] + (level - lo["gold_gain"]) / (hi["gold_gain"] - lo["gold_gain"]) * (hi["kl"] - lo["kl"])
+    d_lo, d_hi = math.sqrt(lo["kl"]), math.sqrt(hi["kl"])  # KL is interpolated on d = sqrt(KL)
+    expected = (d_lo + (level - lo["gold_gain"]) / (hi["gold_gain"] - lo["gold_gain"]) * (d_hi - d_lo)) ** 2
     row = pd.read_csv(out / "comparison.csv").query("quantity == 'kl_to_gold'").iloc[0]
     assert row["target"] == level
     assert row["a" if row["curve_a"] == "ppo β=0.05" else "b"] == pytest.approx(expected)

@@ -235,7 +235,8 @@ def test_matched_kl_difference_covers_and_needs_the_kl_uncertainty():
     a_alpha, a_beta, a_kl = FIT_CASES["bon"]
     b_kl = np.linspace(0.0, 2.6, 7) ** 2
     a_mean, b_mean = r_bon(np.sqrt(a_kl), a_alpha, a_beta), r_rl(np.sqrt(b_kl), 0.6, 0.3)
-    truth = np.interp(target, a_kl, a_mean) - np.interp(target, b_kl, b_mean)
+    # On the interpolation axis d = sqrt(KL) (statistics.to_axis).
+    truth = (np.interp(np.sqrt(target), np.sqrt(a_kl), a_mean) - np.interp(np.sqrt(target), np.sqrt(b_kl), b_mean))
     rng = np.random.default_rng(30)
     hits = hits_fixed_kl = 0
     for _ in range(R):
@@ -259,7 +260,8 @@ def test_matched_kl_difference_covers_and_needs_the_kl_uncertainty():
         # The same with the RL curve's KL frozen at its point estimate: what the old report did.
         rep_b = st.curve_replicates(b, baseline, w, ones)
         est_b = st.curve_estimate(b, baseline)
-        frozen = st.along(np.broadcast_to(est_b["kl"], rep_b["kl"].shape), rep_b["gold_gain"], target)
+        frozen = st.along_axes(np.broadcast_to(est_b["kl"], rep_b["kl"].shape), rep_b["gold_gain"], target, "kl",
+                               "gold_gain")
         lo_f, hi_f = st.interval(out["replicates"]["gold_at_kl_a"] - frozen)
         hits_fixed_kl += lo_f <= truth <= hi_f
     print("matched-KL coverage", hits / R, "with the RL KL frozen", hits_fixed_kl / R)
@@ -300,6 +302,25 @@ def test_untrusted_points_keep_their_intervals_but_enter_no_fit_target_or_compar
         st.CurveSamples("x", "bon", kl[None, None], kl[None, None], kl[None, None], trusted=[True])
 
 
+def test_matched_kl_interpolates_on_sqrt_kl_where_gains_are_linear():
+    """A gain exactly α·d (d = sqrt(KL)), measured only at best-of-1 and best-of-2's KL: at any KL between,
+    the comparison must return α·sqrt(KL), as Gao et al.'s forms do near 0. Interpolating linearly in KL
+    instead gave α·sqrt(0.193)·(k/0.193) — at k = 0.0446 less than half the truth, which once made the
+    optimum look far ahead of best-of-n at small KL."""
+    P, alpha, k = 10, 0.3, 0.0446
+    kl = np.array([0.0, math.log(2) - 0.5])  # best-of-1, best-of-2
+    curve = st.CurveSamples("bon", "bon", np.broadcast_to(kl, (1, P, 2)), np.broadcast_to(np.sqrt(kl), (1, P, 2)),
+                            np.broadcast_to(alpha * np.sqrt(kl), (1, P, 2)))
+    baseline = st.Baseline(proxy=np.zeros(P), gold=np.zeros(P))
+    w, ones = st.resample_weights(P, 50, np.random.default_rng(0)), np.ones((50, 1))
+    out = st.compare_curves(curve, curve, baseline, w, ones, ones, kl_target=k, proxy_target=0.1,
+                            gold_target=alpha * 0.2)
+    assert out["estimate"]["gold_at_kl_a"] == pytest.approx(alpha * math.sqrt(k), rel=1e-12)
+    assert out["estimate"]["kl_at_proxy_a"] == pytest.approx(0.1**2, rel=1e-12)  # proxy = d here
+    assert out["estimate"]["kl_to_gold_a"] == pytest.approx(0.2**2, rel=1e-12)
+    np.testing.assert_allclose(out["replicates"]["gold_at_kl_a"], alpha * math.sqrt(k), rtol=1e-12)
+
+
 def test_compare_curves_estimates_and_pairing():
     """The point estimates are report.along on the mean curves; the replicates use one set of prompt
     weights for both curves (a curve compared with itself differs by exactly 0 in every replicate)."""
@@ -313,9 +334,11 @@ def test_compare_curves_estimates_and_pairing():
     out = st.compare_curves(c, twin, baseline, w, ones, ones, kl_target=1.0, proxy_target=0.5, gold_target=0.6)
     est = st.curve_estimate(c, baseline)
     frame = pd.DataFrame(est)
-    assert out["estimate"]["gold_at_kl_a"] == pytest.approx(report.along(frame, "kl", 1.0, "gold_gain"))
-    assert out["estimate"]["kl_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "kl"), nan_ok=True)
-    assert out["estimate"]["kl_to_gold_a"] == pytest.approx(report.along(frame, "gold_gain", 0.6, "kl"), nan_ok=True)
+    frame["d"] = np.sqrt(frame["kl"])  # KL is interpolated on d = sqrt(KL)
+    assert out["estimate"]["gold_at_kl_a"] == pytest.approx(report.along(frame, "d", 1.0, "gold_gain"))
+    assert out["estimate"]["kl_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "d") ** 2,
+                                                             nan_ok=True)
+    assert out["estimate"]["kl_to_gold_a"] == pytest.approx(report.along(frame, "gold_gain", 0.6, "d") ** 2, nan_ok=True)
     assert out["estimate"]["gold_at_proxy_a"] == pytest.approx(report.along(frame, "proxy_gain", 0.5, "gold_gain"),
                                                                nan_ok=True)
     for name in ("gold_at_kl", "kl_at_proxy", "gold_at_proxy", "kl_to_gold"):
