@@ -748,6 +748,7 @@ def draw_measured(ax, p: pd.DataFrame, y: str, colour: str, label: str, seed_poi
     ax.plot(p["d"][trusted], p[y][trusted], "o-", color=colour, ms=3.5, lw=1.4, label=label)
     if (~trusted).any():
         ax.plot(p["d"][~trusted], p[y][~trusted], "o", color=colour, mfc="white", ms=4)
+    p = p[trusted]  # bands and bars only where the points are measurements
     lo, hi = p.get(f"{y}_lo"), p.get(f"{y}_hi")
     if lo is not None and np.isfinite(lo).any():
         ax.fill_between(p["d"], lo, hi, color=colour, alpha=0.18, lw=0)
