@@ -1006,8 +1006,10 @@ def report(cfg: ReportConfig) -> Path:
             blocks += [("h2", "Comparisons"),
                        ("p", "For each pair of curves on the same policy, proxy, gold and prompts: the gold gain at a "
                         "matched KL (by default the largest KL both curves reach in at least 97.5% of resamples), "
-                        "the KL each spends to reach a proxy gain (the largest both reach likewise), and the KL each "
-                        "needs to reach a gold gain (by default half the smaller measured peak, a fixed target). "
+                        "the KL each spends to reach a proxy gain (the largest both reach likewise) and its gold "
+                        "gain there, and the KL each needs to reach a gold gain (by default half the smaller "
+                        "measured peak, a fixed target). Curves are interpolated linearly in sqrt(KL) between "
+                        "measured points; optimum points with too few effective samples are left out. "
                         "A curve is called ahead only where the 95% interval of the difference excludes 0. "
                         "All rows: comparison.csv.")]
             for i, ((a, b), frame) in enumerate(comparisons.groupby(["curve_a", "curve_b"], sort=False)):
