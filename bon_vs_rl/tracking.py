@@ -108,7 +108,13 @@ class WandbTracker:
         self.run.log(numeric(metrics), step=step)
 
     def finish(self) -> None:
+        import wandb
+
         self.run.finish()
+        # run.finish() can return before wandb's service has written the run's last records: measured, 2
+        # of 25 offline runs in one process had an empty history file right after it. teardown() waits
+        # for the service to write everything and stops it (a later run starts a new one, ~1 s).
+        wandb.teardown()
 
 
 class MlflowTracker:

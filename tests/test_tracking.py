@@ -46,6 +46,16 @@ def test_wandb_offline_run_holds_the_history(tmp_path):
     assert history[0]["bon/rm:runs/rm/gold_mean"] == 0.25
 
 
+@pytest.mark.slow  # ~7 s: twenty wandb runs, each starting and stopping wandb's service
+def test_every_wandb_run_is_on_disk_when_finish_returns(tmp_path):
+    """Regression: run.finish() alone returned before wandb's service had written the last records — 2 of 25
+    runs in one process had an empty history (and CI failed on it once); the tracker now waits for it."""
+    for i in range(20):
+        log_two_steps("wandb", tmp_path / str(i), run_id=f"{RUN_ID}-{i}")
+        history = tracker_files.wandb_history(tmp_path / str(i) / "wandb")
+        assert [(row["_step"], row["reward/proxy"]) for row in history] == [(1, 0.5), (2, 0.75)], i
+
+
 def test_mlflow_file_store_holds_metrics_and_a_resumed_run_continues_it(tmp_path):
     log_two_steps("mlflow", tmp_path)
     log_two_steps("mlflow", tmp_path, first_step=3)  # the same bonrl run, resumed
