@@ -419,7 +419,8 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
     samples = [statistics.CurveSamples(c.label, c.form, np.stack([r.kl for r in c.records]),
                                        np.stack([r.proxy for r in c.records]),
                                        np.stack([r.gold for r in c.records]) / scale,
-                                       trusted=~extras(c)["low_ess"].to_numpy(dtype=bool))
+                                       trusted=~extras(c)["low_ess"].to_numpy(dtype=bool),
+                                       from_reference=c.method == "tilted")
                for c in analysed]
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
                                 kl_target=cfg.kl_target, proxy_target=cfg.proxy_target)

@@ -109,6 +109,10 @@ class CurveSamples:
     # too few effective samples, whose KL and gold fall short of the truth: tilted.py) get points and
     # intervals like any other, but no fit, comparison or target is computed from them.
     trusted: np.ndarray | None = None
+    # The curve starts at the initial policy without measuring it there: the KL-regularized optimum tends
+    # to π_ref as β → ∞, so (KL 0, gains 0) is exact. Comparisons then walk from that origin; without it a
+    # level below the first measured point (the largest β) could never be "reached".
+    from_reference: bool = False
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -127,6 +131,18 @@ class CurveSamples:
         """`values` ([..., K] each) with the untrusted points set to NaN: `along` and `fit_replicates` skip
         non-finite points as if never measured."""
         return {name: np.where(self.trusted, v, np.nan) for name, v in values.items()}
+
+    def for_comparison(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The trusted points, preceded by the origin (KL 0, gains 0; other quantities unknown) when the
+        curve starts at the reference (`from_reference`)."""
+        values = self.only_trusted(values)
+        if not self.from_reference:
+            return values
+        out = {}
+        for name, v in values.items():
+            first = 0.0 if name in ("kl", "proxy_gain", "gold_gain") else np.nan
+            out[name] = np.concatenate([np.full(v.shape[:-1] + (1,), first), v], axis=-1)
+        return out
 
     @property
     def seeds(self) -> int:
@@ -513,8 +529,8 @@ def compare_curves(a: CurveSamples, b: CurveSamples, baseline: Baseline, prompt_
     rep_a = curve_replicates(a, baseline, prompt_w, seed_w_a)
     rep_b = curve_replicates(b, baseline, prompt_w, seed_w_b)
     targets = {"kl_target": kl_target, "proxy_target": proxy_target, "gold_target": gold_target}
-    return _compare(a.only_trusted(curve_estimate(a, baseline)), a.only_trusted(rep_a),
-                    b.only_trusted(curve_estimate(b, baseline)), b.only_trusted(rep_b), targets)
+    return _compare(a.for_comparison(curve_estimate(a, baseline)), a.for_comparison(rep_a),
+                    b.for_comparison(curve_estimate(b, baseline)), b.for_comparison(rep_b), targets)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,10 +650,12 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
         result.points[c.label] = point
         result.replicates[c.label] = reps[c.label]
 
-        # Fits, targets and comparisons from the trusted points only (CurveSamples.trusted).
-        est[c.label], reps[c.label] = c.only_trusted(est[c.label]), c.only_trusted(reps[c.label])
-        fit = {k: float(v) for k, v in fit_replicates(est[c.label]["kl"], est[c.label]["gold_gain"], c.form).items()}
-        fit_reps = fit_replicates(reps[c.label]["kl"], reps[c.label]["gold_gain"], c.form)
+        # Fits from the trusted points only (CurveSamples.trusted); targets and comparisons from them too,
+        # walked from the reference where the curve starts there (CurveSamples.from_reference).
+        trusted_est, trusted_reps = c.only_trusted(est[c.label]), c.only_trusted(reps[c.label])
+        est[c.label], reps[c.label] = c.for_comparison(est[c.label]), c.for_comparison(reps[c.label])
+        fit = {k: float(v) for k, v in fit_replicates(trusted_est["kl"], trusted_est["gold_gain"], c.form).items()}
+        fit_reps = fit_replicates(trusted_reps["kl"], trusted_reps["gold_gain"], c.form)
         for k, r in fit_reps.items():
             fit[f"{k}_lo"], fit[f"{k}_hi"] = (float(v) for v in interval(r, level))
         fit["no_peak"] = float(np.mean(fit_reps["beta"] <= 0))

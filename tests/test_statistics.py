@@ -321,6 +321,29 @@ def test_matched_kl_interpolates_on_sqrt_kl_where_gains_are_linear():
     np.testing.assert_allclose(out["replicates"]["gold_at_kl_a"], alpha * math.sqrt(k), rtol=1e-12)
 
 
+def test_a_curve_from_the_reference_is_compared_from_kl_zero():
+    """The optimum π_β is measured only at finite β, but β → ∞ is π_ref itself (KL 0, no gain): below its first
+    measured KL, comparisons interpolate from that origin, in sqrt(KL); a curve not flagged so has no value
+    there (it never "reaches" a level below its first point)."""
+    P, alpha = 12, 0.3
+    kl = np.array([0.1, 0.4, 0.9])
+    args = ("optimum", "bon", np.broadcast_to(kl, (1, P, 3)), np.broadcast_to(np.sqrt(kl), (1, P, 3)),
+            np.broadcast_to(alpha * np.sqrt(kl), (1, P, 3)))
+    baseline = st.Baseline(proxy=np.zeros(P), gold=np.zeros(P))
+    w, ones = st.resample_weights(P, 40, np.random.default_rng(1)), np.ones((40, 1))
+    targets = dict(kl_target=0.025, proxy_target=0.05, gold_target=alpha * 0.1)
+    origin = st.CurveSamples(*args, from_reference=True)
+    out = st.compare_curves(origin, origin, baseline, w, ones, ones, **targets)["estimate"]
+    assert out["gold_at_kl_a"] == pytest.approx(alpha * math.sqrt(0.025), rel=1e-12)
+    assert out["kl_at_proxy_a"] == pytest.approx(0.05**2, rel=1e-12)
+    assert out["kl_to_gold_a"] == pytest.approx(0.1**2, rel=1e-12)
+    plain = st.compare_curves(st.CurveSamples(*args), st.CurveSamples(*args), baseline, w, ones, ones, **targets)
+    assert all(math.isnan(plain["estimate"][f"{name}_a"]) for name in ("gold_at_kl", "kl_at_proxy", "kl_to_gold"))
+    # Points and fits are those of the measured points alone.
+    analysed = st.analyse([origin, st.CurveSamples("bon", *args[1:])], baseline, B=50)
+    assert len(analysed.points["optimum"]["kl"]) == 3
+
+
 def test_compare_curves_estimates_and_pairing():
     """The point estimates are report.along on the mean curves; the replicates use one set of prompt
     weights for both curves (a curve compared with itself differs by exactly 0 in every replicate)."""
