@@ -689,7 +689,9 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
 
 
 def _half_smaller_peak(est: list[dict]) -> float:
-    smaller = min(float(np.nanmax(e["gold_gain"])) if np.isfinite(e["gold_gain"]).any() else math.nan for e in est)
+    """Half the smaller of the curves' largest measured gold gains (NaN if a curve has no measured point)."""
+    peaks = [float(np.nanmax(e["gold_gain"])) if np.isfinite(e["gold_gain"]).any() else math.nan for e in est]
+    smaller = math.nan if any(math.isnan(p) for p in peaks) else min(peaks)
     return smaller / 2 if smaller > 0 else math.nan
 
 
