@@ -141,15 +141,16 @@ def train(cfg: DPOConfig) -> str:
 
     # 1. Bad input, before any work or file (exit 2).
     console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too
-    use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
+    asked = models.resolve_device(cfg.device)  # ConfigError if CUDA is asked for but absent
+    use_cuda = asked.type == "cuda"
     # --precision as for train-rm, sample and ppo: the comparisons are sampled in it (their cache key holds
     # it), and the policy trains and is evaluated under it.
-    bf16 = models.uses_bf16(models.resolve_device(cfg.device), cfg.precision)
+    bf16 = models.uses_bf16(asked, cfg.precision)
     state = PartialState(cpu=not use_cuda)
     world, main = state.num_processes, state.is_main_process
     if cfg.train_batch_size % world:
         raise ConfigError(f"train_batch_size: {cfg.train_batch_size} is not a multiple of the {world} processes")
-    device = state.device if world > 1 or cfg.device == "auto" else models.resolve_device(cfg.device)
+    device = state.device if world > 1 or cfg.device == "auto" else asked
     output = Path(cfg.output)
     # One run per output directory, as for ppo/rl (files.output_owner): rows point at its eval samples.
     owner = files.output_owner(output, RUN_FILES)

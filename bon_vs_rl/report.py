@@ -419,7 +419,7 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
     samples = [statistics.CurveSamples(c.label, c.form, np.stack([r.kl for r in c.records]),
                                        np.stack([r.proxy for r in c.records]),
                                        np.stack([r.gold for r in c.records]) / scale,
-                                       trusted=~extras(c)["low_ess"].to_numpy(dtype=bool),
+                                       trusted=trusted_mask(extras(c)),
                                        from_reference=c.method == "tilted")
                for c in analysed]
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
@@ -503,9 +503,13 @@ def row_points(c: Curve) -> pd.DataFrame:
 # Fits (Gao et al. eq. 1-2): the point fit for drawing; its intervals came from statistics.analyse.
 
 
+def trusted_mask(p: pd.DataFrame) -> np.ndarray:
+    """Which points are measurements: not a tilted optimum estimated from too few effective samples."""
+    return ~p["low_ess"].to_numpy(dtype=bool) if "low_ess" in p else np.ones(len(p), bool)
+
+
 def trusted_points(p: pd.DataFrame) -> pd.DataFrame:
-    """The points that are measurements: not a tilted optimum estimated from too few effective samples."""
-    return p[~p["low_ess"].to_numpy(dtype=bool)] if "low_ess" in p else p
+    return p[trusted_mask(p)]
 
 
 def fit_curves(curves: list[Curve], fit_kl_max: float) -> None:
@@ -734,10 +738,10 @@ def style_legend(fit_kl_max: float, seeds: bool, low_ess: bool) -> list:
     return handles
 
 
-def draw_line(ax, p: pd.DataFrame, x: str, y: str, colour: str, label: str) -> None:
+def draw_line(ax, p: pd.DataFrame, x: str, y: str, colour: str, label: str, lw: float | None = None) -> None:
     """y against x along a curve; points resting on too few effective samples hollow and off the line."""
-    trusted = ~p["low_ess"].to_numpy(dtype=bool) if "low_ess" in p else np.ones(len(p), bool)
-    ax.plot(p[x][trusted], p[y][trusted], "o-", color=colour, ms=3.5, label=label)
+    trusted = trusted_mask(p)
+    ax.plot(p[x][trusted], p[y][trusted], "o-", color=colour, ms=3.5, lw=lw, label=label)
     if (~trusted).any():
         ax.plot(p[x][~trusted], p[y][~trusted], "o", color=colour, mfc="white", ms=4)
 
@@ -745,11 +749,8 @@ def draw_line(ax, p: pd.DataFrame, x: str, y: str, colour: str, label: str) -> N
 def draw_measured(ax, p: pd.DataFrame, y: str, colour: str, label: str, seed_points: list[pd.DataFrame]) -> None:
     """Points with their 95% band (and horizontal KL interval bars); points too uncertain to trust (a tilted
     optimum with too few effective samples) hollow and off the line: not drawn as measured."""
-    trusted = ~p["low_ess"].to_numpy(dtype=bool) if "low_ess" in p else np.ones(len(p), bool)
-    ax.plot(p["d"][trusted], p[y][trusted], "o-", color=colour, ms=3.5, lw=1.4, label=label)
-    if (~trusted).any():
-        ax.plot(p["d"][~trusted], p[y][~trusted], "o", color=colour, mfc="white", ms=4)
-    p = p[trusted]  # bands and bars only where the points are measurements
+    draw_line(ax, p, "d", y, colour, label, lw=1.4)
+    p = trusted_points(p)  # bands and bars only where the points are measurements
     lo, hi = p.get(f"{y}_lo"), p.get(f"{y}_hi")
     if lo is not None and np.isfinite(lo).any():
         ax.fill_between(p["d"], lo, hi, color=colour, alpha=0.18, lw=0)
