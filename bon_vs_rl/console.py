@@ -126,3 +126,10 @@ def quiet_libraries(quiet: bool) -> None:
     import datasets
 
     datasets.disable_progress_bars()
+    # transformers' Trainer integrations print "[INFO] Running in WANDB offline mode" to stdout when they are
+    # first imported with WANDB_MODE=offline: imported here, silenced, the Trainer finds them already loaded.
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import transformers.integrations.integration_utils  # noqa: F401

@@ -118,6 +118,7 @@ def complete_checkpoints(output: Path) -> list[Path]:
 
 def train(cfg: RLConfig) -> str:
     """Run TRL's RLOO or GRPO trainer with the shared evaluation; returns the run id."""
+    console.quiet_libraries(cfg.quiet)  # first: importing TRL's trainers prints (quiet_libraries)
     from accelerate import PartialState
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -125,7 +126,6 @@ def train(cfg: RLConfig) -> str:
 
     from bon_vs_rl import results, tracking
 
-    console.quiet_libraries(cfg.quiet)
     # 1. Bad input, before any work or file (exit 2).
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
