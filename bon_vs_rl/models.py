@@ -278,3 +278,32 @@ def disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def parameter_count(directory: str | os.PathLike) -> dict | None:
+    """{"total", "non_embedding"} parameters of the model saved in `directory`, read from its safetensors
+    headers alone (no weights loaded, no torch); None when it has no safetensors file.
+
+    Gao et al. (2022) give reward-model sizes without the embedding tables; `non_embedding` leaves out every
+    tensor whose name contains "embed" (BERT's word/position/token-type embeddings and their LayerNorm, a
+    Llama's embed_tokens). A tied output head shares the embedding's tensor and is not stored twice;
+    integer tensors are buffers and are not counted."""
+    import json
+    import struct
+
+    total = non_embedding = 0
+    found = False
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))  # the format: u64 header length, then a JSON header
+            header = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name == "__metadata__" or not entry["dtype"].startswith(("F", "BF")):
+                continue  # integer tensors are buffers (BERT's position_ids), not parameters
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+            total += count
+            non_embedding += 0 if "embed" in name.lower() else count
+        found = True
+    return {"total": total, "non_embedding": non_embedding} if found else None

@@ -8,8 +8,8 @@ optimized against.
                                 (Hutto & Gilbert 2014; a human-rated lexicon: transparent and offline)
     hf:<id-or-path>             a sequence-classification reward model with one output (its logit)
     rm:<path>[@agg]             a reward model (or ensemble) trained by `bonrl train-rm`; an ensemble
-                                scores with @mean (default), @min (worst case) or @mean-<λ>std
-                                (uncertainty-weighted; Coste et al. 2023)
+                                scores with @mean (default), @min (worst case), @mean-<λ>std
+                                (uncertainty-weighted; Coste et al. 2023) or @member-<k> (one member)
     python:<module>:<function>  a user function (prompts, completions) -> list of floats; <module> may
                                 be an importable name or a path to a .py file
 
@@ -24,7 +24,7 @@ import importlib.util
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import numpy as np
 from bon_vs_rl.config import ConfigError
 
 RM_METADATA = "bonrl_rm.json"  # written by `bonrl train-rm` beside the weights
+HELDOUT_SCORES = "heldout_scores.json"  # every member's scores on the held-out samples, and the held-out pairs
 
 
 class ScorerError(ConfigError):
@@ -48,6 +49,9 @@ class Scorer:
     spec: str
     score_batch: Callable[[list[str], list[str]], Sequence[float]]
     batch_size: int = 64
+    # An rm: spec: its member models as scorers, and how their scores [members, batch] become this one's.
+    parts: list[Scorer] = field(default_factory=list)
+    combine: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         if len(prompts) != len(completions):
@@ -133,40 +137,131 @@ def hf_scorer(spec: str, target: str, device, cache_dir: str | None = None, role
     return Scorer(spec, reward, batch_size=32)
 
 
+AGGREGATIONS = "@mean, @min, @mean-<λ>std (e.g. @mean-0.5std) or @member-<k> (e.g. @member-0)"
+
+
 def parse_aggregation(agg: str, role: str = "proxy") -> tuple[str, float]:
-    """'mean' | 'min' | 'mean-0.5std' -> (kind, λ)."""
+    """'mean' | 'min' | 'mean-0.5std' | 'member-2' -> (kind, λ or the member's index)."""
     if agg in ("mean", "min"):
         return agg, 0.0
-    match = re.fullmatch(r"mean-([0-9.]+)std", agg)
+    match = re.fullmatch(r"mean-([0-9]+(?:\.[0-9]*)?|\.[0-9]+)std", agg)
     if match:
         return "mean-std", float(match.group(1))
-    raise ScorerError(f"{role}: aggregation {agg!r} unknown; use @mean, @min or @mean-<λ>std (e.g. @mean-0.5std)")
+    match = re.fullmatch(r"member-([0-9]+)", agg)
+    if match:
+        return "member", float(match.group(1))
+    raise ScorerError(f"{role}: aggregation {agg!r} unknown; use {AGGREGATIONS}")
 
 
-def rm_scorer(spec: str, target: str, device, role: str = "proxy") -> Scorer:
-    """A `bonrl train-rm` checkpoint: one model directory, or an ensemble of member directories."""
+def aggregate(scores: np.ndarray, kind: str, value: float = 0.0) -> np.ndarray:
+    """One proxy score per sample from an ensemble's member scores [members, samples] (Coste et al. 2023):
+
+        mean        the average member                         (@mean; a single model: itself)
+        min         the worst case over members                (@min: "worst-case optimization")
+        mean-std    mean − λ·std, std over members (ddof 0)    (@mean-<λ>std: uncertainty-weighted)
+        member      member number `value` alone                (@member-<k>: to draw it beside the ensemble)
+
+    Scoring (rm_scorer), the held-out accuracy of any aggregation (describe_rm) and the tests all call this."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "mean":
+        return scores.mean(axis=0)
+    if kind == "min":
+        return scores.min(axis=0)
+    if kind == "mean-std":
+        return scores.mean(axis=0) - value * scores.std(axis=0)
+    if kind == "member":
+        return scores[int(value)].copy()
+    raise ValueError(f"unknown aggregation {kind!r}")
+
+
+def split_rm_target(target: str, role: str = "proxy") -> tuple[Path, str, float, dict]:
+    """'DIR@min' -> (DIR, kind, λ or index, DIR's bonrl_rm.json), with the aggregation checked against DIR's members."""
     path_text, _, agg = target.partition("@")
-    kind, lam = parse_aggregation(agg or "mean", role)
+    kind, value = parse_aggregation(agg or "mean", role)
     path = Path(path_text).expanduser()
     metadata_file = path / RM_METADATA
     if not metadata_file.exists():
         raise ScorerError(f"{role}: {path} is not a bonrl reward model (no {RM_METADATA}); train one with "
                           f"bonrl train-rm, or fix --{role}")
     metadata = json.loads(metadata_file.read_text())
-    member_dirs = [path / m for m in metadata.get("members", ["."])]
-    members = [SequenceClassifierReward(str(d), device, metadata.get("max_length", 512)) for d in member_dirs]
+    members = metadata.get("members", ["."])
     if len(members) == 1 and kind != "mean":
         raise ScorerError(f"{role}: {path} is a single model; @{agg} needs an ensemble (train with --ensemble K)")
+    if kind == "member" and int(value) >= len(members):
+        raise ScorerError(f"{role}: {path} has {len(members)} members (member-0 to member-{len(members) - 1}); "
+                          f"@{agg} is not one of them")
+    return path, kind, value, metadata
+
+
+def rm_scorer(spec: str, target: str, device, role: str = "proxy", shared: dict | None = None) -> Scorer:
+    """A `bonrl train-rm` checkpoint: one model directory, or an ensemble of member directories.
+
+    `shared` (member directory -> loaded model): specs of one ensemble loaded into one run (@mean, @min,
+    @member-0, ...) share its member models instead of loading them once each. The scorer's `parts` are
+    its members as scorers of their own and `combine` the aggregation, so a caller scoring many specs of
+    one ensemble can score each member once (best_of_n.score_all)."""
+    path, kind, value, metadata = split_rm_target(target, role)
+    member_dirs = [path / m for m in metadata.get("members", ["."])]
+    if kind == "member":  # one member alone: load only that one
+        member_dirs = [member_dirs[int(value)]]
+        kind, value = "mean", 0.0
+    shared = {} if shared is None else shared
+    parts = []
+    for directory in member_dirs:
+        key = str(directory.resolve())
+        if key not in shared:
+            shared[key] = SequenceClassifierReward(str(directory), device, metadata.get("max_length", 512))
+        parts.append(Scorer(f"rm:{directory}", shared[key], batch_size=32))
+
+    def combine(scores: np.ndarray) -> np.ndarray:
+        return aggregate(scores, kind, value)
 
     def score(prompts: list[str], completions: list[str]) -> np.ndarray:
-        scores = np.stack([m(prompts, completions) for m in members])  # [members, batch]
-        if kind == "min":
-            return scores.min(axis=0)
-        if kind == "mean-std":
-            return scores.mean(axis=0) - lam * scores.std(axis=0)
-        return scores.mean(axis=0)
+        return combine(np.stack([part.score_batch(prompts, completions) for part in parts]))
 
-    return Scorer(spec, score, batch_size=32)
+    return Scorer(spec, score, batch_size=32, parts=parts, combine=combine)
+
+
+def pairwise_accuracy(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray) -> float:
+    """Fraction of pairs the proxy orders as the gold does; a proxy tie counts one half."""
+    if len(proxy_chosen) == 0:
+        return float("nan")
+    return float(np.mean((proxy_chosen > proxy_rejected) + 0.5 * (proxy_chosen == proxy_rejected)))
+
+
+def describe_rm(target: str, role: str = "proxy") -> dict:
+    """What the scaling view needs to know of an `rm:` proxy, from its checkpoint directory alone (no model
+    is loaded): the pairs it was trained on (label_noise: the share flipped), its backbone and parameter
+    counts (models.parameter_count), members, and the held-out accuracy of exactly this aggregation,
+    recomputed from the member scores train-rm saved (HELDOUT_SCORES) with `aggregate`. A value that the
+    checkpoint does not hold is None."""
+    path, kind, value, metadata = split_rm_target(target, role)
+    config = metadata.get("config", {})
+    members = metadata.get("members", ["."])
+    evaluation = metadata.get("evaluation", {})
+    accuracy = evaluation.get("accuracy") if kind == "mean" else None
+    if kind == "member" and len(evaluation.get("member_accuracy", [])) > int(value):
+        accuracy = evaluation["member_accuracy"][int(value)]
+    heldout_file = path / HELDOUT_SCORES
+    if heldout_file.exists():
+        heldout = json.loads(heldout_file.read_text())
+        scores = aggregate(np.asarray(heldout["members"], dtype=np.float64), kind, value)
+        pairs = np.asarray(heldout["pairs"], dtype=np.int64).reshape(-1, 2)
+        accuracy = pairwise_accuracy(scores[pairs[:, 0]], scores[pairs[:, 1]])
+    parameters = metadata.get("parameters")
+    if parameters is None:  # a checkpoint from before parameters were recorded: count them from its files
+        from bon_vs_rl.models import parameter_count
+
+        parameters = parameter_count(path / members[int(value) if kind == "member" else 0])
+    return {
+        "directory": str(path), "aggregation": kind, "member": int(value) if kind == "member" else None,
+        "lambda": value if kind == "mean-std" else None, "members": len(members),
+        "pairs": metadata.get("train_pairs", config.get("pairs")), "label_noise": config.get("label_noise"),
+        "backbone": metadata.get("backbone", config.get("backbone")),
+        "parameters": None if parameters is None else parameters.get("total"),
+        "parameters_non_embedding": None if parameters is None else parameters.get("non_embedding"),
+        "accuracy": accuracy,
+    }
 
 
 def python_scorer(spec: str, target: str, role: str = "gold") -> Scorer:
@@ -193,8 +288,10 @@ def python_scorer(spec: str, target: str, role: str = "gold") -> Scorer:
     return Scorer(spec, function, batch_size=1024)
 
 
-def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str = "gold") -> Scorer:
-    """Build the scorer a spec names. `role` ('gold' or 'proxy': the option it came from) words the errors."""
+def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str = "gold",
+                shared: dict | None = None) -> Scorer:
+    """Build the scorer a spec names. `role` ('gold' or 'proxy': the option it came from) words the errors;
+    `shared`: loaded rm: member models to reuse (rm_scorer)."""
     if not spec:
         raise ScorerError(f"{role}: empty scorer spec; use vader, hf:ID, rm:PATH or python:MODULE:FUNCTION")
     kind, _, target = spec.partition(":")
@@ -209,5 +306,5 @@ def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str 
     if kind == "hf" and target:
         return hf_scorer(spec, target, device, cache_dir, role)
     if kind == "rm" and target:
-        return rm_scorer(spec, target, device, role)
+        return rm_scorer(spec, target, device, role, shared)
     raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")

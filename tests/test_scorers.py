@@ -103,3 +103,80 @@ def test_scorer_errors_name_the_flag_not_an_internal_field(tmp_path):
         scorers.load_scorer(f"rm:{tmp_path}", role="gold")
     with pytest.raises(scorers.ConfigError, match=r"^proxy: directory .* does not exist; check the path given to --proxy$"):
         scorers.load_scorer(f"hf:{tmp_path / 'no-rm'}", role="proxy")
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensemble combiners (Coste et al. 2023), against hand computations.
+
+MEMBER_SCORES = np.array([[1.0, 4.0, -2.0],  # member 0, three samples
+                          [3.0, 0.0, -2.0],  # member 1
+                          [2.0, 2.0, 1.0]])  # member 2
+
+
+@pytest.mark.parametrize("agg, expected", [
+    ("mean", [2.0, 2.0, -1.0]),
+    ("min", [1.0, 0.0, -2.0]),
+    # Population std over members: sqrt(2/3), sqrt(8/3), sqrt(2) for the three samples.
+    ("mean-1std", [2.0 - (2 / 3) ** 0.5, 2.0 - (8 / 3) ** 0.5, -1.0 - 2 ** 0.5]),
+    ("mean-0.5std", [2.0 - 0.5 * (2 / 3) ** 0.5, 2.0 - 0.5 * (8 / 3) ** 0.5, -1.0 - 0.5 * 2 ** 0.5]),
+    ("member-2", [2.0, 2.0, 1.0]),
+])
+def test_ensemble_combiners_match_hand_computations(agg, expected):
+    kind, value = scorers.parse_aggregation(agg)
+    np.testing.assert_allclose(scorers.aggregate(MEMBER_SCORES, kind, value), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("agg", ["max", "mean-std", "mean-xstd", "member-", "member-a", "mean-1var"])
+def test_unknown_aggregations_are_refused_naming_the_choices(agg):
+    with pytest.raises(scorers.ScorerError, match=r"^proxy: aggregation .* unknown; use @mean, @min, @mean-<λ>std "
+                                                  r"\(e.g. @mean-0.5std\) or @member-<k> \(e.g. @member-0\)$"):
+        scorers.parse_aggregation(agg)
+
+
+def _ensemble_checkpoint(root, metadata: dict, heldout: dict | None):
+    root.mkdir()
+    (root / scorers.RM_METADATA).write_text(json.dumps(metadata))
+    if heldout is not None:
+        (root / scorers.HELDOUT_SCORES).write_text(json.dumps(heldout))
+    return root
+
+
+def test_describe_rm_recomputes_each_aggregations_held_out_accuracy_from_the_saved_member_scores(tmp_path):
+    # Four held-out pairs over the three samples above: (chosen, rejected) positions.
+    pairs = [[0, 1], [1, 2], [2, 0], [0, 2]]
+    root = _ensemble_checkpoint(tmp_path / "ens", {
+        "members": ["member-0", "member-1", "member-2"], "backbone": "minilm", "train_pairs": 500,
+        "config": {"pairs": 500, "label_noise": 0.25}, "parameters": {"total": 22_000_000, "non_embedding": 11_000_000},
+        "evaluation": {"accuracy": 0.5, "member_accuracy": [0.75, 0.5, 0.25]}}, {"members": MEMBER_SCORES.tolist(),
+                                                                                 "gold": [0, 0, 0], "pairs": pairs})
+    # By hand: mean [2, 2, -1]: pair (0,1) tie 1/2, (1,2) 2 > -1 right, (2,0) -1 < 2 wrong, (0,2) right -> 2.5/4.
+    # min [1, 0, -2]: right, right, wrong, right -> 3/4. member-1 [3, 0, -2]: right, right, wrong, right -> 3/4.
+    # mean-1std [1.18, 0.37, -2.41]: right, right, wrong, right -> 3/4.
+    expected = {"mean": 2.5 / 4, "min": 3 / 4, "member-1": 3 / 4, "mean-1std": 3 / 4}
+    for agg, accuracy in expected.items():
+        info = scorers.describe_rm(f"{root}@{agg}")
+        assert info["accuracy"] == pytest.approx(accuracy), agg
+        assert (info["pairs"], info["label_noise"], info["members"], info["backbone"]) == (500, 0.25, 3, "minilm")
+        assert (info["parameters"], info["parameters_non_embedding"]) == (22_000_000, 11_000_000)
+    assert scorers.describe_rm(f"{root}@member-1")["member"] == 1 and scorers.describe_rm(f"{root}")["member"] is None
+    # Without the saved scores (a checkpoint from before they were kept): the recorded mean and members only.
+    old = _ensemble_checkpoint(tmp_path / "old", {**json.loads((root / scorers.RM_METADATA).read_text())}, None)
+    assert scorers.describe_rm(f"{old}@mean")["accuracy"] == 0.5
+    assert scorers.describe_rm(f"{old}@member-2")["accuracy"] == 0.25
+    assert scorers.describe_rm(f"{old}@min")["accuracy"] is None
+    with pytest.raises(scorers.ScorerError, match=r"has 3 members \(member-0 to member-2\); @member-3 is not one"):
+        scorers.describe_rm(f"{root}@member-3")
+
+
+def test_parameter_counts_read_from_the_files_match_the_loaded_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from bon_vs_rl import models
+
+    _tiny_reward_model(tmp_path / "m", seed=0)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    counted = models.parameter_count(tmp_path / "m")
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    assert counted["non_embedding"] == sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    assert 0 < counted["non_embedding"] < counted["total"]
+    assert models.parameter_count(tmp_path) is None  # no safetensors file: unknown
