@@ -181,6 +181,14 @@ class ComparisonDataConfig:
     trains the policy on them. Same settings, same cached data, same labels."""
 
     pairs: int = option(2000, "Number of labelled comparison pairs for training.")
+    data_pairs: int = option(
+        0, "Label this many training pairs and train on --pairs of them (0: --pairs). A data-size sweep gives every "
+        "proxy the same --data-pairs: each trains on a nested random subset of one labelled draw, sampled once."
+    )
+    data_seed: int | None = option(
+        None, "Seed of the comparison data (sampling, labels, the --pairs subset, label noise); default: --seed. "
+        "Proxies that share it and the data options share one labelled draw while --seed varies their training."
+    )
     eval_pairs: int = option(400, "Held-out comparison pairs (from held-out prompts) for evaluation.")
     completions_per_prompt: int = option(4, "Completions sampled per prompt (k); pairs are drawn among them.")
     labels: str = option(
@@ -194,6 +202,11 @@ class ComparisonDataConfig:
     def validate(self) -> None:
         if self.pairs <= 0:
             raise ConfigError(f"pairs: {self.pairs} must be ≥ 1, e.g. --pairs 2000")
+        if self.data_pairs < 0 or (self.data_pairs and self.data_pairs < self.pairs):
+            raise ConfigError(f"data_pairs: {self.data_pairs} must be 0 (= --pairs) or at least --pairs {self.pairs}: "
+                              "it is the labelled draw the training pairs are taken from")
+        if self.data_seed is not None and (not isinstance(self.data_seed, int) or self.data_seed < 0):
+            raise ConfigError(f"data_seed: {self.data_seed!r} must be a non-negative integer (or unset: --seed)")
         if self.eval_pairs <= 0:
             raise ConfigError(f"eval_pairs: {self.eval_pairs} must be ≥ 1, e.g. --eval-pairs 400")
         if self.completions_per_prompt < 2:
@@ -240,7 +253,10 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
 
     output: str = option("runs/bon", "Directory for the samples file (Parquet) and the resolved config.")
     policy: str = option("smollm2-135m", "Policy to sample from (model spec).")
-    proxy: list[str] = option([], "Proxy reward model(s) to select by (scorer spec); repeat for several.")
+    proxy: list[str] = option(
+        [], "Proxy reward model(s) to select by (scorer spec); repeat for several. None: only sample and score the "
+        "gold, and rescore the samples file later with --from-samples FILE --proxy SPEC (one draw for many proxies)."
+    )
     gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
     n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.", comma_list=True)
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
@@ -275,8 +291,9 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
         if self.eval_prompts < 0:
             raise ConfigError(f"eval_prompts: {self.eval_prompts} must be ≥ 0 (0 = all)")
         check_bootstrap(self.bootstrap)
-        if not self.proxy:
-            raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
+        if not self.proxy and self.from_samples:
+            raise ConfigError("proxy: no proxy reward model given to rescore the samples with; pass --proxy rm:PATH "
+                              "(from bonrl train-rm)")
         parse_float_list(self.beta, "beta")
 
     @property
@@ -705,7 +722,7 @@ def check_checkpoints(cfg) -> None:
 # What makes a DPO run's comparison data that of a train-rm run (reward_model.data_settings reads these,
 # with data_seed as train-rm's seed): `bonrl experiment` copies them from the RM stage a DPO entry names.
 COMPARISON_DATA_FIELDS = ("policy", "gold", "prompts", "max_prompt_tokens", "chat_template", "max_new_tokens",
-                          "temperature", "top_k", "top_p", "batch_size", "pairs", "eval_pairs",
+                          "temperature", "top_k", "top_p", "batch_size", "pairs", "data_pairs", "eval_pairs",
                           "completions_per_prompt", "labels", "label_temperature", "label_noise", "precision")
 
 
@@ -720,10 +737,6 @@ class DPOConfig(ComparisonDataConfig, RLEvalConfig, PrecisionConfig, SamplingCon
         "", "Proxy reward model, measured only: DPO optimizes no proxy, but every row records the proxy's score so "
         "the run sits in one panel with best-of-n and RL against that proxy; give the RM trained on these "
         "comparisons (e.g. rm:runs/rm)."
-    )
-    data_seed: int | None = option(
-        None, "Seed of the comparison data (sampling, labels, noise); default: --seed. Give the proxy RM's seed to "
-        "train on exactly its comparisons while --seed varies."
     )
     beta: float = option(0.1, "DPO's β: the KL strength of the implicit reward β·log(π/π_ref) (Rafailov et al.).")
     epochs: float = option(1.0, "Passes over the training pairs (Rafailov et al. 2024 see over-optimization within one).")
@@ -745,8 +758,6 @@ class DPOConfig(ComparisonDataConfig, RLEvalConfig, PrecisionConfig, SamplingCon
         if not self.proxy:
             raise ConfigError("proxy: no proxy given; DPO only measures it, but its rows need one to share a panel "
                               "with best-of-n and RL: pass --proxy rm:PATH (the RM trained on the same comparisons)")
-        if self.data_seed is not None and (not isinstance(self.data_seed, int) or self.data_seed < 0):
-            raise ConfigError(f"data_seed: {self.data_seed!r} must be a non-negative integer (or unset: --seed)")
         if not self.beta > 0:
             raise ConfigError(f"beta: {self.beta} must be > 0 (at β = 0 the DPO loss is log 2 whatever the policy)")
         if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0:
@@ -846,10 +857,17 @@ class ReportConfig:
     )
     bootstrap: int = option(2000, "Prompt (and seed) resamples behind every 95% interval; at least 100.")
     seed: int = option(0, "Seed of the resampling, so a report is reproducible.")
+    scaling: str = option(
+        "auto", "The scaling view across proxies of one policy and gold (coefficients and gold peaks against data "
+        "size, model size and accuracy): auto (wherever there are several proxies), on (required: an error "
+        "where it cannot be made), off."
+    )
     quiet: bool = option(False, "No progress output.")
 
     def validate(self) -> None:
         check_bootstrap(self.bootstrap)
+        if self.scaling not in ("auto", "on", "off"):
+            raise ConfigError(f"scaling: {self.scaling!r}; use auto, on or off, e.g. --scaling on")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
             raise ConfigError(f"kl_target: {self.kl_target} must be a positive number of nats, e.g. --kl-target 2")
         if self.proxy_target is not None and not (math.isfinite(self.proxy_target) and self.proxy_target > 0):

@@ -19,7 +19,9 @@ falls as KL(π‖π_ref) grows. So it is measured here exactly like RL:
    The data is cached under the hash of those settings, so a DPO run with the settings of a proxy RM —
    the same policy, gold, prompts, sampling and data seed (`--data-seed`, default --seed) — reads the
    very pairs and labels that RM was trained on: "RM + RL" and "DPO" spend the same labels. `bonrl
-   experiment` wires this itself (`comparisons: rm-K`). Only the train split's pairs are used.
+   experiment` wires this itself (`comparisons: rm-K`). Only the train split's pairs are used, and of
+   them the RM's own subset with its flipped labels (`reward_model.training_pairs`: --pairs of
+   --data-pairs, then --label-noise).
 2. Pairs as token ids. The prompt is encoded exactly as the sampler encoded it (`sampling.encode_prompts`,
    so the context is the one the completion was drawn in); the completion is re-tokenized from its text
    (the cache keeps text, not ids) and EOS is appended only where the sampled completion emitted one.
@@ -66,7 +68,7 @@ def comparison_settings(cfg: DPOConfig) -> TrainRMConfig:
     """The `bonrl train-rm` settings whose comparison data this run trains on (same fields, same hash)."""
     shared = (*COMPARISON_DATA_FIELDS, "device", "cache_dir", "quiet")
     seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    return TrainRMConfig(**{name: getattr(cfg, name) for name in shared}, seed=seed)
+    return TrainRMConfig(**{name: getattr(cfg, name) for name in shared}, seed=seed, data_seed=seed)
 
 
 def completion_ids(tokenizer, text: str, ended: bool) -> list[int]:
@@ -176,7 +178,7 @@ def train(cfg: DPOConfig) -> str:
     if checkpoint is not None and saved.get("data_hash") != data.key:
         raise ConfigError(f"resume: {checkpoint} was trained on comparison data {saved.get('data_hash')}, not "
                           f"{data.key}; pass the same data options (and --data-seed) or drop --resume")
-    train_pairs = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
+    train_pairs = reward_model.training_pairs(data, comparison_settings(cfg))  # the proxy's very pairs and labels
     dataset = preference_dataset(train_pairs, data.samples, tokenizer, cfg.max_prompt_tokens)
     console.note(f"dpo: {len(train_pairs)} training pairs from {data.path}", cfg.quiet or not main)
     args = dpo_arguments(cfg, world, use_cuda, bf16)

@@ -10,19 +10,24 @@ errors are what overoptimization exploits, so it is trained on train prompts and
 1. Comparison data. k completions per train prompt from the initial policy (the sampler and
    SamplingConfig that best-of-n and RL use), scored by the gold; the k(k-1)/2 pairs among a prompt's
    completions are comparisons (Ouyang et al. 2022 §3.5 also label every pair of K ranked samples).
-   Prompts are consumed in order until `pairs` comparisons exist, so ~pairs / (k(k-1)/2) prompts are
-   needed; when the prompt set runs out it is cycled with new samples. Held-out pairs come the same
-   way from the eval prompts. Labels:
+   Prompts are consumed in order until `data_pairs` (default: `pairs`) comparisons exist, so
+   ~data_pairs / (k(k-1)/2) prompts are needed; when the prompt set runs out it is cycled with new
+   samples. Held-out pairs come the same way from the eval prompts. Labels:
        deterministic   the completion with the higher gold wins; exact ties carry no preference and
                        are dropped (an integer- or lexicon-valued gold such as VADER ties often)
        bradley-terry   a noisy labeller: P(a ≻ b) = σ((gold_a − gold_b) / T); ties are kept as coin flips
-   then exactly round(label_noise · pairs) training labels, chosen at random, are flipped (Coste et al.
-   2023 flip 25%). Held-out labels are never noised or sampled: accuracy is measured against the gold.
+   The proxy trains on `pairs` of the drawn pairs (`training_pairs`): a random subset, the same for every
+   run with the same data seed, nested (the 500-pair subset holds the 250-pair one), so a data-size
+   sweep (Gao et al. 2022 §3.4) labels once and its proxies differ in how much they saw, not in what was
+   drawn; then exactly round(label_noise · pairs) of them, chosen at random, are flipped (Coste et al.
+   2023 flip 25%). Held-out labels are never noised or sampled: accuracy is measured against the gold,
+   on the same held-out pairs for every proxy of one draw.
    The data is cached under a hash of every setting that shapes it (`comparisons/<hash>/` in the cache
    directory: pairs.parquet, samples.parquet, settings.json, written atomically) and reused when the
    same settings ask again; "reusing comparison data" is printed and `data_reused` recorded. The hash
    covers what the policy and gold specs name, not only their text (`spec_fingerprint`): an edited
-   `python:` gold file or a retrained local model directory is new data.
+   `python:` gold file or a retrained local model directory is new data. The subset and the label noise
+   are applied after the cache, so a noisy proxy and a clean one share the draw.
 2. Training. AutoModelForSequenceClassification with one output on the backbone, Bradley–Terry loss
    −log σ(r_chosen − r_rejected) (Ouyang et al. 2022 eq. 1), with TRL's RewardTrainer.
 3. Evaluation. On held-out pairs from held-out prompts: accuracy against the gold labels (a proxy tie
@@ -30,8 +35,10 @@ errors are what overoptimization exploits, so it is trained on train prompts and
    One row, method `rm`, goes to the results table; the same numbers are printed as a table.
 4. Output. `--output` becomes a checkpoint directory loadable as `rm:<dir>` (and, for one model, by
    `AutoModelForSequenceClassification.from_pretrained(dir)`): weights, tokenizer, `bonrl_rm.json`
-   (members, max_length, backbone, the resolved config, the evaluation, the data hash) and
-   `resolved_config.json`. An ensemble keeps its members in `member-0`, `member-1`, ... trained with
+   (members, max_length, backbone, parameter counts, the resolved config, the evaluation, the data
+   hash), `heldout_scores.json` (every member's score on every held-out sample, and the held-out pairs,
+   so the accuracy of any aggregation, @min or @mean-<λ>std, is recomputed without loading a model:
+   scorers.describe_rm) and `resolved_config.json`. An ensemble keeps its members in `member-0`, `member-1`, ... trained with
    seeds seed, seed+1, ... on the same data. The directory is filled in a temporary sibling and renamed
    into place only after evaluation succeeds, so a crash never leaves a directory that looks complete.
    An --output that already holds a reward model is refused unless --overwrite: other runs may be
@@ -77,8 +84,9 @@ from bon_vs_rl.config import ConfigError, TrainRMConfig, to_dict
 if TYPE_CHECKING:
     import pandas as pd
 
-DATA_FORMAT = 2  # bump when the saved layout, the pairing rule or the sampler's random streams change: old caches
-# are then unused (2: each sampler batch seeded by its first prompt, so that torchrun draws what one process does)
+DATA_FORMAT = 3  # bump when the saved layout, the pairing rule or the sampler's random streams change: old caches
+# are then unused (2: each sampler batch seeded by its first prompt, so that torchrun draws what one process does;
+# 3: labels cached clean, the --pairs subset and the label noise applied after loading: training_pairs)
 SPLIT_CODE = {"train": 0, "eval": 1}
 
 
@@ -139,14 +147,24 @@ def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: li
         # bf16 autocast samples another distribution than fp32 (0.011 nats of KL per sequence measured), and
         # --precision auto means bf16 on a GPU, fp32 on a CPU: the arithmetic itself is part of the data.
         "arithmetic": "bf16" if models.uses_bf16(device, cfg.precision) else "fp32",
-        "pairs": cfg.pairs,
+        "pairs": drawn_pairs(cfg),
         "eval_pairs": cfg.eval_pairs,
         "completions_per_prompt": cfg.completions_per_prompt,
         "labels": cfg.labels,
         "label_temperature": cfg.label_temperature if cfg.labels == "bradley-terry" else None,
-        "label_noise": cfg.label_noise,
-        "seed": cfg.seed,
+        # label_noise is not here: the flips are applied after loading (training_pairs), to the subset trained on.
+        "seed": data_seed(cfg),
     }
+
+
+def drawn_pairs(cfg: TrainRMConfig) -> int:
+    """How many training pairs the comparison data holds: --data-pairs, else --pairs."""
+    return cfg.data_pairs or cfg.pairs
+
+
+def data_seed(cfg: TrainRMConfig) -> int:
+    """The seed of the comparison data (its samples, labels, subset and flips): --data-seed, else --seed."""
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
 
 
 def settings_hash(settings: dict) -> str:
@@ -193,7 +211,7 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
 
     k = cfg.completions_per_prompt
     per_prompt = k * (k - 1) // 2
-    label_rng = np.random.default_rng(_seed(cfg.seed, SPLIT_CODE[split], 10_000))
+    label_rng = np.random.default_rng(_seed(data_seed(cfg), SPLIT_CODE[split], 10_000))
     pairs: list[dict] = []
     frames = []
     used = 0  # prompts drawn so far from the cycled stream prompts[0], prompts[1], ..., prompts[0], ...
@@ -209,7 +227,7 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
         # Each round has its own seed, so a prompt met again on a later pass gets new completions.
         share = functools.partial(gold_scored_share, policy, tokenizer, gold, batch,
                                   sampling.shard(n_prompts, k, cfg.batch_size, rank, world), k, cfg,
-                                  _seed(cfg.seed, SPLIT_CODE[split], len(frames)), quiet,
+                                  _seed(data_seed(cfg), SPLIT_CODE[split], len(frames)), quiet,
                                   f"{split} comparisons: sampling")
         # Every process holds the whole round, grouped by prompt: a prompt's k samples are contiguous.
         frame = sampling.gather_shares(share, world, everywhere=True)
@@ -255,6 +273,22 @@ def flip_labels(pairs, fraction: float, rng):
     return pairs
 
 
+def training_pairs(data: ComparisonData, cfg: TrainRMConfig) -> pd.DataFrame:
+    """The train pairs a proxy (or `bonrl dpo`) trains on: `cfg.pairs` of the drawn ones, then the label noise.
+
+    The subset is the first `pairs` of one random order of the drawn pairs, seeded by the data seed, kept
+    in the data's own order: runs with one draw get nested subsets, and `pairs` = all of it is the whole
+    draw as it was sampled. Then exactly round(label_noise · pairs) of the subset are flipped (flip_labels),
+    with a generator seeded by the data seed alone: the same pairs flip for every run of one draw."""
+    train = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
+    if cfg.pairs > len(train):
+        raise ConfigError(f"pairs: {cfg.pairs} exceeds the {len(train)} train pairs of comparison data {data.key}; "
+                          "raise --data-pairs")
+    order = np.random.default_rng(_seed(data_seed(cfg), 30_000)).permutation(len(train))
+    subset = train.iloc[np.sort(order[:cfg.pairs])].reset_index(drop=True)
+    return flip_labels(subset, cfg.label_noise, np.random.default_rng(_seed(data_seed(cfg), 20_000)))
+
+
 def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_prompts: list[str], rank: int = 0,
                     world: int = 1) -> ComparisonData:
     """Load the comparisons these settings describe from the cache, or sample, label and cache them.
@@ -286,12 +320,11 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
 
     with models.autocast(device, cfg.precision):  # the policy as best-of-n and RL sample it
-        train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, cfg.pairs, cfg,
+        train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, drawn_pairs(cfg), cfg,
                                                         "train", cfg.labels, quiet, rank, world)
         # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
         eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
                                                       "eval", "deterministic", quiet, rank, world)
-    train_pairs = flip_labels(train_pairs, cfg.label_noise, np.random.default_rng(_seed(cfg.seed, 20_000)))
     del policy
     eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
     samples = pd.concat([train_samples, eval_samples], ignore_index=True)
@@ -307,7 +340,7 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
             files.write_json(tmp / "settings.json", {"key": key, "settings": settings, "generation_seconds": seconds,
                                                      "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                                      "samples": len(samples)})
-    console.note(f"comparison data: {len(train_pairs)} train pairs ({int(train_pairs.flipped.sum())} flipped), "
+    console.note(f"comparison data: {len(train_pairs)} train pairs, "
                  f"{len(eval_pairs)} held-out pairs, {len(samples)} samples in {seconds:.0f} s -> {path}", quiet)
     return ComparisonData(pairs, samples, key, path, False, seconds, seconds)
 
@@ -446,11 +479,7 @@ def train_member(backbone_path: str, tokenizer, dataset, cfg: TrainRMConfig, see
 # 3. Evaluation.
 
 
-def pairwise_accuracy(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray) -> float:
-    """Fraction of pairs the proxy orders as the gold does; a proxy tie counts one half."""
-    if len(proxy_chosen) == 0:
-        return float("nan")
-    return float(np.mean((proxy_chosen > proxy_rejected) + 0.5 * (proxy_chosen == proxy_rejected)))
+pairwise_accuracy = scorers.pairwise_accuracy  # the rule every accuracy here is measured by
 
 
 def correlations(proxy: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
@@ -480,8 +509,11 @@ def evaluate(checkpoint: Path, members: list[str], max_length: int, data: Compar
     chosen, rejected = pairs["chosen_sample"].to_numpy(), pairs["rejected_sample"].to_numpy()
     accuracy = [pairwise_accuracy(p[chosen], p[rejected]) for p in proxy]
     pearson, spearman = correlations(proxy[0, held_out.index], held_out["gold"].to_numpy())
+    position = {sample: i for i, sample in enumerate(held_out.index)}  # held-out sample -> its column in `scores`
+    heldout_scores = {"members": scores.tolist(), "gold": held_out["gold"].tolist(),
+                      "pairs": [[position[c], position[r]] for c, r in zip(chosen.tolist(), rejected.tolist())]}
     return {
-        "accuracy": accuracy[0], "pearson": pearson, "spearman": spearman,
+        "accuracy": accuracy[0], "pearson": pearson, "spearman": spearman, "heldout_scores": heldout_scores,
         "member_accuracy": accuracy[1:] if len(members) > 1 else [],
         "eval_pairs": len(pairs), "eval_samples": len(held_out), "eval_prompts": int(held_out["prompt_id"].nunique()),
         "proxy_mean": float(proxy[0, held_out.index].mean()), "proxy_std": float(proxy[0, held_out.index].std()),
@@ -527,7 +559,7 @@ def train_rm(cfg: TrainRMConfig) -> Path:
     eval_prompts = prompt_sets.load_prompts(cfg.prompts, "eval")
 
     data = comparison_data(cfg, device, train_prompts, eval_prompts, rank, world)
-    train_pairs = data.pairs[data.pairs["split"] == "train"].reset_index(drop=True)
+    train_pairs = training_pairs(data, cfg)
     dataset = tokenize_pairs(tokenizer, train_pairs, max_length)
 
     members = ["."] if cfg.ensemble == 1 else [f"member-{i}" for i in range(cfg.ensemble)]
@@ -559,25 +591,32 @@ def train_rm(cfg: TrainRMConfig) -> Path:
 
             start = time.perf_counter()
             evaluation = evaluate(tmp, members, cfg.max_length, data, device, cfg.batch_size)
+            heldout_scores = evaluation.pop("heldout_scores")
             eval_seconds = time.perf_counter() - start
+            parameters = models.parameter_count(tmp / members[0])  # one member's (all members are one architecture)
             tracker.log({f"eval/{k}": evaluation[k] for k in ("accuracy", "pearson", "spearman")}, step_offset)
             metadata = {
                 "members": members, "max_length": cfg.max_length, "backbone": cfg.backbone,
                 "member_seeds": [cfg.seed + i for i in range(len(members))], "config": config,
                 "evaluation": evaluation, "data_hash": data.key, "data_path": str(data.path),
-                "data_reused": data.reused, "train_pairs": len(train_pairs),
+                "data_reused": data.reused, "train_pairs": len(train_pairs), "data_pairs": drawn_pairs(cfg),
+                "data_seed": data_seed(cfg), "parameters": parameters,
                 "flipped_pairs": int(train_pairs["flipped"].sum()), "trained_tokens": trained_tokens,
                 "seconds": {"data": data.seconds, "data_generation": data.generation_seconds,
                             "train": train_seconds, "eval": eval_seconds},
                 "run_id": run_id,
             }
             files.write_json(tmp / "resolved_config.json", config)
+            files.write_json(tmp / scorers.HELDOUT_SCORES, heldout_scores)
             files.write_json(tmp / scorers.RM_METADATA, metadata)  # last: it is what makes a directory an RM
 
         row = {
             "method": "rm", "policy": cfg.policy, "gold": cfg.gold, "proxy": f"rm:{cfg.output}", "seed": cfg.seed,
             "accuracy": evaluation["accuracy"], "pearson": evaluation["pearson"], "spearman": evaluation["spearman"],
-            "pairs": len(train_pairs), "eval_pairs": evaluation["eval_pairs"], "label_noise": cfg.label_noise,
+            "pairs": len(train_pairs), "data_pairs": drawn_pairs(cfg), "eval_pairs": evaluation["eval_pairs"],
+            "label_noise": cfg.label_noise,
+            "parameters": (parameters or {}).get("total"),
+            "parameters_non_embedding": (parameters or {}).get("non_embedding"),
             "labels": cfg.labels, "backbone": cfg.backbone, "ensemble": cfg.ensemble,
             "train_seconds": train_seconds, "data_seconds": data.seconds, "eval_seconds": eval_seconds,
             "data_reused": data.reused, "data_hash": data.key, "trained_tokens": trained_tokens,

@@ -206,17 +206,21 @@ def test_half_the_labels_flipped_stays_near_chance(toy, tmp_path):
         result = invoke(train_rm_args(toy, tmp_path / f"noisy-{seed}", "--label-noise", "0.5", "--seed", str(seed)))
         assert result.exit_code == 0, result.output
         meta = metadata(tmp_path / f"noisy-{seed}")
-        assert meta["flipped_pairs"] == 100 and meta["data_reused"] is False
+        assert meta["flipped_pairs"] == 100
         accuracies.append(meta["evaluation"]["accuracy"])
     assert all(abs(a - 0.5) < 0.25 for a in accuracies), accuracies
     assert abs(np.mean(accuracies) - 0.5) < 0.15, accuracies
 
 
-@pytest.mark.parametrize("bad", ["pairs", "policy", "gold-nan", "backbone-no-tokenizer", "output-not-an-rm"])
+@pytest.mark.parametrize("bad", ["pairs", "data-pairs", "data-seed", "policy", "gold-nan", "backbone-no-tokenizer",
+                                 "output-not-an-rm"])
 def test_bad_input_exits_2_and_writes_nothing(bad, toy, tmp_path):
     output = tmp_path / "rm"
     extra, message = {
         "pairs": (["--pairs", "0"], "pairs: 0 must be ≥ 1"),
+        "data-pairs": (["--data-pairs", "100"], "data_pairs: 100 must be 0 (= --pairs) or at least --pairs 200: it is "
+                       "the labelled draw the training pairs are taken from"),
+        "data-seed": (["--data-seed", "-1"], "data_seed: -1 must be a non-negative integer (or unset: --seed)"),
         "policy": (["--policy", str(tmp_path / "no-such-policy")],
                    f"policy: directory '{tmp_path / 'no-such-policy'}' does not exist"),
         "gold-nan": (["--gold", f"python:{Path(toy_gold.__file__)}:nan_gold", "--pairs", "12"],
@@ -300,15 +304,22 @@ def test_data_hash_covers_every_setting_that_shapes_the_data():
     key = reward_model.settings_hash(reward_model.data_settings(base, ["a"], ["b"]))
     changed = {"policy": "tiny", "gold": "python:x.py:f", "prompts": "p.txt", "max_new_tokens": 5, "temperature": 0.7,
                "top_k": 3, "top_p": 0.9, "chat_template": True, "pairs": 7, "eval_pairs": 9,
-               "completions_per_prompt": 3, "labels": "bradley-terry", "label_noise": 0.1, "seed": 1}
+               "completions_per_prompt": 3, "labels": "bradley-terry", "seed": 1, "data_seed": 5, "data_pairs": 4000}
     for name, value in changed.items():
         cfg = C.TrainRMConfig(**{name: value})
         assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) != key, name
     assert reward_model.settings_hash(reward_model.data_settings(base, ["a", "c"], ["b"])) != key  # prompt texts
+    # T only matters for bradley-terry; the label noise and the subset trained on apply after the cache.
     for name, value in {"backbone": "tiny", "epochs": 3.0, "learning_rate": 1e-3, "ensemble": 2,
-                        "output": "elsewhere", "label_temperature": 2.0}.items():  # T only matters for bradley-terry
+                        "output": "elsewhere", "label_temperature": 2.0, "label_noise": 0.25}.items():
         cfg = C.TrainRMConfig(**{name: value})
         assert reward_model.settings_hash(reward_model.data_settings(cfg, ["a"], ["b"])) == key, name
+    # One draw of 2,000 pairs serves every proxy of a data-size sweep, and one data seed every training seed.
+    sweep = {reward_model.settings_hash(reward_model.data_settings(C.TrainRMConfig(pairs=n, data_pairs=2000), ["a"],
+                                                                   ["b"])) for n in (100, 500, 2000)}
+    assert sweep == {key}
+    reseeded = C.TrainRMConfig(seed=7, data_seed=0)
+    assert reward_model.settings_hash(reward_model.data_settings(reseeded, ["a"], ["b"])) == key
 
 
 def test_data_hash_follows_the_arithmetic_the_policy_samples_in():
@@ -360,6 +371,39 @@ def test_a_cuda_index_reaches_the_trainer_arguments(monkeypatch, tmp_path):
     assert pinned == [torch.device("cuda", 1)]
     cpu = reward_model.trainer_arguments(C.TrainRMConfig(), 0, CPU, str(tmp_path))
     assert cpu.device == CPU and cpu.use_cpu
+
+
+def synthetic_comparisons(count: int) -> reward_model.ComparisonData:
+    pairs = pd.DataFrame({"split": "train", "prompt_id": np.arange(count) // 6, "prompt": "p",
+                          "chosen": [f"c{i}" for i in range(count)], "rejected": [f"r{i}" for i in range(count)],
+                          "chosen_gold": 1.0, "rejected_gold": 0.0, "flipped": False,
+                          "chosen_sample": 2 * np.arange(count), "rejected_sample": 2 * np.arange(count) + 1})
+    held_out = pairs.iloc[:5].assign(split="eval")
+    return reward_model.ComparisonData(pd.concat([pairs, held_out], ignore_index=True), pd.DataFrame(), "key",
+                                       Path("."), True, 0.0, 0.0)
+
+
+def test_a_data_size_sweep_trains_on_nested_subsets_of_one_draw_with_exact_noise():
+    data = synthetic_comparisons(2000)
+    subsets = {n: reward_model.training_pairs(data, C.TrainRMConfig(pairs=n, data_pairs=2000)) for n in (100, 500, 2000)}
+    chosen = {n: set(frame["chosen"]) for n, frame in subsets.items()}
+    assert [len(chosen[n]) for n in (100, 500, 2000)] == [100, 500, 2000]
+    assert chosen[100] < chosen[500] < chosen[2000]  # nested
+    assert subsets[2000]["chosen"].tolist() == [f"c{i}" for i in range(2000)]  # all of it: the draw as sampled
+    assert subsets[100]["prompt_id"].nunique() > 50  # a random subset, not the first 17 prompts' pairs
+    assert not subsets[500]["flipped"].any()  # no label noise asked for: the labels as the gold gave them
+    # Another training seed, the same data seed: the same subset.
+    again = reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, seed=3, data_seed=0))
+    assert set(again["chosen"]) == chosen[500]
+    # Label noise flips exactly round(0.25 · pairs) of the subset trained on, and only their labels.
+    noisy = reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, label_noise=0.25))
+    assert int(noisy["flipped"].sum()) == 125
+    flipped = noisy[noisy["flipped"]]
+    assert flipped["chosen"].str.startswith("r").all() and flipped["chosen_gold"].eq(0.0).all()
+    assert set(noisy["chosen"].str[1:]) == {c[1:] for c in chosen[500]}  # the same pairs, some turned round
+    with pytest.raises(C.ConfigError, match=r"^pairs: 3000 exceeds the 2000 train pairs of comparison data key; "
+                                            r"raise --data-pairs$"):
+        reward_model.training_pairs(data, C.TrainRMConfig(pairs=3000))
 
 
 def test_labels_deterministic_drop_ties_and_bradley_terry_follow_the_sigmoid():
