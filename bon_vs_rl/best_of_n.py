@@ -134,10 +134,11 @@ def proxy_specs(cfg: SampleConfig) -> list[str]:
     return list(dict.fromkeys(cfg.proxy))
 
 
-def load_scorer(spec: str, role: str, device, cache_dir: str | None) -> scorers.Scorer:
-    """scorers.load_scorer, with any failure to load (corrupt weights, a broken module) as bad input."""
+def load_scorer(spec: str, role: str, device, cache_dir: str | None, shared: dict | None = None) -> scorers.Scorer:
+    """scorers.load_scorer, with any failure to load (corrupt weights, a broken module) as bad input; `shared`:
+    the run's loaded rm: member models, so several specs of one ensemble load each member once."""
     try:
-        return scorers.load_scorer(spec, device, cache_dir, role=role)
+        return scorers.load_scorer(spec, device, cache_dir, role=role, shared=shared)
     except ConfigError:
         raise
     except Exception as exc:
@@ -182,6 +183,21 @@ def score_frame(frame, scorer: scorers.Scorer, role: str, quiet: bool) -> np.nda
             out.append(scorer(prompts[start:start + chunk], completions[start:start + chunk]))
             progress.update(len(out[-1]))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def score_all(frame, loaded: dict[str, scorers.Scorer], roles: dict[str, str], quiet: bool) -> None:
+    """One column per spec. An rm: spec is its members' scores combined (scorers.aggregate), and each member
+    model is run once however many specs share it: rm:DIR@mean, @min, @mean-1std and @member-0 of one
+    ensemble cost one pass of each member over the samples, not four."""
+    member_scores: dict[str, np.ndarray] = {}
+    for spec, scorer in loaded.items():
+        if not scorer.parts:
+            frame[spec] = score_frame(frame, scorer, roles[spec], quiet)
+            continue
+        for part in scorer.parts:
+            if part.spec not in member_scores:
+                member_scores[part.spec] = score_frame(frame, part, roles[spec], quiet)
+        frame[spec] = scorer.combine(np.stack([member_scores[part.spec] for part in scorer.parts]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +419,8 @@ def sample(cfg: SampleConfig) -> str:
         prompt_count = len(prompts)
     scorer_roles = {spec: "proxy" for spec in proxies}
     scorer_roles.setdefault(cfg.gold, "gold")  # a gold that is also a proxy is loaded and scored once
-    loaded = {spec: load_scorer(spec, role, device, cfg.cache_dir) for spec, role in scorer_roles.items()}
+    shared: dict = {}  # rm: member models, loaded once for every spec of their ensemble
+    loaded = {spec: load_scorer(spec, role, device, cfg.cache_dir, shared) for spec, role in scorer_roles.items()}
     if not cfg.from_samples:
         policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir)
         prompts = prompt_sets.apply_chat_template(tokenizer, prompts, cfg.chat_template)
@@ -425,8 +442,7 @@ def sample(cfg: SampleConfig) -> str:
             with models.autocast(device, cfg.precision):
                 local = sampling.generate_share(policy, tokenizer, prompts, ids, N, cfg, cfg.seed, quiet,
                                                 f"best-of-n: sampling {N} per prompt")
-        for spec, scorer in loaded.items():
-            local[spec] = score_frame(local, scorer, scorer_roles[spec], quiet)
+        score_all(local, loaded, scorer_roles, quiet)
         return local
 
     config = to_dict(cfg)
@@ -477,5 +493,8 @@ def sample(cfg: SampleConfig) -> str:
             console.print_table(tilted_table([r for r in rows if r["proxy"] == spec and r["method"] == "tilted"]),
                                 title=f"KL-regularized optimum against {spec}, estimated from the same samples",
                                 quiet=quiet)
+    if not proxies:
+        console.note(f"sampled {len(frame) // N} prompts × {N} and scored the gold; no proxy was given, so no "
+                     f"estimates yet: bonrl sample --from-samples {samples_path} --proxy SPEC", quiet)
     print(samples_path)  # stdout stays machine-readable: the file to pass to --from-samples
     return run_id

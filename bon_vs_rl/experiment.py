@@ -9,13 +9,23 @@ experiment's name:
 
     rm-0, rm-1, ...    `bonrl train-rm`, one per `train_rm` entry: gold-labelled comparisons -> proxy RM
                        (OUTPUT/rm-K is the checkpoint, used as the proxy spec rm:OUTPUT/rm-K)
-    bon                `bonrl sample`: best-of-n over the n grid against every proxy (or those named)
+    samples            `bonrl sample` without a proxy: N completions per shared evaluation prompt, drawn
+                       once and scored by the gold, for every proxy of the experiment
+    bon-rm-0, ...      `bonrl sample --from-samples`: that one draw rescored by one RM stage's proxy specs
+                       (`sample.proxy`: every RM by default; rm-K@min, rm-K@mean-1std, rm-K@member-0 name an
+                       ensemble's aggregations and members), best-of-n over the n grid for each
     ppo-0, ppo-1, ...  `bonrl ppo`, one per `ppo` entry (e.g. one per β), against rm-0 unless it names one
     rl-0, ...          `bonrl rl`, one per `rl` entry (algo: rloo | grpo)
     dpo-0, ...         `bonrl dpo`, one per `dpo` entry, on the comparisons of an RM stage (below)
     distill-0, ...     `bonrl distill`, one per `distill` entry (n, objective: sft | vbon), against rm-0
                        unless it names another proxy
     report             `bonrl report` over exactly the runs of the stages above (OUTPUT/report)
+
+Best-of-n for many proxies from one sampling (Gao et al. 2022 use one set of samples per policy for all
+their proxies): the `samples` stage does not depend on any RM, and each bon-rm-K stage depends only on
+it and on rm-K, so a sweep of k proxies costs k RM trainings and k rescorings (seconds), one sampling,
+and adding a proxy to a finished sweep runs only its RM and its rescoring. The stages of one ensemble
+(@mean, @min, members) are one rescoring, which runs each member model once over the samples.
 
 One shared evaluation set: the experiment's `eval_prompts` (the first that many held-out prompts) is
 given to best-of-n and to every RL stage, and no stage may set its own, so every method is measured on
@@ -25,7 +35,7 @@ ppo-0-seed1, ...; `--force ppo-0` reruns them all); the report pools them into o
 includes the seed-to-seed spread.
 Same labels for DPO: a `dpo` entry trains on the comparisons of one RM stage — `comparisons: rm-K`, by
 default the stage of its proxy (rm-0 unless it names another) — whose data settings (policy, gold,
-prompts, sampling, pairs, labels, noise and seed as `data_seed`) are copied into it, so it reads the very
+prompts, sampling, pairs, labels, noise and data seed) are copied into it, so it reads the very
 pairs that proxy was trained on from the comparison cache; an entry may not set them itself.
 
 A stage's config is built the way the stage's own command builds it (`config.resolve`): built-in
@@ -42,8 +52,8 @@ that depend on it. The marker is removed before a stage starts and written only 
 PPO, RL, DPO or distill stage with an unchanged config continues from its last checkpoint (set
 `checkpoint_every` in its entry to have some); other stages start over, replacing their earlier run
 (`overwrite`: the stage directory belongs to the experiment).
-`--force NAME` reruns a stage regardless: a stage name (rm-0, bon, ppo-1, ...), a kind (rm, ppo, rl:
-all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
+`--force NAME` reruns a stage regardless: a stage name (rm-0, samples, bon-rm-0, ppo-1, ...), a kind (rm,
+bon, ppo, rl: all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
 change). The report is always rewritten (it only reads the table).
 
 Results go to `results` if given, else $BONRL_RESULTS, else OUTPUT/results.sqlite.
@@ -70,7 +80,8 @@ STARTED = ".bonrl-stage-started.json"  # checkpointed kinds: which config last s
 # kind -> (config class, "module:function" that runs it). The report is handled apart: it always runs.
 STAGES = {
     "rm": (C.TrainRMConfig, "bon_vs_rl.reward_model:train_rm"),
-    "bon": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),
+    "samples": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),  # no proxy: draw and gold-score, no rows
+    "bon": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),  # --from-samples: the draw rescored by some proxies
     "ppo": (C.PPOConfig, "bon_vs_rl.ppo:train"),
     "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
     "dpo": (C.DPOConfig, "bon_vs_rl.dpo:train"),
@@ -79,7 +90,7 @@ STAGES = {
 CHECKPOINTED = ("ppo", "rl", "dpo", "distill")  # kinds that resume an interrupted stage from a checkpoint
 FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet", "eval_prompts")  # set by the experiment only
 UNHASHED = ("quiet", "device", "cache_dir", "resume", "overwrite", "log_with")  # how a stage runs, not what it computes
-RM_STAGE = re.compile(r"rm-\d+")
+RM_STAGE = re.compile(r"(rm-\d+)(@[^@]+)?")  # rm-3, or rm-3@min: an RM stage and an aggregation of it
 
 
 @dataclass
@@ -89,6 +100,7 @@ class Stage:
     cfg: Any  # the validated config of the stage's command
     needs: list[str] = field(default_factory=list)  # stages whose output it reads
     hash: str = ""
+    samples_from: str | None = None  # a rescoring stage: the stage whose samples file it rescores (set at run time)
 
     @property
     def marker(self) -> Path:
@@ -114,14 +126,24 @@ def check_reserved(where: str, entry: dict) -> None:
                                 f"set it at the top level of the experiment file instead")
 
 
-def proxy_spec(value: str, rm_specs: dict[str, str], where: str) -> str:
-    """rm-K names the experiment's K-th proxy; anything else is a scorer spec used as it is."""
-    if RM_STAGE.fullmatch(value):
-        if value not in rm_specs:
+def proxy_spec(value: str, rm_specs: dict[str, str], where: str) -> tuple[str, str | None]:
+    """(scorer spec, RM stage it reads or None): rm-K names the experiment's K-th proxy and rm-K@min (@mean,
+    @mean-<λ>std, @member-<k>) an aggregation of it; anything else is a scorer spec used as it is."""
+    match = RM_STAGE.fullmatch(value)
+    if match:
+        stage, aggregation = match.group(1), match.group(2) or ""
+        if stage not in rm_specs:
             raise C.ConfigError(f"{where}: proxy {value!r} is not a stage of this experiment "
                                 f"(it has {', '.join(rm_specs)})")
-        return rm_specs[value]
-    return value
+        if aggregation:
+            from bon_vs_rl import scorers
+
+            try:
+                scorers.parse_aggregation(aggregation[1:], "proxy")
+            except C.ConfigError as exc:
+                raise C.ConfigError(f"{where}: {value!r}: {str(exc).removeprefix('proxy: ')}") from None
+        return rm_specs[stage] + aggregation, stage
+    return value, None
 
 
 def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, where: str, results: str) -> Any:
@@ -158,23 +180,44 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     for i, entry in enumerate(cfg.train_rm):
         stages.append(Stage(f"rm-{i}", "rm", stage_config(cfg, "rm", f"rm-{i}", entry, f"train_rm[{i}]", results)))
     rm_specs = {s.name: f"rm:{s.cfg.output}" for s in stages}
-    rm_names = {spec: name for name, spec in rm_specs.items()}
+    rm_stages = {s.name: s for s in stages if s.kind == "rm"}
 
-    def wire(entry: dict, where: str, default: list[str]) -> tuple[dict, list[str]]:
+    def wire(entry: dict, where: str, default: list[str]) -> tuple[dict, list[str], list[str | None]]:
+        """The entry with its proxy specs resolved, the RM stages they read, and each spec's RM stage."""
         entry = dict(entry)
         given = entry.get("proxy", cfg.common.get("proxy", default))
-        specs = [proxy_spec(str(v), rm_specs, where) for v in (given if isinstance(given, list) else [given])]
-        entry["proxy"] = specs
-        return entry, [rm_names[s] for s in specs if s in rm_names]
+        wired = [proxy_spec(str(v), rm_specs, where) for v in (given if isinstance(given, list) else [given])]
+        entry["proxy"] = [spec for spec, _ in wired]
+        reads = [stage for _, stage in wired]
+        return entry, list(dict.fromkeys(s for s in reads if s)), reads
 
-    entry, needs = wire(cfg.sample, "sample", list(rm_specs))
-    stages.append(Stage("bon", "bon", stage_config(cfg, "bon", "bon", entry, "sample", results), needs))
-    rm_stages = {s.name: s for s in stages if s.kind == "rm"}
+    # Best-of-n: one draw (`samples`), rescored per RM stage (bon-rm-K) by the specs that name it.
+    entry, _, reads = wire(cfg.sample, "sample", list(rm_specs))
+    if not entry["proxy"]:
+        raise C.ConfigError("sample: proxy is an empty list; name RM stages (e.g. proxy: [rm-0, rm-1]) or leave "
+                            "it out for every RM")
+    groups: dict[str, list[str]] = {}
+    for i, (spec, stage) in enumerate(zip(entry["proxy"], reads)):
+        groups.setdefault(f"bon-{stage}" if stage else f"bon-x{i}", []).append(spec)
+    rescorings = {name: stage_config(cfg, "bon", name, {**entry, "proxy": specs}, "sample", results)
+                  for name, specs in groups.items()}
+    # The draw is shaped by the sampling settings and N alone: the n grid below N, β and the bootstrap only
+    # change the estimates, so they are left at their defaults here and editing them reruns only the rescorings.
+    first = next(iter(rescorings.values()))
+    N = first.samples_per_prompt or max(first.ns)
+    samples = Stage("samples", "samples", stage_config(cfg, "samples", "samples", {
+        **entry, "proxy": [], "n": str(N), "samples_per_prompt": N, "beta": "",
+        "bootstrap": C.SampleConfig.__dataclass_fields__["bootstrap"].default}, "sample", results))
+    stages.append(samples)
+    for name, stage_cfg in rescorings.items():
+        needs = [samples.name] + list(dict.fromkeys(
+            r for s, r in zip(entry["proxy"], reads) if s in stage_cfg.proxy and r))
+        stages.append(Stage(name, "bon", stage_cfg, needs, samples_from=samples.name))
     for kind, entries in (("ppo", cfg.ppo), ("rl", cfg.rl), ("dpo", cfg.dpo), ("distill", cfg.distill)):
         for i, raw in enumerate(entries):
             raw = dict(raw)
             source = raw.pop("comparisons", None) if kind == "dpo" else None
-            entry, needs = wire(raw, f"{kind}[{i}]", [str(source or "rm-0")])
+            entry, needs, _ = wire(raw, f"{kind}[{i}]", [str(source or "rm-0")])
             if len(entry["proxy"]) != 1:
                 raise C.ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
                                     f"add one {kind} entry per proxy")
@@ -227,7 +270,8 @@ def use_comparisons(entry: dict, needs: list[str], source, rm_stages: dict[str, 
         raise C.ConfigError(f"{where}: {clash[0]!r} is set by comparisons: {source} (DPO trains on that RM's "
                             "pairs); change it in that train_rm entry, or name another RM stage")
     rm = rm_stages[source].cfg
-    entry = {**entry, **{name: getattr(rm, name) for name in C.COMPARISON_DATA_FIELDS}, "data_seed": rm.seed}
+    entry = {**entry, **{name: getattr(rm, name) for name in C.COMPARISON_DATA_FIELDS},
+             "data_seed": rm.seed if rm.data_seed is None else rm.data_seed}
     return entry, list(dict.fromkeys([*needs, source]))
 
 
@@ -307,6 +351,18 @@ def resume_interrupted(stage: Stage, fresh: bool, quiet: bool) -> None:
     files.write_json(started, {"stage": stage.name, "hash": stage.hash})
 
 
+def stage_named(stages: list[Stage], name: str) -> Stage:
+    return next(s for s in stages if s.name == name)
+
+
+def samples_file(stage: Stage, run_id: str) -> Path:
+    """The samples file a `samples` stage's run wrote (bonrl sample: OUTPUT/RUN_ID/samples.parquet)."""
+    path = (Path(stage.cfg.output) / run_id / "samples.parquet").resolve()
+    if not path.is_file():
+        raise C.ConfigError(f"stage {stage.name}: its samples file {path} is gone; rerun it with --force {stage.name}")
+    return path
+
+
 def run_stage(stage: Stage) -> str:
     """Run one stage's command; returns its run id."""
     module, function = STAGES[stage.kind][1].split(":")
@@ -337,14 +393,18 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
                       "report": C.to_dict(report_cfg)})
 
     finished = finished_runs(results_path(cfg))
-    run_ids = []
+    run_ids, ran = [], {}  # report's runs; stage name -> its run id (this invocation's, or a complete earlier one)
     for stage in stages:
         marker = None if stage.name in rerun else is_complete(stage, finished)
         if marker:
             console.note(f"stage {stage.name}: complete (config {stage.hash}, run {marker['run_id']}), skipped",
                          cfg.quiet)
-            run_ids.append(str(marker["run_id"]))
+            ran[stage.name] = str(marker["run_id"])
+            if stage.kind != "samples":  # the draw itself writes no result rows: its rescorings do
+                run_ids.append(str(marker["run_id"]))
             continue
+        if stage.samples_from:
+            stage.cfg.from_samples = str(samples_file(stage_named(stages, stage.samples_from), ran[stage.samples_from]))
         # A stage that completed before (same config) but whose rows are gone must run from scratch.
         previous = read_marker(stage)
         finished_before = bool(previous and previous.get("hash") == stage.hash)
@@ -364,7 +424,9 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
                                         "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                         "config": C.to_dict(stage.cfg)})
         console.note(f"stage {stage.name}: done in {seconds:.0f} s (run {run_id})", cfg.quiet)
-        run_ids.append(run_id)
+        ran[stage.name] = run_id
+        if stage.kind != "samples":
+            run_ids.append(run_id)
 
     from bon_vs_rl import report
 

@@ -185,6 +185,66 @@ def test_rescoring_the_samples_file_reproduces_rows_and_adds_a_proxy(first_run, 
     assert len(hashed) == 4 and (hashed["generated_tokens"] == frame["tokens"].sum()).all()
 
 
+@pytest.fixture(scope="module")
+def rm_ensemble(tmp_path_factory):
+    """A two-member bonrl ensemble of tiny random reward models."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from bon_vs_rl.models import smollm2_tokenizer_dir
+
+    path = tmp_path_factory.mktemp("ensemble")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+    for i in range(2):
+        torch.manual_seed(10 + i)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                             pad_token_id=tokenizer.pad_token_id)
+        LlamaForSequenceClassification(config).save_pretrained(path / f"member-{i}")
+        tokenizer.save_pretrained(path / f"member-{i}")
+    (path / scorers.RM_METADATA).write_text(json.dumps({"members": ["member-0", "member-1"], "max_length": 128}))
+    return path
+
+
+def test_one_draw_without_a_proxy_is_rescored_by_an_ensembles_specs_running_each_member_once(rm_ensemble, tmp_path,
+                                                                                           monkeypatch):
+    results = tmp_path / "results.sqlite"
+    draw = invoke(*sample_args(extra=("--results", str(results), "--output", str(tmp_path / "draw"))))
+    assert draw.exit_code == 0, draw.output
+    frame, metadata = best_of_n.read_samples(samples_path_of(draw))
+    assert metadata["proxies"] == [] and GOLD in frame and len(frame) == 3 * 8
+    assert not results.exists() or R.load(results).empty  # a draw writes no estimates
+
+    calls = []
+    real_call = scorers.SequenceClassifierReward.__call__
+
+    def counted(self, prompts, completions):
+        calls.append((id(self), len(prompts)))
+        return real_call(self, prompts, completions)
+
+    monkeypatch.setattr(scorers.SequenceClassifierReward, "__call__", counted)
+    specs = [f"rm:{rm_ensemble}@mean", f"rm:{rm_ensemble}@min", f"rm:{rm_ensemble}@mean-0.5std",
+             f"rm:{rm_ensemble}@member-1"]
+    args = ["--policy", "tiny", "--gold", GOLD, "--n", "1,2,4,8", "--from-samples", str(samples_path_of(draw)),
+            "--results", str(results), "--output", str(tmp_path / "rescored")]
+    result = invoke(*args, *(a for spec in specs for a in ("--proxy", spec)))
+    rows = rows_of(result, results)
+    assert sorted(set(rows["proxy"])) == sorted(specs) and len(rows) == 4 * len(specs)
+    # Two member models, each run once over the 24 samples, for all four specs.
+    assert len({model for model, _ in calls}) == 2 and sum(count for _, count in calls) == 2 * len(frame)
+    monkeypatch.setattr(scorers.SequenceClassifierReward, "__call__", real_call)
+    rescored = best_of_n.read_samples(samples_path_of(result))[0]
+    prompts, completions = rescored["prompt"].tolist(), rescored["completion"].tolist()
+    members = np.stack([scorers.load_scorer(f"hf:{rm_ensemble / f'member-{i}'}")(prompts, completions)
+                        for i in range(2)])
+    np.testing.assert_allclose(rescored[specs[0]], (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rescored[specs[1]], np.minimum(members[0], members[1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rescored[specs[2]], (members[0] + members[1]) / 2 - 0.5 * np.abs(members[0] - members[1]) / 2,
+                               rtol=1e-5, atol=1e-6)  # the std of two values is half their distance
+    np.testing.assert_allclose(rescored[specs[3]], members[1], rtol=1e-5, atol=1e-6)
+    assert_rows_match_samples(rows, rescored)
+
+
 def test_a_low_entropy_policy_has_beirami_kl_well_below_the_formula(tmp_path):
     """The fixed policy writes ' good' (p ~ 0.7) or stops (p ~ 0.26): completions have probabilities far
     from 0 and repeat, so the formula overstates the KL and both tighter figures must show it."""
@@ -245,7 +305,9 @@ def bad_inputs(saved_samples, corrupt_rm):
         "missing rm proxy": sample_args("rm:no/such/dir"),
         "broken python proxy": sample_args(f"python:{TOYS}:no_such_function"),
         "corrupt rm proxy": sample_args(f"rm:{corrupt_rm}"),
-        "no proxy": ["--policy", "tiny", "--gold", GOLD, "--n", "1,2"],
+        "rescoring with no proxy": ["--policy", "tiny", "--from-samples", str(saved_samples), "--gold", GOLD,
+                                    "--n", "1,2"],
+        "member of a single model": sample_args(f"rm:{corrupt_rm}@member-0"),
         "too few resamples": sample_args(TIED, extra=("--bootstrap", "20")),
         "samples of another policy": ["--policy", "smollm2-135m", "--from-samples", str(saved_samples),
                                       "--proxy", TIED, "--gold", GOLD, "--n", "1,2"],
@@ -272,7 +334,8 @@ def corrupt_rm(rm_proxy):
 
 
 @pytest.mark.parametrize("case", ["n = 0", "n > N", "empty prompt set", "missing rm proxy", "broken python proxy",
-                                  "corrupt rm proxy", "no proxy", "too few resamples", "samples of another policy",
+                                  "corrupt rm proxy", "rescoring with no proxy", "member of a single model",
+                                  "too few resamples", "samples of another policy",
                                   "n > N of the samples file", "missing samples file", "not a samples file"])
 def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_path):
     expected = {  # the one line must name this case's problem, so a case failing for another reason fails
@@ -283,7 +346,10 @@ def test_bad_input_exits_2_before_any_work(case, saved_samples, corrupt_rm, tmp_
         "missing rm proxy": "bonrl: error: proxy: no/such/dir is not a bonrl reward model (no bonrl_rm.json)",
         "broken python proxy": f"bonrl: error: proxy: {TOYS} has no function 'no_such_function'; check --proxy",
         "corrupt rm proxy": f"bonrl: error: proxy: cannot load 'rm:{corrupt_rm}'",
-        "no proxy": "bonrl: error: proxy: no proxy reward model given; pass --proxy rm:PATH",
+        "rescoring with no proxy": "bonrl: error: proxy: no proxy reward model given to rescore the samples with; "
+                                   "pass --proxy rm:PATH (from bonrl train-rm)",
+        "member of a single model": f"bonrl: error: proxy: {corrupt_rm} is a single model; @member-0 needs an "
+                                    "ensemble (train with --ensemble K)",
         "samples of another policy": f"bonrl: error: from_samples: {saved_samples} holds samples of policy 'tiny', "
                                      "not --policy 'smollm2-135m'",
         "n > N of the samples file": "bonrl: error: n: 8 exceeds the 4 samples per prompt in",

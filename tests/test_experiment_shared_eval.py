@@ -18,7 +18,8 @@ def test_every_method_is_evaluated_on_the_experiments_prompts():
     study = {**STUDY, "eval_prompts": 24}
     stages = plan(study)
     evaluated = {s.name: s.cfg.eval_prompts for s in stages if hasattr(s.cfg, "eval_prompts")}
-    assert set(evaluated) == {"bon", "ppo-0", "ppo-1", "rl-0"} and set(evaluated.values()) == {24}
+    assert set(evaluated) == {"samples", "bon-rm-0", "bon-rm-1", "ppo-0", "ppo-1", "rl-0"}
+    assert set(evaluated.values()) == {24}
 
 
 def test_a_stage_cannot_set_its_own_evaluation_prompts(fake_stages, tmp_path):  # noqa: F811
@@ -35,7 +36,8 @@ def test_seeds_expand_into_one_stage_per_replicate_with_the_same_setting(fake_st
     study["ppo"][0]["seeds"] = [0, 1, 2]
     stages = plan(study)
     names = [s.name for s in stages]
-    assert names == ["rm-0", "rm-1", "bon", "ppo-0-seed0", "ppo-0-seed1", "ppo-0-seed2", "ppo-1", "rl-0"]
+    assert names == ["rm-0", "rm-1", "samples", "bon-rm-0", "bon-rm-1", "ppo-0-seed0", "ppo-0-seed1", "ppo-0-seed2",
+                     "ppo-1", "rl-0"]
     replicates = [s for s in stages if s.name.startswith("ppo-0-")]
     assert [s.cfg.seed for s in replicates] == [0, 1, 2] and len({s.hash for s in replicates}) == 3
     from bon_vs_rl.evaluate import setting_id
