@@ -649,3 +649,174 @@ def test_default_targets_are_positive_levels_never_the_initial_policy():
     result = st.analyse([a, b], st.Baseline(np.zeros(P), np.zeros(P)), B=300, seed=0)
     row = next(r for r in result.comparisons if r["quantity"] == "gold_at_kl")
     assert math.isnan(row["target"]) or row["target"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Across proxies: the trend of a coefficient against log data size, peaks, and proxy-vs-proxy comparisons.
+# --------------------------------------------------------------------------------------------------
+
+PAIRS = np.array([125, 250, 500, 1000, 2000])
+LOG_PAIRS = np.log(PAIRS)
+SCALING_KL = np.asarray(kl_bon_analytic(np.array([1, 2, 4, 8, 16, 32, 64, 128, 256])))
+
+
+def proxy_family(alphas, P, rng, beta=0.3, shared_sd=0.4, own_sd=0.3, noise=0.3):
+    """One study: J proxies' best-of-n curves on the same P prompts, whose mean gold gain follows
+    d(α_j − β d) exactly. Each prompt has its own gold level, a slope in d shared by every proxy (the same
+    samples rescored: a prompt that is easy to improve is easy for all of them), a slope of each proxy's own,
+    and noise. Returns the baseline and one CurveSamples per proxy (KL: best-of-n's, the same for all)."""
+    d = np.sqrt(SCALING_KL)
+    offsets = rng.normal(0, 1, P)
+    shared = shared_sd * rng.standard_normal((P, 1))
+    curves = []
+    for j, alpha in enumerate(alphas):
+        gain = r_bon(d, alpha, beta) + (shared + own_sd * rng.standard_normal((P, 1))) * d
+        gain = gain + noise * rng.standard_normal((P, d.size)) * (d > 0)
+        gold = (offsets[:, None] + gain)[None]
+        curves.append(st.CurveSamples(f"proxy {j}", "bon", np.broadcast_to(SCALING_KL, gold.shape).copy(), gold, gold))
+    return st.Baseline(offsets, offsets), curves
+
+
+def family_trend(alphas, P, rng, B_=300):
+    """The trend of α across the family, through `analyse` (shared prompt resamples) as the report runs it."""
+    baseline, curves = proxy_family(alphas, P, rng)
+    prompt_w = st.resample_weights(P, B_, rng)
+    results = [st.analyse([c], baseline, B=B_, prompt_w=prompt_w) for c in curves]
+    estimates = np.array([r.fits[c.label]["alpha"] for r, c in zip(results, curves)])
+    replicates = np.stack([r.fit_replicates[c.label]["alpha"] for r, c in zip(results, curves)], axis=1)
+    return st.trend(LOG_PAIRS, estimates, replicates), results, curves
+
+
+def quick_trend(alphas, P, rng, B_=300):
+    """family_trend's numbers without the rest of `analyse`: the same refits (fit_replicates) on the same
+    resampled prompt means, fast enough to repeat 800 times."""
+    baseline, curves = proxy_family(alphas, P, rng)
+    w = st.resample_weights(P, B_, rng) / P
+    gains = [c.gold[0] - baseline.gold[:, None] for c in curves]
+    estimates = np.array([float(st.fit_replicates(SCALING_KL, g.mean(axis=0), "bon")["alpha"]) for g in gains])
+    replicates = np.stack([st.fit_replicates(SCALING_KL, w @ g, "bon")["alpha"] for g in gains], axis=1)
+    return st.trend(LOG_PAIRS, estimates, replicates)
+
+
+def test_trend_recovers_a_slope_in_log_pairs_within_its_interval():
+    slope, intercept = 0.12, -0.2  # α_j = intercept + slope · log(pairs_j): 0.38 at 125 pairs, 0.71 at 2,000
+    result, _, _ = family_trend(intercept + slope * LOG_PAIRS, 200, np.random.default_rng(5), B_=1000)
+    assert result["slope_lo"] < slope < result["slope_hi"] and result["slope_t_lo"] < slope < result["slope_t_hi"]
+    assert result["slope"] == pytest.approx(slope, abs=0.03) and result["verdict"] == "rises"
+    assert result["intercept"] == pytest.approx(intercept, abs=0.25) and result["proxies"] == 5
+    flat, _, _ = family_trend(np.full(5, 0.5), 40, np.random.default_rng(6))
+    assert flat["slope_lo"] < 0 < flat["slope_hi"] and flat["verdict"] == "unresolved"
+    with pytest.raises(ValueError, match="at least two distinct x values"):
+        st.trend([1.0, 1.0], [0.1, 0.2], np.zeros((10, 2)))
+
+
+def test_trend_intervals_cover_the_slope_with_and_without_training_scatter():
+    """400 studies of 5 proxies on 40 prompts. Without training scatter (every proxy exactly on the line) the
+    percentile interval covers the slope at its nominal 95%. When each proxy also lands off the line by its
+    own training luck (sd 0.06, about the prompt noise's SE of one α), the prompt resamples cannot see it:
+    the percentile interval covers less, and the t interval from the proxies' scatter is the one that covers."""
+    slope, intercept, repeats, P = 0.1, -0.1, 400, 40
+    rng = np.random.default_rng(11)
+    hits = {"percentile, no scatter": 0, "t, no scatter": 0, "percentile, scatter": 0, "t, scatter": 0}
+    for _ in range(repeats):
+        line = intercept + slope * LOG_PAIRS
+        for case, alphas in (("no scatter", line), ("scatter", line + rng.normal(0, 0.06, 5))):
+            result = quick_trend(alphas, P, rng)
+            hits[f"percentile, {case}"] += covered(result["slope_lo"], result["slope_hi"], slope)
+            hits[f"t, {case}"] += covered(result["slope_t_lo"], result["slope_t_hi"], slope)
+    rate = {k: v / repeats for k, v in hits.items()}
+    print("trend slope coverage", rate)
+    assert COVERS[0] <= rate["percentile, no scatter"] <= COVERS[1], rate
+    assert rate["t, no scatter"] >= COVERS[0] and rate["t, scatter"] >= COVERS[0], rate
+    assert rate["percentile, scatter"] < rate["t, scatter"] - 0.05, rate
+
+
+def measured_curve(gains, P, rng, noise=0.3):
+    """One curve on P prompts whose mean gold gain at each point is `gains`, prompt noise around it."""
+    gains = np.asarray(gains, dtype=float)
+    offsets = rng.normal(0, 1, P)
+    gold = offsets[:, None] + gains + noise * rng.standard_normal((P, gains.size)) * (np.arange(gains.size) > 0)
+    kl = np.broadcast_to(SCALING_KL[:gains.size], gold.shape).copy()
+    return st.Baseline(offsets, offsets), st.CurveSamples("c", "bon", kl[None], gold[None], gold[None])
+
+
+def test_a_measured_peak_is_called_only_where_gold_really_falls():
+    """A curve that rises to a plateau and stays there (the hardest case: its last three points tie) is
+    called "resolved" in at most 5% of 400 studies; a curve that falls by 0.2 after its peak (3 SDs of the
+    difference of two points on 40 prompts), in most; the fall's interval covers the true fall."""
+    rng = np.random.default_rng(3)
+    plateau = [0.0, 0.1, 0.2, 0.3, 0.35, 0.38, 0.4, 0.4, 0.4]
+    falls = [0.0, 0.1, 0.2, 0.3, 0.38, 0.42, 0.38, 0.3, 0.22]
+    called = {"plateau": 0, "falls": 0}
+    covered_fall = 0
+    for _ in range(R):
+        for name, gains in (("plateau", plateau), ("falls", falls)):
+            baseline, curve = measured_curve(gains, 40, rng)
+            est = st.curve_estimate(curve, baseline)
+            reps = st.curve_replicates(curve, baseline, st.resample_weights(40, B, rng), np.ones((B, 1)))
+            peak = st.measured_peak(est, reps)
+            called[name] += peak["resolved"]
+            if name == "falls":
+                covered_fall += covered(peak["fall_lo"], peak["fall_hi"], 0.42 - 0.22)
+    rate = {k: v / R for k, v in called.items()}
+    print("measured peak resolved", rate, "fall interval covers", covered_fall / R)
+    assert rate["plateau"] <= 0.05 and rate["falls"] >= 0.7, rate
+    assert covered_fall / R >= COVERS[0]
+
+
+def test_measured_peak_by_hand():
+    est = {"kl": np.array([0.0, 0.2, 0.9, 2.0]), "gold_gain": np.array([0.0, 0.3, 0.5, 0.2])}
+    reps = {"kl": np.tile(est["kl"], (3, 1)),
+            "gold_gain": np.array([[0.0, 0.3, 0.5, 0.2], [0.0, 0.6, 0.4, 0.1], [0.0, 0.2, 0.3, 0.35]])}
+    peak = st.measured_peak(est, reps, level=0.5)
+    assert (peak["best"], peak["best_kl"], peak["best_point"], peak["last_kl"]) == (0.5, 0.9, 2, 2.0)
+    np.testing.assert_allclose(peak["best_replicates"], [0.5, 0.6, 0.35])  # each replicate's own maximum
+    # Falls from each earlier point to the last: estimate [-0.2, 0.1, 0.3] -> 0.3. Replicates minus the
+    # estimate: [[0, 0, 0], [0.1, 0.4, 0.0], [-0.15, -0.25, -0.35]]; their maxima 0, 0.4, -0.15 have the
+    # 75% quantile 0.2, and the maxima of the negatives 0, 0, 0.35 the 75% quantile 0.175.
+    assert peak["fall"] == pytest.approx(0.3)
+    assert peak["fall_lo"] == pytest.approx(0.3 - 0.2) and peak["fall_hi"] == pytest.approx(0.3 + 0.175)
+    np.testing.assert_allclose(peak["fall_replicates"], [0.3, 0.5, -0.05])
+    assert peak["resolved"]
+    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": math.inf}, 5.0) == "open"
+    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 4.0}, 5.0) == "inside"
+    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 9.0}, 5.0) == "extrapolated"
+
+
+def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members():
+    rng = np.random.default_rng(8)
+    baseline, curves = proxy_family([0.5, 0.4, 0.6, 0.55], 60, rng)
+    prompt_w = st.resample_weights(60, 400, rng)
+    a, *members = [st.analyse([c], baseline, B=400, prompt_w=prompt_w) for c in curves]
+    rows = {r["quantity"]: r for r in st.compare_proxies((a, "proxy 0"), [(m, f"proxy {i + 1}")
+                                                                        for i, m in enumerate(members)])}
+    assert set(rows) == {"gold_at_kl", "kl_to_gold"}
+    gold_at = rows["gold_at_kl"]
+    assert gold_at["target"] == pytest.approx(SCALING_KL[-1])  # every curve reaches n = 256's KL exactly
+    # By hand: the last point's gold gain of proxy 0 against the mean of the three members' last points.
+    last = [r.points[f"proxy {i}"]["gold_gain"][-1] for i, r in enumerate([a, *members])]
+    assert gold_at["a"] == pytest.approx(last[0]) and gold_at["b"] == pytest.approx(np.mean(last[1:]))
+    rep = [r.replicates[f"proxy {i}"]["gold_gain"][:, -1] for i, r in enumerate([a, *members])]
+    lo, hi = st.interval(rep[0] - np.mean(rep[1:], axis=0))
+    assert (gold_at["diff_lo"], gold_at["diff_hi"]) == (pytest.approx(float(lo)), pytest.approx(float(hi)))
+    assert gold_at["curve_b"] == "proxy 1 + proxy 2 + proxy 3" and gold_at["average_of"] == 3
+    kl_to = rows["kl_to_gold"]
+    assert kl_to["target"] == pytest.approx(min(a.peaks["proxy 0"]["best"],
+                                                np.mean([m.peaks[f"proxy {i + 1}"]["best"] for i, m in enumerate(members)])) / 2)
+    assert kl_to["better"] == "lower" and 0 < kl_to["a"] < SCALING_KL[-1]
+    other = st.analyse([curves[1]], baseline, B=400, seed=1)  # its own resamples: not paired with a
+    with pytest.raises(ValueError, match="same prompt resamples"):
+        st.compare_proxies((a, "proxy 0"), [(other, "proxy 1")])
+
+
+def test_a_curve_reaches_its_own_last_kl_whatever_the_rounding_of_a_resampled_mean():
+    """Regression: best-of-n's per-prompt KL is exactly log n − (n−1)/n on every prompt, and a resampled mean
+    of it lands an ulp either side; the replicates that fell short used to 'never reach' the curve's own end,
+    so the default matched KL between two best-of-n curves stopped one n short."""
+    kl = np.asarray(kl_bon_analytic(np.array([1, 2, 4, 8, 16, 32, 64])))
+    per_prompt = np.tile(kl, (37, 1))
+    w = st.resample_weights(37, 500, np.random.default_rng(0))
+    resampled = (w / w.sum(axis=1, keepdims=True)) @ per_prompt
+    assert (resampled[:, -1] < kl[-1]).any()  # the rounding this is about happens
+    values = st.along(resampled, resampled, kl[-1])
+    assert np.all(np.abs(values - kl[-1]) < 1e-12)
