@@ -425,11 +425,10 @@ def analyse_panel(panel: Panel, analysed: list[Curve], ids: np.ndarray, base_cur
                                        trusted=trusted_mask(extras(c)),
                                        from_reference=c.method == "tilted")
                for c in analysed]
-    # The prompt resamples depend on the seed and the prompt count alone: panels of several proxies measured on
-    # the same prompts get the same ones, so the scaling view can pair them (statistics.compare_proxies).
-    prompt_w = statistics.resample_weights(len(ids), cfg.bootstrap, np.random.default_rng(cfg.seed))
+    # analyse draws its prompt resamples from the seed and the prompt count alone, so panels of several proxies
+    # measured on the same prompts get the same ones and the scaling view can pair them (it checks: prompt_w).
     result = statistics.analyse(samples, baseline, B=cfg.bootstrap, seed=cfg.seed, gold_target=cfg.gold_level,
-                                kl_target=cfg.kl_target, proxy_target=cfg.proxy_target, prompt_w=prompt_w)
+                                kl_target=cfg.kl_target, proxy_target=cfg.proxy_target)
     panel.analysis = result
     for c, s in zip(analysed, samples):
         c.in_analysis = True

@@ -123,7 +123,8 @@ def describe(spec: str, rm_rows: pd.DataFrame) -> Proxy:
         if not len(base):
             return Proxy(spec, name, "single", directory=directory, source="checkpoint and train-rm row not found")
         row = base.iloc[-1]
-        members = int(number(row.get("ensemble")) or 1) if math.isfinite(number(row.get("ensemble"))) else 1
+        ensemble = number(row.get("ensemble"))
+        members = int(ensemble) if ensemble >= 1 else 1  # NaN (no column) compares False: one model
         info = {"aggregation": "mean" if not aggregation else aggregation.split("-")[0], "member": None,
                 "members": members, "pairs": row.get("pairs"), "label_noise": row.get("label_noise"),
                 "backbone": row.get("backbone"), "parameters": row.get("parameters"),
