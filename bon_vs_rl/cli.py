@@ -11,7 +11,7 @@
     bonrl experiment   the whole study from one YAML file
     bonrl results      list runs, export the results table
 
-Every option of a stage command comes from that stage's dataclass in `config.py` (default and help
+Every option of a stage command comes from that stage's dataclass in `config/commands.py` (default and help
 text alike), so --help, YAML presets and the code cannot disagree. Heavy libraries (torch,
 transformers, trl) are imported inside the stage modules, so `bonrl --help` stays fast.
 
@@ -32,7 +32,9 @@ from typing import Any, Optional
 import typer
 
 from bon_vs_rl import __version__
-from bon_vs_rl import config as C
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import config_fields, load_yaml, resolve
+from bon_vs_rl.errors import ConfigError
 
 app = typer.Typer(
     help="Best-of-n versus KL-constrained RL against a proxy reward model, measured by a gold reward.",
@@ -54,7 +56,7 @@ def run_stage(runner: str, cfg: Any) -> Any:
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         return function(cfg)
-    except C.ConfigError as exc:
+    except ConfigError as exc:
         raise fail(str(exc), 2) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
@@ -87,7 +89,7 @@ def stage_command(name: str, config_class: type, runner: str, help: str) -> None
             annotation=Optional[Path],
         )
     ]
-    for f in C.config_fields(config_class):
+    for f in config_fields(config_class):
         if hints[f.name] is dict:
             continue  # nested mappings live in YAML only
         flag = "--" + f.name.replace("_", "-")
@@ -107,9 +109,9 @@ def stage_command(name: str, config_class: type, runner: str, help: str) -> None
     def command(**values: Any) -> None:
         config_file = values.pop("config")
         try:
-            yaml_values = C.load_yaml(config_file) if config_file else {}
-            cfg = C.resolve(config_class, yaml_values, values)
-        except C.ConfigError as exc:
+            yaml_values = load_yaml(config_file) if config_file else {}
+            cfg = resolve(config_class, yaml_values, values)
+        except ConfigError as exc:
             raise fail(str(exc), 2) from None
         run_stage(runner, cfg)
 
@@ -119,7 +121,7 @@ def stage_command(name: str, config_class: type, runner: str, help: str) -> None
 
 
 def _defaults_epilog(config_class: type) -> str:
-    return "\n\nDefaults come from bon_vs_rl/config.py:" + config_class.__name__ + "."
+    return "\n\nDefaults come from bon_vs_rl/config/commands.py:" + config_class.__name__ + "."
 
 
 def _version(value: bool) -> None:
@@ -136,37 +138,37 @@ def main(
 
 
 stage_command(
-    "train-rm", C.TrainRMConfig, "bon_vs_rl.reward_model:train_rm",
+    "train-rm", C.TrainRMConfig, "bon_vs_rl.methods.reward_model:train_rm",
     "Label comparisons with the gold scorer, train a proxy reward model, report held-out accuracy.",
 )
 stage_command(
-    "sample", C.SampleConfig, "bon_vs_rl.best_of_n:sample",
+    "sample", C.SampleConfig, "bon_vs_rl.methods.best_of_n:sample",
     "Best-of-n: sample N per prompt, score with proxy and gold, unbiased estimates for every n.",
 )
 stage_command(
-    "ppo", C.PPOConfig, "bon_vs_rl.ppo:train",
+    "ppo", C.PPOConfig, "bon_vs_rl.methods.ppo:train",
     "PPO with a KL penalty to the reference policy; proxy, gold and KL at every evaluation.",
 )
 stage_command(
-    "rl", C.RLConfig, "bon_vs_rl.trl_rl:train",
+    "rl", C.RLConfig, "bon_vs_rl.methods.trl_rl:train",
     "TRL's RLOO or GRPO trainer against the proxy, evaluated on the same axes as BoN and PPO.",
 )
 stage_command(
-    "lab", C.LabConfig, "bon_vs_rl.lab:lab",
+    "lab", C.LabConfig, "bon_vs_rl.methods.lab:lab",
     "The Goodhart lab: best-of-n, the KL-regularized optimum and PPO, exact over a synthetic population.",
 )
 stage_command(
-    "dpo", C.DPOConfig, "bon_vs_rl.dpo:train",
+    "dpo", C.DPOConfig, "bon_vs_rl.methods.dpo:train",
     "DPO on the gold-labelled comparisons a proxy RM is trained on (same data, same cache), evaluated on the same "
     "axes as BoN and RL; --proxy is only measured.",
 )
 stage_command(
-    "distill", C.DistillConfig, "bon_vs_rl.distill:train",
+    "distill", C.DistillConfig, "bon_vs_rl.methods.distill:train",
     "Fine-tune the policy toward best-of-n against the proxy: SFT on best-of-n picks, or vBoN's reverse KL; "
     "evaluated on the same axes as BoN and RL.",
 )
 stage_command(
-    "report", C.ReportConfig, "bon_vs_rl.report:report",
+    "report", C.ReportConfig, "bon_vs_rl.report.write:report",
     "Figures, Gao et al. functional-form fits and comparison tables from the results table.",
 )
 
@@ -182,10 +184,10 @@ def experiment(
 ) -> None:
     """Run a whole study from one YAML file: RM(s) -> best-of-n -> RL -> report; complete stages are skipped."""
     try:
-        yaml_values = C.load_yaml(config)
-        cfg = C.resolve(C.ExperimentConfig, yaml_values,
+        yaml_values = load_yaml(config)
+        cfg = resolve(C.ExperimentConfig, yaml_values,
                         {"quiet": quiet, "device": device, "results": results, "output": output})
-    except C.ConfigError as exc:
+    except ConfigError as exc:
         raise fail(str(exc), 2) from None
     run_stage("bon_vs_rl.experiment:run", (cfg, list(force)))
 
@@ -198,18 +200,18 @@ def results_command(
     method: str | None = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
 ) -> None:
     """List the runs in the results table, or export its rows."""
-    from bon_vs_rl import files
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import files
+    from bon_vs_rl.record import results as R
 
     path = R.resolve_results_path(results)
     filters = {k: v for k, v in {"experiment": experiment, "method": method}.items() if v is not None}
     try:
         R.check_results_file(path)
         if not path.exists():
-            raise C.ConfigError(f"results: {path} does not exist; run a command first or pass --results PATH")
+            raise ConfigError(f"results: {path} does not exist; run a command first or pass --results PATH")
         if export is not None:
             if export.suffix not in (".csv", ".parquet"):
-                raise C.ConfigError(f"export: {export} must end in .csv or .parquet")
+                raise ConfigError(f"export: {export} must end in .csv or .parquet")
             files.check_directory(export.parent, "export")
             R.export(path, export, **filters)
             typer.echo(str(export))
@@ -221,7 +223,7 @@ def results_command(
             if experiment is not None and method is None:
                 keep |= runs["experiment"] == experiment  # also a run of it that failed before writing a row
             runs = runs[keep]
-    except C.ConfigError as exc:  # a missing, foreign or newer-format results file: bad input
+    except ConfigError as exc:  # a missing, foreign or newer-format results file: bad input
         raise fail(str(exc), 2) from None
     columns = [c for c in ("run_id", "experiment", "command", "status", "started_at", "ended_at") if c in runs]
     typer.echo(runs[columns].to_string(index=False) if len(runs) else "no runs")

@@ -38,7 +38,7 @@ default the stage of its proxy (rm-0 unless it names another) — whose data set
 prompts, sampling, pairs, labels, noise and data seed) are copied into it, so it reads the very
 pairs that proxy was trained on from the comparison cache; an entry may not set them itself.
 
-A stage's config is built the way the stage's own command builds it (`config.resolve`): built-in
+A stage's config is built the way the stage's own command builds it (`config.base.resolve`): built-in
 defaults < `common` (the keys that stage has) < the stage's entry < what the experiment fixes (seed
 unless the entry sets one, device, cache_dir, quiet, experiment, results, output). All of them are
 built and validated before the first stage starts, so a typo in the last stage stops the run at once
@@ -71,21 +71,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bon_vs_rl import config as C
-from bon_vs_rl import console, files
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import config_fields, resolve, to_dict
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.record import console, files
 
 MARKER = ".bonrl-stage.json"
 STARTED = ".bonrl-stage-started.json"  # checkpointed kinds: which config last started here, for --resume
 
 # kind -> (config class, "module:function" that runs it). The report is handled apart: it always runs.
 STAGES = {
-    "rm": (C.TrainRMConfig, "bon_vs_rl.reward_model:train_rm"),
-    "samples": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),  # no proxy: draw and gold-score, no rows
-    "bon": (C.SampleConfig, "bon_vs_rl.best_of_n:sample"),  # --from-samples: the draw rescored by some proxies
-    "ppo": (C.PPOConfig, "bon_vs_rl.ppo:train"),
-    "rl": (C.RLConfig, "bon_vs_rl.trl_rl:train"),
-    "dpo": (C.DPOConfig, "bon_vs_rl.dpo:train"),
-    "distill": (C.DistillConfig, "bon_vs_rl.distill:train"),
+    "rm": (C.TrainRMConfig, "bon_vs_rl.methods.reward_model:train_rm"),
+    "samples": (C.SampleConfig, "bon_vs_rl.methods.best_of_n:sample"),  # no proxy: draw and gold-score, no rows
+    "bon": (C.SampleConfig, "bon_vs_rl.methods.best_of_n:sample"),  # --from-samples: the draw rescored by some proxies
+    "ppo": (C.PPOConfig, "bon_vs_rl.methods.ppo:train"),
+    "rl": (C.RLConfig, "bon_vs_rl.methods.trl_rl:train"),
+    "dpo": (C.DPOConfig, "bon_vs_rl.methods.dpo:train"),
+    "distill": (C.DistillConfig, "bon_vs_rl.methods.distill:train"),
 }
 CHECKPOINTED = ("ppo", "rl", "dpo", "distill")  # kinds that resume an interrupted stage from a checkpoint
 FIXED = ("output", "results", "experiment", "device", "cache_dir", "quiet", "eval_prompts")  # set by the experiment only
@@ -116,13 +118,13 @@ def results_path(cfg: C.ExperimentConfig) -> str:
 
 
 def fields_of(cls: type) -> set[str]:
-    return {f.name for f in C.config_fields(cls)}
+    return {f.name for f in config_fields(cls)}
 
 
 def check_reserved(where: str, entry: dict) -> None:
     for key in entry:
         if key.replace("-", "_") in FIXED:
-            raise C.ConfigError(f"{where}: {key!r} is set by the experiment for every stage; "
+            raise ConfigError(f"{where}: {key!r} is set by the experiment for every stage; "
                                 f"set it at the top level of the experiment file instead")
 
 
@@ -133,15 +135,15 @@ def proxy_spec(value: str, rm_specs: dict[str, str], where: str) -> tuple[str, s
     if match:
         stage, aggregation = match.group(1), match.group(2) or ""
         if stage not in rm_specs:
-            raise C.ConfigError(f"{where}: proxy {value!r} is not a stage of this experiment "
+            raise ConfigError(f"{where}: proxy {value!r} is not a stage of this experiment "
                                 f"(it has {', '.join(rm_specs)})")
         if aggregation:
-            from bon_vs_rl import scorers
+            from bon_vs_rl.measurement import scorers
 
             try:
                 scorers.parse_aggregation(aggregation[1:], "proxy")
-            except C.ConfigError as exc:
-                raise C.ConfigError(f"{where}: {value!r}: {str(exc).removeprefix('proxy: ')}") from None
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {value!r}: {str(exc).removeprefix('proxy: ')}") from None
         return rm_specs[stage] + aggregation, stage
     return value, None
 
@@ -161,9 +163,9 @@ def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, whe
         # experiment owns OUTPUT/<stage>, reruns the stages that read it, and reports only this invocation's runs.
         values["overwrite"] = True
     try:
-        return C.resolve(cls, values)
-    except C.ConfigError as exc:
-        raise C.ConfigError(f"{where} (stage {name}): {exc}") from None
+        return resolve(cls, values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} (stage {name}): {exc}") from None
 
 
 def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
@@ -173,7 +175,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     known = set().union(*(fields_of(cls) for cls, _ in STAGES.values()))
     for key in cfg.common:
         if key.replace("-", "_") not in known:
-            raise C.ConfigError(f"common: unknown key {key!r}; it is not an option of any stage "
+            raise ConfigError(f"common: unknown key {key!r}; it is not an option of any stage "
                                 "(see bonrl train-rm/sample/ppo/rl --help)")
 
     stages = []
@@ -194,7 +196,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     # Best-of-n: one draw (`samples`), rescored per RM stage (bon-rm-K) by the specs that name it.
     entry, _, reads = wire(cfg.sample, "sample", list(rm_specs))
     if not entry["proxy"]:
-        raise C.ConfigError("sample: proxy is an empty list; name RM stages (e.g. proxy: [rm-0, rm-1]) or leave "
+        raise ConfigError("sample: proxy is an empty list; name RM stages (e.g. proxy: [rm-0, rm-1]) or leave "
                             "it out for every RM")
     groups: dict[str, list[str]] = {}
     for i, (spec, stage) in enumerate(zip(entry["proxy"], reads)):
@@ -219,7 +221,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
             source = raw.pop("comparisons", None) if kind == "dpo" else None
             entry, needs, _ = wire(raw, f"{kind}[{i}]", [str(source or "rm-0")])
             if len(entry["proxy"]) != 1:
-                raise C.ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
+                raise ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
                                     f"add one {kind} entry per proxy")
             entry["proxy"] = entry["proxy"][0]
             if kind == "dpo":
@@ -230,7 +232,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
                 stages.append(Stage(name, kind, stage_config(cfg, kind, name, entry, f"{kind}[{i}]", results), needs))
                 continue
             if "seed" in entry:
-                raise C.ConfigError(f"{kind}[{i}]: give either seed or seeds, not both")
+                raise ConfigError(f"{kind}[{i}]: give either seed or seeds, not both")
             for seed in seeds:
                 name = f"{kind}-{i}-seed{seed}"
                 stages.append(Stage(name, kind, stage_config(cfg, kind, name, {**entry, "seed": seed}, f"{kind}[{i}]",
@@ -238,7 +240,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
 
     by_name = {s.name: s for s in stages}
     for s in stages:  # in run order, so every stage's needs are hashed before it
-        config = {k: v for k, v in C.to_dict(s.cfg).items() if k not in UNHASHED}
+        config = {k: v for k, v in to_dict(s.cfg).items() if k not in UNHASHED}
         blob = json.dumps({"kind": s.kind, "config": config, "needs": [by_name[n].hash for n in s.needs]},
                           sort_keys=True, default=str)
         s.hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -247,13 +249,13 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     check_reserved("report", report_entry)
     for key in ("run_id",):
         if key in report_entry:
-            raise C.ConfigError(f"report: {key!r} is set by the experiment (the runs of its stages)")
+            raise ConfigError(f"report: {key!r} is set by the experiment (the runs of its stages)")
     report_entry.update(output=str(Path(cfg.output) / "report"), results=results, experiment=cfg.name,
                         quiet=cfg.quiet)
     try:
-        report_cfg = C.resolve(C.ReportConfig, report_entry)
-    except C.ConfigError as exc:
-        raise C.ConfigError(f"report: {exc}") from None
+        report_cfg = resolve(C.ReportConfig, report_entry)
+    except ConfigError as exc:
+        raise ConfigError(f"report: {exc}") from None
     return stages, report_cfg
 
 
@@ -263,11 +265,11 @@ def use_comparisons(entry: dict, needs: list[str], source, rm_stages: dict[str, 
     its seed becomes the DPO run's data_seed), so both read the same cached pairs and labels."""
     source = str(source) if source is not None else (needs[0] if needs else "rm-0")
     if source not in rm_stages:
-        raise C.ConfigError(f"{where}: comparisons {source!r} is not an RM stage of this experiment "
+        raise ConfigError(f"{where}: comparisons {source!r} is not an RM stage of this experiment "
                             f"(it has {', '.join(rm_stages)})")
     clash = [k for k in entry if k.replace("-", "_") in (*C.COMPARISON_DATA_FIELDS, "data_seed")]
     if clash:
-        raise C.ConfigError(f"{where}: {clash[0]!r} is set by comparisons: {source} (DPO trains on that RM's "
+        raise ConfigError(f"{where}: {clash[0]!r} is set by comparisons: {source} (DPO trains on that RM's "
                             "pairs); change it in that train_rm entry, or name another RM stage")
     rm = rm_stages[source].cfg
     entry = {**entry, **{name: getattr(rm, name) for name in C.COMPARISON_DATA_FIELDS},
@@ -282,9 +284,9 @@ def replicate_seeds(value, where: str) -> list[int] | None:
     seeds = list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            and s >= 0 for s in seeds):
-        raise C.ConfigError(f"{where}: seeds must be a non-empty list of non-negative integers, e.g. seeds: [0, 1, 2]")
+        raise ConfigError(f"{where}: seeds must be a non-empty list of non-negative integers, e.g. seeds: [0, 1, 2]")
     if len(set(seeds)) != len(seeds):
-        raise C.ConfigError(f"{where}: seeds {seeds} repeat a seed; replicates need distinct seeds")
+        raise ConfigError(f"{where}: seeds {seeds} repeat a seed; replicates need distinct seeds")
     return seeds
 
 
@@ -302,7 +304,7 @@ def forced(stages: list[Stage], force: list[str]) -> set[str]:
         elif item in STAGES and any(s.kind == item for s in stages):
             out |= {s.name for s in stages if s.kind == item}
         elif item != "report":  # the report always runs
-            raise C.ConfigError(f"force: no stage {item!r} in this experiment; stages are "
+            raise ConfigError(f"force: no stage {item!r} in this experiment; stages are "
                                 f"{', '.join(s.name for s in stages)}, report (or a kind: {', '.join(STAGES)}; or all)")
     return out
 
@@ -319,7 +321,7 @@ def read_marker(stage: Stage) -> dict | None:
 
 
 def finished_runs(results: str) -> set[str]:
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
 
     if not Path(results).is_file():
         return set()
@@ -359,7 +361,7 @@ def samples_file(stage: Stage, run_id: str) -> Path:
     """The samples file a `samples` stage's run wrote (bonrl sample: OUTPUT/RUN_ID/samples.parquet)."""
     path = (Path(stage.cfg.output) / run_id / "samples.parquet").resolve()
     if not path.is_file():
-        raise C.ConfigError(f"stage {stage.name}: its samples file {path} is gone; rerun it with --force {stage.name}")
+        raise ConfigError(f"stage {stage.name}: its samples file {path} is gone; rerun it with --force {stage.name}")
     return path
 
 
@@ -368,7 +370,7 @@ def run_stage(stage: Stage) -> str:
     module, function = STAGES[stage.kind][1].split(":")
     out = getattr(importlib.import_module(module), function)(stage.cfg)
     if stage.kind == "rm":  # train_rm returns its checkpoint; the run id is in the RM's metadata
-        from bon_vs_rl import scorers
+        from bon_vs_rl.measurement import scorers
 
         return str(json.loads((Path(out) / scorers.RM_METADATA).read_text())["run_id"])
     return str(out)
@@ -385,12 +387,12 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
     rerun = forced(stages, force)
     root = Path(cfg.output)
     if root.exists() and not root.is_dir():
-        raise C.ConfigError(f"output: {root} is a file; choose a directory for the experiment")
+        raise ConfigError(f"output: {root} is a file; choose a directory for the experiment")
     root.mkdir(parents=True, exist_ok=True)
     files.write_json(root / "resolved_config.json",
-                     {"experiment": C.to_dict(cfg), "results": results_path(cfg),
-                      "stages": {s.name: {"hash": s.hash, "needs": s.needs, "config": C.to_dict(s.cfg)} for s in stages},
-                      "report": C.to_dict(report_cfg)})
+                     {"experiment": to_dict(cfg), "results": results_path(cfg),
+                      "stages": {s.name: {"hash": s.hash, "needs": s.needs, "config": to_dict(s.cfg)} for s in stages},
+                      "report": to_dict(report_cfg)})
 
     finished = finished_runs(results_path(cfg))
     run_ids, ran = [], {}  # report's runs; stage name -> its run id (this invocation's, or a complete earlier one)
@@ -422,14 +424,14 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
         seconds = time.perf_counter() - start
         files.write_json(stage.marker, {"stage": stage.name, "hash": stage.hash, "run_id": run_id,
                                         "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                        "config": C.to_dict(stage.cfg)})
+                                        "config": to_dict(stage.cfg)})
         console.note(f"stage {stage.name}: done in {seconds:.0f} s (run {run_id})", cfg.quiet)
         ran[stage.name] = run_id
         if stage.kind != "samples":
             run_ids.append(run_id)
 
-    from bon_vs_rl import report
+    from bon_vs_rl.report import write
 
     report_cfg.run_id = run_ids
     console.note("stage report: writing", cfg.quiet)
-    return report.report(report_cfg)
+    return write.report(report_cfg)

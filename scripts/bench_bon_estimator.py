@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from bon_vs_rl.bon_estimator import best_of_n_table, best_of_n_weights  # noqa: E402
+from bon_vs_rl.measurement.bon_estimator import best_of_n_table, best_of_n_weights  # noqa: E402
 
 
 def powers_of_two(num_samples: int) -> list[int]:

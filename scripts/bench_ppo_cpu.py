@@ -11,7 +11,7 @@ in the same run: speed-up = baseline's ms per token / variant's ms per token (> 
 is the current path of configs/cpu-demo.yaml: fp32 weights and arithmetic, the top 4 decoder blocks
 trained, rollout batch 16, minibatch 8, prompts of ≤ 32 tokens, 16 new tokens.
 
-The three pieces of a PPO step (bon_vs_rl/ppo.py), timed separately on the same sampled batch:
+The three pieces of a PPO step (bon_vs_rl/methods/ppo.py), timed separately on the same sampled batch:
     sample     the rollout: sampling.generate, per generated token
     logprob    a no-grad forward pass of the whole batch (done twice per step: policy and reference),
                per completion token
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 def sample_timer(model, tokenizer, prompts, cfg, autocast, seed):
     """ms per generated token of one rollout."""
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     def run(repeat: int) -> float:
         start = time.perf_counter()
@@ -56,7 +56,7 @@ def sample_timer(model, tokenizer, prompts, cfg, autocast, seed):
 
 def logprob_timer(model, batch, cfg, autocast):
     """ms per completion token of one no-grad log-prob pass over the batch (PPO does two per step)."""
-    from bon_vs_rl.evaluate import token_logprobs
+    from bon_vs_rl.measurement.evaluate import token_logprobs
 
     tokens = float(batch.completion_mask.sum())
 
@@ -72,8 +72,8 @@ def train_timer(lm, batch, minibatch: int, cfg, autocast, top_layers: int = 0, l
     """ms per completion token of one PPO minibatch update (forward, losses, backward, clip, AdamW step)."""
     import torch
 
-    from bon_vs_rl import ppo
-    from bon_vs_rl.evaluate import gather_logprobs
+    from bon_vs_rl.measurement.evaluate import gather_logprobs
+    from bon_vs_rl.methods import ppo
 
     lm = copy.deepcopy(lm)
     if lora_rank:
@@ -132,10 +132,10 @@ def main() -> None:
     logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    from bon_vs_rl import models, sampling
-    from bon_vs_rl import prompts as prompt_sets
-    from bon_vs_rl.config import SamplingConfig
-    from bon_vs_rl.evaluate import pack_completions
+    from bon_vs_rl.config.base import SamplingConfig
+    from bon_vs_rl.measurement import models, sampling
+    from bon_vs_rl.measurement import prompts as prompt_sets
+    from bon_vs_rl.measurement.evaluate import pack_completions
 
     torch.set_num_threads(args.threads)
     began = time.perf_counter()

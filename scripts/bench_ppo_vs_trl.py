@@ -49,10 +49,11 @@ def peak_rss_mib() -> float:
 
 
 def child_ppo(args, workdir: Path, epochs: int, minibatch: int) -> dict:
-    from bon_vs_rl import config as C
-    from bon_vs_rl import ppo
+    from bon_vs_rl.config import commands as C
+    from bon_vs_rl.config.base import resolve
+    from bon_vs_rl.methods import ppo
 
-    cfg = C.resolve(C.PPOConfig, {}, dict(
+    cfg = resolve(C.PPOConfig, {}, dict(
         policy=args.model, proxy="vader", gold="vader", steps=args.warmup + args.steps,
         eval_every=10**6, eval_prompts=1, eval_samples_per_prompt=1, rollout_batch_size=args.batch,
         minibatch_size=minibatch, ppo_epochs=epochs, max_new_tokens=args.max_new_tokens, beta=0.05,
@@ -70,11 +71,13 @@ def child_rloo(args, workdir: Path) -> dict:
     from transformers import TrainerCallback
     from trl import RLOOTrainer
 
-    from bon_vs_rl import config as C
-    from bon_vs_rl import models, scorers, trl_rl
-    from bon_vs_rl import prompts as prompt_sets
+    from bon_vs_rl.config import commands as C
+    from bon_vs_rl.config.base import resolve
+    from bon_vs_rl.measurement import models, scorers
+    from bon_vs_rl.measurement import prompts as prompt_sets
+    from bon_vs_rl.methods import trl_rl
 
-    cfg = C.resolve(C.RLConfig, {}, dict(
+    cfg = resolve(C.RLConfig, {}, dict(
         algo="rloo", policy=args.model, proxy="vader", gold="vader", steps=args.warmup + args.steps,
         rollout_batch_size=args.batch, generations_per_prompt=4, max_new_tokens=args.max_new_tokens, beta=0.05,
         learning_rate=1e-5, device=args.device, quiet=True, output=str(workdir / "out"), seed=args.seed))

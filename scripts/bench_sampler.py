@@ -49,7 +49,7 @@ def count_tokens(new_tokens, eos_ids: set[int]) -> int:
 
 
 def time_bonrl(model, tokenizer, prompts, n, cfg, seed) -> tuple[int, float]:
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     start = time.perf_counter()
     samples = sampling.generate(model, tokenizer, prompts, n, cfg, seed=seed, quiet=True)
@@ -60,7 +60,7 @@ def time_plain(model, tokenizer, prompts, n, cfg, seed) -> tuple[int, float]:
     """The plain loop: one `generate` call per prompt with num_return_sequences=N, the same prompt tokens."""
     import torch
 
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     device = next(model.parameters()).device
     eos = sampling.eos_token_ids(model, tokenizer)
@@ -83,9 +83,9 @@ def time_plain(model, tokenizer, prompts, n, cfg, seed) -> tuple[int, float]:
 def bench_model(spec: str, args) -> list[dict]:
     import torch
 
-    from bon_vs_rl import models
-    from bon_vs_rl import prompts as prompt_sets
-    from bon_vs_rl.config import SamplingConfig
+    from bon_vs_rl.config.base import SamplingConfig
+    from bon_vs_rl.measurement import models
+    from bon_vs_rl.measurement import prompts as prompt_sets
 
     model, tokenizer = models.load_policy(spec, torch.device("cpu"), args.cache_dir)
     prompts = prompt_sets.load_prompts("builtin", "eval", args.prompts)

@@ -1,4 +1,4 @@
-"""Coverage of the seed-resampling choices in bon_vs_rl/statistics.py, for few replicate seeds.
+"""Coverage of the seed-resampling choices in bon_vs_rl/analysis/statistics.py, for few replicate seeds.
 
 Run from the repository root (about a minute on one core):
 
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from bon_vs_rl import statistics as st  # noqa: E402
+from bon_vs_rl.analysis import statistics as st  # noqa: E402
 
 
 def coverage(S: int, sigma_u: float, widen: str, repeats: int, B: int, P: int, rng) -> tuple[float, float]:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from bon_vs_rl.tilted import tilted_per_prompt  # noqa: E402
+from bon_vs_rl.methods.tilted import tilted_per_prompt  # noqa: E402
 
 
 def main() -> None:

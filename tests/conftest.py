@@ -37,7 +37,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def toy_policy(tmp_path_factory) -> str:
     """The six-word toy policy of tests/toy_gold.py, whose outputs RL and RM training can move quickly."""
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     return str(toy_gold.build_toy_policy(tmp_path_factory.mktemp("toy") / "policy", models.smollm2_tokenizer_dir()))
 

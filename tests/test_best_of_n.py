@@ -21,9 +21,11 @@ import toy_scorers
 import tracker_files
 from typer.testing import CliRunner
 
-from bon_vs_rl import best_of_n, cli, scorers
-from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.measurement import bon_estimator as bon
+from bon_vs_rl.measurement import scorers
+from bon_vs_rl.methods import best_of_n
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 TOYS = Path(toy_scorers.__file__)
@@ -43,7 +45,7 @@ def rm_proxy(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from bon_vs_rl.models import smollm2_tokenizer_dir
+    from bon_vs_rl.measurement.models import smollm2_tokenizer_dir
 
     path = tmp_path_factory.mktemp("rm")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
@@ -191,7 +193,7 @@ def rm_ensemble(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from bon_vs_rl.models import smollm2_tokenizer_dir
+    from bon_vs_rl.measurement.models import smollm2_tokenizer_dir
 
     path = tmp_path_factory.mktemp("ensemble")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
@@ -248,7 +250,7 @@ def test_one_draw_without_a_proxy_is_rescored_by_an_ensembles_specs_running_each
 def test_a_low_entropy_policy_has_beirami_kl_well_below_the_formula(tmp_path):
     """The fixed policy writes ' good' (p ~ 0.7) or stops (p ~ 0.26): completions have probabilities far
     from 0 and repeat, so the formula overstates the KL and both tighter figures must show it."""
-    from bon_vs_rl.models import smollm2_tokenizer_dir
+    from bon_vs_rl.measurement.models import smollm2_tokenizer_dir
 
     toy_scorers.build_fixed_policy(tmp_path / "policy", smollm2_tokenizer_dir(), {" good": 16.0, " bad": 13.0}, 15.0)
     result = invoke("--policy", str(tmp_path / "policy"), "--proxy", HASHED, "--gold", GOLD, "--n", "1,2,4,8,16",

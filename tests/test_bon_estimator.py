@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from bon_vs_rl import bon_estimator as be
-from bon_vs_rl.bon_estimator import (
+from bon_vs_rl.measurement import bon_estimator as be
+from bon_vs_rl.measurement.bon_estimator import (
     best_of_n_expectation,
     best_of_n_per_prompt,
     best_of_n_table,
@@ -422,7 +422,7 @@ def test_bad_inputs_raise_value_error_naming_the_problem(call, message):
 
 def test_import_is_light():
     code = (
-        "import sys, bon_vs_rl.bon_estimator; "
+        "import sys, bon_vs_rl.measurement.bon_estimator; "
         "heavy = [m for m in ('torch', 'scipy', 'pandas') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

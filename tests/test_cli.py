@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from bon_vs_rl import __version__, cli
-from bon_vs_rl import config as C
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import config_fields
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ def test_version():
 def test_every_config_field_is_an_option_with_help(command, config_class):
     click_command = typer.main.get_command(cli.app).commands[command]
     options = {p.name: p for p in click_command.params}
-    for field in C.config_fields(config_class):
+    for field in config_fields(config_class):
         if field.type in ("dict", dict):
             continue
         assert field.name in options, f"{command}: --{field.name} missing"
@@ -213,7 +214,7 @@ def test_mps_asked_for_without_mps_exits_2_before_models_load(command, tmp_path)
 
 
 def test_results_lists_only_the_runs_of_the_method_asked_for(tmp_path):
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
 
     path = tmp_path / "r.sqlite"
     with R.ResultsStore(path) as store:

@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from bon_vs_rl import console
+from bon_vs_rl.record import console
 
 
 class Clock:

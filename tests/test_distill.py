@@ -13,9 +13,11 @@ import toy_gold
 import toy_rewards
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, distill
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.methods import distill
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 PROXY = f"python:{Path(toy_rewards.__file__)}:good_fraction"
@@ -170,7 +172,7 @@ def test_distill_moves_the_policy_and_its_rows_share_the_evaluation_prompts_of_b
 
 def test_resume_writes_the_same_rows_as_an_uninterrupted_run(toy_policy, tmp_path, monkeypatch):
     whole = distill_args(toy_policy, tmp_path / "whole", tmp_path / "whole.sqlite", steps=4, eval_every=2)
-    distill.train(C.resolve(C.DistillConfig, {}, whole))
+    distill.train(resolve(C.DistillConfig, {}, whole))
     expected = R.load(tmp_path / "whole.sqlite").sort_values("step").reset_index(drop=True)
 
     args = {**whole, "output": str(tmp_path / "out"), "results": str(tmp_path / "results.sqlite"),
@@ -184,9 +186,9 @@ def test_resume_writes_the_same_rows_as_an_uninterrupted_run(toy_policy, tmp_pat
 
     monkeypatch.setattr(distill, "distill_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distill.train(C.resolve(C.DistillConfig, {}, args))
+        distill.train(resolve(C.DistillConfig, {}, args))
     monkeypatch.setattr(distill, "distill_step", real_step)
-    distill.train(C.resolve(C.DistillConfig, {}, {**args, "resume": True}))
+    distill.train(resolve(C.DistillConfig, {}, {**args, "resume": True}))
     rows = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
     assert rows["run_id"].nunique() == 1 and rows["step"].tolist() == [0, 2, 4]
     with R.ResultsStore(tmp_path / "results.sqlite") as store:

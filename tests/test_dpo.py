@@ -18,9 +18,13 @@ import toy_rewards
 from test_experiment import RESUMED, _record, fake_stages, invoke, write  # noqa: F401  (fake_stages: a fixture)
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, dpo, experiment, models, reward_model
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli, experiment
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import models
+from bon_vs_rl.methods import dpo, reward_model
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 GOLD = f"python:{Path(toy_gold.__file__)}:count_good"
@@ -65,7 +69,7 @@ def test_dpo_loss_on_a_hand_built_pair_matches_the_formula(toy_policy, tmp_path)
     assert example["prompt_ids"] == tokenizer("The film was").input_ids
 
     beta = 0.3
-    cfg = C.resolve(C.DPOConfig, {}, {"policy": toy_policy, "proxy": PROXY, "beta": beta, "device": "cpu",
+    cfg = resolve(C.DPOConfig, {}, {"policy": toy_policy, "proxy": PROXY, "beta": beta, "device": "cpu",
                                       "output": str(tmp_path / "out")})
     trainer = dpo.trainer_class()(model=policy, ref_model=reference, args=dpo.dpo_arguments(cfg, 1, False, False),
                                   train_dataset=dataset, processing_class=tokenizer)
@@ -83,8 +87,8 @@ def test_dpo_loss_on_a_hand_built_pair_matches_the_formula(toy_policy, tmp_path)
 def test_dpo_reads_the_comparison_data_train_rm_would_train_on():
     common = {"policy": "tiny", "gold": "vader", "pairs": 300, "completions_per_prompt": 3, "label_noise": 0.25,
               "max_new_tokens": 12, "seed": 4}
-    rm = C.resolve(C.TrainRMConfig, {}, common)
-    dpo_cfg = C.resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "beta": 0.5, "learning_rate": 1e-3})
+    rm = resolve(C.TrainRMConfig, {}, common)
+    dpo_cfg = resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "beta": 0.5, "learning_rate": 1e-3})
     train, held_out = ["a", "b"], ["c"]
 
     def key(cfg):
@@ -92,9 +96,9 @@ def test_dpo_reads_the_comparison_data_train_rm_would_train_on():
 
     assert key(dpo.comparison_settings(dpo_cfg)) == key(rm)
     # Another training seed with the RM's data seed: the same pairs; without it, other pairs.
-    reseeded = C.resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "seed": 9})
+    reseeded = resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "seed": 9})
     assert key(dpo.comparison_settings(reseeded)) != key(rm)
-    pinned = C.resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "seed": 9, "data_seed": 4})
+    pinned = resolve(C.DPOConfig, {}, {**common, "proxy": "vader", "seed": 9, "data_seed": 4})
     assert key(dpo.comparison_settings(pinned)) == key(rm)
 
 
@@ -158,7 +162,7 @@ def test_dpo_logs_its_losses_and_every_evaluation_to_the_tracker(dpo_run):
 @pytest.mark.slow  # 6-10 s on an idle 2-core machine: keeps `make test` well under 3 minutes
 def test_resumed_dpo_continues_the_same_run_without_duplicate_rows(toy_policy, tmp_path, monkeypatch):
     """Stopped during the step-2 evaluation after the step-1 checkpoint, then resumed: one finished run, 0-1-2."""
-    from bon_vs_rl import evaluate
+    from bon_vs_rl.measurement import evaluate
 
     args = dpo_args(toy_policy, tmp_path / "out", "--checkpoint-every", "1", "--cache-dir", str(tmp_path / "cache"))
     real = evaluate.Evaluator.evaluate
@@ -212,7 +216,7 @@ STUDY = {
 
 
 def plan(study: dict):
-    return experiment.plan(C.resolve(C.ExperimentConfig, json.loads(json.dumps(study))))[0]
+    return experiment.plan(resolve(C.ExperimentConfig, json.loads(json.dumps(study))))[0]
 
 
 def test_experiment_dpo_trains_on_the_comparisons_of_its_rm_stage():
@@ -243,7 +247,7 @@ def test_experiment_dpo_trains_on_the_comparisons_of_its_rm_stage():
 ])
 def test_a_dpo_entry_cannot_set_its_own_comparison_data(entry, message):
     study = {**STUDY, "dpo": [entry], "distill": []}
-    with pytest.raises(C.ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         plan(study)
 
 

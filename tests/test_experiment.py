@@ -19,8 +19,9 @@ from test_report import Page, row_key
 from typer.testing import CliRunner
 
 from bon_vs_rl import cli, experiment
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import load_yaml, resolve, to_dict
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def _record(cfg, command: str, rows: list[dict]) -> str:
     if (Path(cfg.output) / "fail").exists():
         raise RuntimeError("stage failed on purpose")
     with R.ResultsStore(R.resolve_results_path(cfg.results)) as store, \
-            R.run_context(store, command, C.to_dict(cfg), cfg.seed, cfg.experiment) as run_id:
+            R.run_context(store, command, to_dict(cfg), cfg.seed, cfg.experiment) as run_id:
         store.add_rows(run_id, rows)
     return run_id
 
@@ -181,7 +182,7 @@ def test_changing_one_proxy_reruns_it_and_the_stages_that_read_it(fake_stages, t
 def test_an_ensembles_aggregations_and_members_are_one_rescoring_of_the_draw(fake_stages, tmp_path):
     study = {**STUDY, "sample": {"n": "1,2,4,8", "proxy": ["rm-0", "rm-1@mean", "rm-1@min", "rm-1@mean-1std",
                                                             "rm-1@member-0"]}}
-    stages = {s.name: s for s in experiment.plan(C.resolve(C.ExperimentConfig, study))[0]}
+    stages = {s.name: s for s in experiment.plan(resolve(C.ExperimentConfig, study))[0]}
     rm1 = f"rm:{Path('out') / 'rm-1'}"
     assert stages["bon-rm-1"].cfg.proxy == [f"{rm1}@mean", f"{rm1}@min", f"{rm1}@mean-1std", f"{rm1}@member-0"]
     assert stages["bon-rm-1"].needs == ["samples", "rm-1"] and stages["bon-rm-0"].cfg.proxy == [f"rm:{Path('out') / 'rm-0'}"]
@@ -272,14 +273,14 @@ def edited(case: str) -> dict:
 
 
 def hashes(study: dict) -> dict[str, str]:
-    stages, _ = experiment.plan(C.resolve(C.ExperimentConfig, study))
+    stages, _ = experiment.plan(resolve(C.ExperimentConfig, study))
     return {s.name: s.hash for s in stages}
 
 
 @pytest.fixture
 def reported(monkeypatch):
     """The report stage replaced by a recorder of the run ids it is given (drawing is not tested here)."""
-    from bon_vs_rl import report
+    from bon_vs_rl.report import write
 
     runs: list[list[str]] = []
 
@@ -287,7 +288,7 @@ def reported(monkeypatch):
         runs.append(list(cfg.run_id))
         return Path(cfg.output)
 
-    monkeypatch.setattr(report, "report", record)
+    monkeypatch.setattr(write, "report", record)
     return runs
 
 
@@ -373,7 +374,7 @@ LAB_PRESETS = {"goodhart-lab.yaml"}
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name not in LAB_PRESETS))
 def test_every_preset_plans_and_validates(preset):
-    cfg = C.resolve(C.ExperimentConfig, C.load_yaml(REPO / "configs" / preset))
+    cfg = resolve(C.ExperimentConfig, load_yaml(REPO / "configs" / preset))
     stages, report_cfg = experiment.plan(cfg)
     names = [s.name for s in stages]
     assert names[0] == "rm-0" and "samples" in names and any(name.startswith("bon-rm-") for name in names)
@@ -463,7 +464,7 @@ def test_smoke_experiment_resumes_and_reruns_only_what_changed(tmp_path, monkeyp
 def test_a_stage_that_runs_again_replaces_its_own_earlier_run(tmp_path):
     """train-rm, ppo and rl refuse a second run into one --output unless told; the experiment owns its
     stage directories and reruns a changed or forced stage there, so it tells them (and resumes RL too)."""
-    cfg = C.resolve(C.ExperimentConfig, {"output": str(tmp_path / "study"), "common": {"policy": "tiny"},
+    cfg = resolve(C.ExperimentConfig, {"output": str(tmp_path / "study"), "common": {"policy": "tiny"},
                                          "train_rm": [{"backbone": "tiny"}], "ppo": [{"beta": 0.1}],
                                          "rl": [{"algo": "rloo"}]}, {})
     stages, _ = experiment.plan(cfg)

@@ -6,12 +6,13 @@ import json
 
 from test_experiment import STUDY, fake_stages, invoke, write  # noqa: F401  (fake_stages: the fixture)
 
-from bon_vs_rl import config as C
 from bon_vs_rl import experiment
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
 
 
 def plan(study: dict):
-    return experiment.plan(C.resolve(C.ExperimentConfig, json.loads(json.dumps(study))))[0]
+    return experiment.plan(resolve(C.ExperimentConfig, json.loads(json.dumps(study))))[0]
 
 
 def test_every_method_is_evaluated_on_the_experiments_prompts():
@@ -40,7 +41,7 @@ def test_seeds_expand_into_one_stage_per_replicate_with_the_same_setting(fake_st
                      "ppo-1", "rl-0"]
     replicates = [s for s in stages if s.name.startswith("ppo-0-")]
     assert [s.cfg.seed for s in replicates] == [0, 1, 2] and len({s.hash for s in replicates}) == 3
-    from bon_vs_rl.evaluate import setting_id
+    from bon_vs_rl.measurement.evaluate import setting_id
 
     assert len({setting_id(s.cfg) for s in replicates}) == 1  # the report pools them into one curve
     assert setting_id(replicates[0].cfg) != setting_id(stages[names.index("ppo-1")].cfg)

@@ -6,8 +6,8 @@ import stat
 import pandas as pd
 import pytest
 
-from bon_vs_rl import config as C
-from bon_vs_rl import files
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.record import files
 
 
 def mode(path) -> int:
@@ -37,10 +37,10 @@ def test_written_files_and_directories_follow_the_umask(tmp_path, umask):
 
 def test_an_output_path_under_a_file_is_bad_input(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(C.ConfigError, match=r"^output: .*notes.txt/runs cannot be created because .*notes.txt "
+    with pytest.raises(ConfigError, match=r"^output: .*notes.txt/runs cannot be created because .*notes.txt "
                                             r"is a file; pass a directory path to --output$"):
         files.check_directory(tmp_path / "notes.txt" / "runs", "output")
-    with pytest.raises(C.ConfigError, match="is a file, not a directory; pass a directory to --output"):
+    with pytest.raises(ConfigError, match="is a file, not a directory; pass a directory to --output"):
         files.check_directory(tmp_path / "notes.txt", "output")
     files.check_directory(tmp_path / "new" / "deeper", "output")  # creatable: fine, and nothing created
     assert not (tmp_path / "new").exists()

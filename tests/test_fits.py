@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import curve_fit
 
-from bon_vs_rl.fits import (
+from bon_vs_rl.analysis.fits import (
     Fit,
     FitRefused,
     fit_and_predict,
@@ -368,7 +368,7 @@ def test_to_dict_is_plain_and_json_serializable():
 
 def test_import_is_light():
     code = (
-        "import sys, bon_vs_rl.fits; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
+        "import sys, bon_vs_rl.analysis.fits; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""`bonrl lab` (bon_vs_rl/lab.py): every exact quantity against an independent computation, PPO against
+"""`bonrl lab` (bon_vs_rl/methods/lab.py): every exact quantity against an independent computation, PPO against
 the tilted optimum it must reach, and the command end to end.
 
 Independent computations: closed forms (E[max of 2, 3, 5 normals]; the Gaussian tilt), a second
@@ -18,16 +18,18 @@ import pytest
 from scipy import integrate, stats
 from typer.testing import CliRunner
 
-from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import cli, lab
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import load_yaml, resolve
+from bon_vs_rl.measurement import bon_estimator as bon
+from bon_vs_rl.methods import lab
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 
 
 def lab_config(**values) -> C.LabConfig:
-    return C.resolve(C.LabConfig, {}, {"quiet": True, **values})
+    return resolve(C.LabConfig, {}, {"quiet": True, **values})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def test_report_measures_every_lab_curve_from_the_reference_policy(tmp_path):
 
 def test_the_goodhart_lab_preset_validates_as_a_lab_config():
     preset = Path(__file__).resolve().parent.parent / "configs" / "goodhart-lab.yaml"
-    cfg = C.resolve(C.LabConfig, C.load_yaml(preset))
+    cfg = resolve(C.LabConfig, load_yaml(preset))
     assert cfg.outcomes == 10**6 and cfg.rl_steps > 0 and cfg.rl_betas == [0.5, 1.0]
     assert cfg.ns[-1] == round(math.exp(31)) and cfg.experiment == "goodhart-lab"
 

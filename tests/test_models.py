@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from bon_vs_rl import models
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import models
 
 
 def test_tiny_is_deterministic_and_has_a_real_tokenizer(tmp_path):

@@ -24,9 +24,13 @@ import toy_rewards
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, evaluate, models, ppo, scorers
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import evaluate, models, scorers
+from bon_vs_rl.methods import ppo
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +56,7 @@ def ppo_args(policy: str, output: Path, results: Path, **overrides) -> dict:
 
 def run_ppo(**args) -> tuple[str, pd.DataFrame, list[dict]]:
     metrics: list[dict] = []
-    run_id = ppo.train(C.resolve(C.PPOConfig, {}, args), on_step=metrics.append)
+    run_id = ppo.train(resolve(C.PPOConfig, {}, args), on_step=metrics.append)
     return run_id, R.load(args["results"], run_id=run_id).sort_values("step").reset_index(drop=True), metrics
 
 
@@ -143,7 +147,7 @@ def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_
     policy, tokenizer = models.load_policy(str(checkpoint), torch.device("cpu"), dtype=torch.float32)
     reference, _ = models.load_policy(toy_policy, torch.device("cpu"), dtype=torch.float32)
     frame = pd.read_parquet(beta0["rows"]["samples_path"].iloc[-1]).head(6)
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     for _, sample in frame.iterrows():
         prompt = sampling.encode_prompts(tokenizer, [sample["prompt"]], beta0["args"].get("max_prompt_tokens", 64))[0]
@@ -511,7 +515,7 @@ def test_negative_kl_estimate_is_reported_loudly_not_clipped(tmp_path):
             logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 50.0)  # position i predicts token i + 1
             return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()
 
-    cfg = C.resolve(C.PPOConfig, {}, dict(proxy=REWARD, gold=REWARD, policy="tiny", eval_prompts=4,
+    cfg = resolve(C.PPOConfig, {}, dict(proxy=REWARD, gold=REWARD, policy="tiny", eval_prompts=4,
                                           eval_samples_per_prompt=2, max_new_tokens=4, quiet=True))
     scorer = scorers.load_scorer(REWARD)
     with R.ResultsStore(tmp_path / "r.sqlite") as store:
@@ -547,7 +551,7 @@ def test_normalization_maps_scores_to_mean_zero_and_unit_population_std():
     assert bias == pytest.approx(-scores.mean() * gain, rel=1e-12)
     normalized = gain * scores + bias
     assert normalized.mean() == pytest.approx(0.0, abs=1e-12) and normalized.std() == pytest.approx(1.0, rel=1e-12)
-    with pytest.raises(C.ConfigError, match=r"^normalize_proxy: the proxy gives all 4 reference samples the same "
+    with pytest.raises(ConfigError, match=r"^normalize_proxy: the proxy gives all 4 reference samples the same "
                                             r"score \(0\.5\), .*; use --no-normalize-proxy$"):
         ppo.normalization(np.full(4, 0.5))
 
@@ -584,7 +588,7 @@ def test_proxy_is_normalized_on_reference_samples_and_rows_carry_gain_bias_and_r
     _, rows, metrics = run_ppo(**args)
     # The first proxy call scores the normalization samples: one completion for each of 24 distinct train prompts.
     prompts, completions, scores = proxy_calls[0]
-    from bon_vs_rl import prompts as prompt_sets
+    from bon_vs_rl.measurement import prompts as prompt_sets
 
     train = prompt_sets.load_prompts("builtin", "train")
     assert len(completions) == 24 and len(set(prompts)) == 24 and set(prompts) <= set(train)
@@ -675,7 +679,7 @@ def test_resume_refuses_a_change_of_normalization(toy_policy, tmp_path):
 def test_best_of_n_and_ppo_sample_one_initial_policy_at_one_precision(precision, autocast, tmp_path, monkeypatch):
     """Best-of-n's policy and RL's reference (and RL's initial policy) load fp32 weights and sample under the
     same autocast, so best-of-n and RL start from one distribution. On CPU, auto means plain fp32."""
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     loads, draws = [], []
     load_policy, generate = models.load_policy, sampling.generate

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bon_vs_rl import prompts
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import prompts
 
 
 def test_builtin_set_is_large_varied_and_split_without_overlap():
@@ -64,7 +64,7 @@ def test_too_few_prompts_for_an_eval_split(tmp_path):
 
 
 def test_chat_template_wraps_prompts():
-    from bon_vs_rl.models import load_tokenizer
+    from bon_vs_rl.measurement.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
     wrapped = prompts.apply_chat_template(tokenizer, ["Write a review of the cafe:"], enabled=True)

@@ -20,8 +20,9 @@ import pytest
 from scipy import integrate, stats
 from typer.testing import CliRunner
 
-from bon_vs_rl import best_of_n, cli
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.methods import best_of_n
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 P, N = 48, 64  # evaluation prompts, best-of-n samples per prompt

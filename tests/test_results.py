@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bon_vs_rl import results as R
+from bon_vs_rl.record import results as R
 
 REPO = Path(__file__).resolve().parent.parent
 # Child processes import bon_vs_rl from this checkout whatever their working directory.
@@ -247,7 +247,7 @@ def test_run_context_marks_failed_runs_and_records_provenance(tmp_path):
 
 
 def test_importing_the_module_and_recording_a_run_never_imports_torch(tmp_path):
-    code = ("import sys; from bon_vs_rl import results as R; s = R.ResultsStore(sys.argv[1]); "
+    code = ("import sys; from bon_vs_rl.record import results as R; s = R.ResultsStore(sys.argv[1]); "
             "s.start_run('x', {}); s.close(); print('torch' in sys.modules, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.sqlite")], env=CHILD_ENV,
                          capture_output=True, text=True, timeout=60, check=True)
@@ -345,7 +345,7 @@ def test_a_writer_that_meets_a_held_lock_backs_off_until_it_is_released(tmp_path
 
 WRITER = textwrap.dedent("""
     import sys
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
     path, worker = sys.argv[1], int(sys.argv[2])
     with R.ResultsStore(path) as store:
         print("ready", flush=True)  # imported and connected: its first write comes next
@@ -380,7 +380,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 KILLED = textwrap.dedent("""
     import sys
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
     store = R.ResultsStore(sys.argv[1])
     run = store.start_run("ppo", {})
     store.add_rows(run, [{"method": "ppo", "step": s} for s in range(3)])

@@ -18,10 +18,14 @@ import torch
 import toy_gold
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, models, reward_model, scorers
-from bon_vs_rl import config as C
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import models, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.methods import reward_model
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 TOY_GOLD = f"python:{Path(toy_gold.__file__)}:count_good"
@@ -285,7 +289,7 @@ def test_failed_training_leaves_no_complete_looking_output(trained, toy, tmp_pat
 def test_small_prompt_set_is_cycled_with_new_samples(toy, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"Opening number {i} of the story:" for i in range(10)) + "\n")  # 8 train, 2 eval
-    cfg = C.resolve(C.TrainRMConfig, {}, {
+    cfg = resolve(C.TrainRMConfig, {}, {
         "policy": toy.policy, "gold": TOY_GOLD, "prompts": str(prompts), "pairs": 60, "eval_pairs": 10,
         "max_new_tokens": 8, "completions_per_prompt": 3, "cache_dir": str(tmp_path / "cache"), "quiet": True,
     })
@@ -401,7 +405,7 @@ def test_a_data_size_sweep_trains_on_nested_subsets_of_one_draw_with_exact_noise
     flipped = noisy[noisy["flipped"]]
     assert flipped["chosen"].str.startswith("r").all() and flipped["chosen_gold"].eq(0.0).all()
     assert set(noisy["chosen"].str[1:]) == {c[1:] for c in chosen[500]}  # the same pairs, some turned round
-    with pytest.raises(C.ConfigError, match=r"^pairs: 3000 exceeds the 2000 train pairs of comparison data key; "
+    with pytest.raises(ConfigError, match=r"^pairs: 3000 exceeds the 2000 train pairs of comparison data key; "
                                             r"raise --data-pairs$"):
         reward_model.training_pairs(data, C.TrainRMConfig(pairs=3000))
 
@@ -430,7 +434,7 @@ def test_label_noise_flips_exactly_that_fraction():
 
 
 def test_train_batch_size_must_split_over_the_processes(toy, tmp_path, monkeypatch):
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     monkeypatch.setattr(sampling, "process_group", lambda device: (0, 3, CPU))  # as under torchrun with 3
     result = invoke(train_rm_args(toy, tmp_path / "rm", "--results", str(tmp_path / "results.sqlite")))

@@ -14,8 +14,8 @@ import pytest
 import torch
 import toy_scorers
 
-from bon_vs_rl import models, sampling
-from bon_vs_rl.config import SamplingConfig
+from bon_vs_rl.config.base import SamplingConfig
+from bon_vs_rl.measurement import models, sampling
 
 CPU = torch.device("cpu")
 PROMPTS = ["Hi", "The old lighthouse keeper wrote in his diary that the storm had", "Dear Sir,"]

@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 from test_report import GOLD_STD, OFFSETS, PROMPTS, add_run, expected_max, invoke, page
 
-from bon_vs_rl import best_of_n, scorers
-from bon_vs_rl.bon_estimator import kl_bon_analytic
+from bon_vs_rl.measurement import scorers
+from bon_vs_rl.measurement.bon_estimator import kl_bon_analytic
+from bon_vs_rl.methods import best_of_n
 
 P, N = 48, 64
 NS = [1, 2, 4, 8, 16, 32, 64]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bon_vs_rl import scorers
+from bon_vs_rl.measurement import scorers
 
 
 def test_vader_scores_sentiment_of_the_completion_in_range():
@@ -46,7 +46,7 @@ def test_bad_specs_are_config_errors_naming_the_spec(spec, message):
 def _tiny_reward_model(path, seed):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from bon_vs_rl.models import smollm2_tokenizer_dir
+    from bon_vs_rl.measurement.models import smollm2_tokenizer_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
     torch.manual_seed(seed)
@@ -171,7 +171,7 @@ def test_describe_rm_recomputes_each_aggregations_held_out_accuracy_from_the_sav
 def test_parameter_counts_read_from_the_files_match_the_loaded_model(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     _tiny_reward_model(tmp_path / "m", seed=0)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")

@@ -1,4 +1,4 @@
-"""bon_vs_rl.statistics against independent computations: coverage of nominal 95% intervals over
+"""bon_vs_rl.analysis.statistics against independent computations: coverage of nominal 95% intervals over
 repeated synthetic experiments with a known answer (closed forms, quadrature), brute-force loops for the
 vectorised pieces, and hand-built curves for `along`.
 
@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from bon_vs_rl import fits
-from bon_vs_rl import statistics as st
-from bon_vs_rl.bon_estimator import best_of_n_per_prompt, kl_bon_analytic
+from bon_vs_rl.analysis import findings, fits
+from bon_vs_rl.analysis import statistics as st
+from bon_vs_rl.measurement.bon_estimator import best_of_n_per_prompt, kl_bon_analytic
 
 R = 400  # repetitions of a synthetic experiment
 B = 500  # bootstrap replicates inside each repetition
@@ -288,8 +288,8 @@ def test_untrusted_points_keep_their_intervals_but_enter_no_fit_target_or_compar
         other = st.CurveSamples("other", "bon", np.broadcast_to(kl, gold.shape), proxy, 0.8 * gold)
         return [shaky, other]
 
-    flagged = st.analyse(curves(trusted), baseline, B=300, seed=1)
-    dropped = st.analyse(curves(None), baseline, B=300, seed=1)
+    flagged = findings.analyse(curves(trusted), baseline, B=300, seed=1)
+    dropped = findings.analyse(curves(None), baseline, B=300, seed=1)
     assert len(flagged.points["optimum"]["kl"]) == 6  # still a point, with its interval
     assert np.isfinite(flagged.points["optimum"]["gold_gain_lo"][-1])
     for key in ("alpha", "beta", "alpha_lo", "beta_hi", "peak_kl"):
@@ -340,7 +340,7 @@ def test_a_curve_from_the_reference_is_compared_from_kl_zero():
     plain = st.compare_curves(st.CurveSamples(*args), st.CurveSamples(*args), baseline, w, ones, ones, **targets)
     assert all(math.isnan(plain["estimate"][f"{name}_a"]) for name in ("gold_at_kl", "kl_at_proxy", "kl_to_gold"))
     # Points and fits are those of the measured points alone.
-    analysed = st.analyse([origin, st.CurveSamples("bon", *args[1:])], baseline, B=50)
+    analysed = findings.analyse([origin, st.CurveSamples("bon", *args[1:])], baseline, B=50)
     assert len(analysed.points["optimum"]["kl"]) == 3
 
 
@@ -552,7 +552,7 @@ def panel(rng, P=80):
 
 def test_analyse_panel():
     bon, ppo, baseline = panel(np.random.default_rng(8))
-    out = st.analyse([bon, ppo], baseline, B=400, seed=1)
+    out = findings.analyse([bon, ppo], baseline, B=400, seed=1)
     assert out.prompts == 80 and out.B == 400 and out.level == 0.95
     for c in (bon, ppo):
         point = out.points[c.label]
@@ -591,7 +591,7 @@ def test_analyse_panel():
     assert rows["kl_to_gold"]["target"] == pytest.approx(peak / 2)
     assert rows["kl_to_gold"]["better"] == "lower"
     # Same seed, same answer; a user target is used as given.
-    again = st.analyse([bon, ppo], baseline, B=400, seed=1, kl_target=0.5)
+    again = findings.analyse([bon, ppo], baseline, B=400, seed=1, kl_target=0.5)
     assert {r["quantity"]: r for r in again.comparisons}["gold_at_kl"]["target"] == 0.5
     assert again.fits["BoN"]["alpha_lo"] == out.fits["BoN"]["alpha_lo"]
 
@@ -599,9 +599,9 @@ def test_analyse_panel():
 def test_analyse_rejects_unpaired_or_unlabelled_input():
     bon, ppo, baseline = panel(np.random.default_rng(9), P=10)
     with pytest.raises(ValueError, match="same prompts"):
-        st.analyse([bon], st.Baseline(proxy=np.zeros(9), gold=np.zeros(9)))
+        findings.analyse([bon], st.Baseline(proxy=np.zeros(9), gold=np.zeros(9)))
     with pytest.raises(ValueError, match="unique"):
-        st.analyse([bon, bon], baseline)
+        findings.analyse([bon, bon], baseline)
     with pytest.raises(ValueError, match="form must be one of"):
         st.CurveSamples("x", "ppo", kl=np.zeros((1, 2, 3)), proxy=np.zeros((1, 2, 3)), gold=np.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match="differ in shape"):
@@ -629,7 +629,7 @@ def test_curve_replicates_with_unit_weights_is_the_estimate():
 
 
 def test_import_is_light():
-    code = "import sys, bon_vs_rl.statistics; print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))"
+    code = "import sys, bon_vs_rl.analysis.statistics; print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -646,7 +646,7 @@ def test_default_targets_are_positive_levels_never_the_initial_policy():
     wild[..., 1:] -= 2.5 * (np.arange(2)[:, None, None] == 0)  # one seed's KL goes negative: never reliably reached
     a = st.CurveSamples("a", "rl", steady, gold, gold)
     b = st.CurveSamples("b", "rl", wild, np.concatenate([gold, gold]), np.concatenate([gold, gold]))
-    result = st.analyse([a, b], st.Baseline(np.zeros(P), np.zeros(P)), B=300, seed=0)
+    result = findings.analyse([a, b], st.Baseline(np.zeros(P), np.zeros(P)), B=300, seed=0)
     row = next(r for r in result.comparisons if r["quantity"] == "gold_at_kl")
     assert math.isnan(row["target"]) or row["target"] > 0
 
@@ -681,10 +681,10 @@ def family_trend(alphas, P, rng, B_=300):
     """The trend of α across the family, through `analyse` (shared prompt resamples) as the report runs it."""
     baseline, curves = proxy_family(alphas, P, rng)
     prompt_w = st.resample_weights(P, B_, rng)
-    results = [st.analyse([c], baseline, B=B_, prompt_w=prompt_w) for c in curves]
+    results = [findings.analyse([c], baseline, B=B_, prompt_w=prompt_w) for c in curves]
     estimates = np.array([r.fits[c.label]["alpha"] for r, c in zip(results, curves)])
     replicates = np.stack([r.fit_replicates[c.label]["alpha"] for r, c in zip(results, curves)], axis=1)
-    return st.trend(LOG_PAIRS, estimates, replicates), results, curves
+    return findings.trend(LOG_PAIRS, estimates, replicates), results, curves
 
 
 def quick_trend(alphas, P, rng, B_=300):
@@ -695,7 +695,7 @@ def quick_trend(alphas, P, rng, B_=300):
     gains = [c.gold[0] - baseline.gold[:, None] for c in curves]
     estimates = np.array([float(st.fit_replicates(SCALING_KL, g.mean(axis=0), "bon")["alpha"]) for g in gains])
     replicates = np.stack([st.fit_replicates(SCALING_KL, w @ g, "bon")["alpha"] for g in gains], axis=1)
-    return st.trend(LOG_PAIRS, estimates, replicates)
+    return findings.trend(LOG_PAIRS, estimates, replicates)
 
 
 def test_trend_recovers_a_slope_in_log_pairs_within_its_interval():
@@ -707,7 +707,7 @@ def test_trend_recovers_a_slope_in_log_pairs_within_its_interval():
     flat, _, _ = family_trend(np.full(5, 0.5), 40, np.random.default_rng(6))
     assert flat["slope_lo"] < 0 < flat["slope_hi"] and flat["verdict"] == "unresolved"
     with pytest.raises(ValueError, match="at least two distinct x values"):
-        st.trend([1.0, 1.0], [0.1, 0.2], np.zeros((10, 2)))
+        findings.trend([1.0, 1.0], [0.1, 0.2], np.zeros((10, 2)))
 
 
 def test_trend_intervals_cover_the_slope_with_and_without_training_scatter():
@@ -754,7 +754,7 @@ def test_a_measured_peak_is_called_only_where_gold_really_falls():
             baseline, curve = measured_curve(gains, 40, rng)
             est = st.curve_estimate(curve, baseline)
             reps = st.curve_replicates(curve, baseline, st.resample_weights(40, B, rng), np.ones((B, 1)))
-            peak = st.measured_peak(est, reps)
+            peak = findings.measured_peak(est, reps)
             called[name] += peak["resolved"]
             if name == "falls":
                 covered_fall += covered(peak["fall_lo"], peak["fall_hi"], 0.42 - 0.22)
@@ -768,7 +768,7 @@ def test_measured_peak_by_hand():
     est = {"kl": np.array([0.0, 0.2, 0.9, 2.0]), "gold_gain": np.array([0.0, 0.3, 0.5, 0.2])}
     reps = {"kl": np.tile(est["kl"], (3, 1)),
             "gold_gain": np.array([[0.0, 0.3, 0.5, 0.2], [0.0, 0.6, 0.4, 0.1], [0.0, 0.2, 0.3, 0.35]])}
-    peak = st.measured_peak(est, reps, level=0.5)
+    peak = findings.measured_peak(est, reps, level=0.5)
     assert (peak["best"], peak["best_kl"], peak["best_point"], peak["last_kl"]) == (0.5, 0.9, 2, 2.0)
     np.testing.assert_allclose(peak["best_replicates"], [0.5, 0.6, 0.35])  # each replicate's own maximum
     # Falls from each earlier point to the last: estimate [-0.2, 0.1, 0.3] -> 0.3. Replicates minus the
@@ -778,17 +778,17 @@ def test_measured_peak_by_hand():
     assert peak["fall_lo"] == pytest.approx(0.3 - 0.2) and peak["fall_hi"] == pytest.approx(0.3 + 0.175)
     np.testing.assert_allclose(peak["fall_replicates"], [0.3, 0.5, -0.05])
     assert peak["resolved"]
-    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": math.inf}, 5.0) == "open"
-    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 4.0}, 5.0) == "inside"
-    assert st.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 9.0}, 5.0) == "extrapolated"
+    assert findings.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": math.inf}, 5.0) == "open"
+    assert findings.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 4.0}, 5.0) == "inside"
+    assert findings.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 9.0}, 5.0) == "extrapolated"
 
 
 def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members():
     rng = np.random.default_rng(8)
     baseline, curves = proxy_family([0.5, 0.4, 0.6, 0.55], 60, rng)
     prompt_w = st.resample_weights(60, 400, rng)
-    a, *members = [st.analyse([c], baseline, B=400, prompt_w=prompt_w) for c in curves]
-    rows = {r["quantity"]: r for r in st.compare_proxies((a, "proxy 0"), [(m, f"proxy {i + 1}")
+    a, *members = [findings.analyse([c], baseline, B=400, prompt_w=prompt_w) for c in curves]
+    rows = {r["quantity"]: r for r in findings.compare_proxies((a, "proxy 0"), [(m, f"proxy {i + 1}")
                                                                         for i, m in enumerate(members)])}
     assert set(rows) == {"gold_at_kl", "kl_to_gold"}
     gold_at = rows["gold_at_kl"]
@@ -804,9 +804,9 @@ def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members(
     assert kl_to["target"] == pytest.approx(min(a.peaks["proxy 0"]["best"],
                                                 np.mean([m.peaks[f"proxy {i + 1}"]["best"] for i, m in enumerate(members)])) / 2)
     assert kl_to["better"] == "lower" and 0 < kl_to["a"] < SCALING_KL[-1]
-    other = st.analyse([curves[1]], baseline, B=400, seed=1)  # its own resamples: not paired with a
+    other = findings.analyse([curves[1]], baseline, B=400, seed=1)  # its own resamples: not paired with a
     with pytest.raises(ValueError, match="same prompt resamples"):
-        st.compare_proxies((a, "proxy 0"), [(other, "proxy 1")])
+        findings.compare_proxies((a, "proxy 0"), [(other, "proxy 1")])
 
 
 def test_a_curve_reaches_its_own_last_kl_whatever_the_rounding_of_a_resampled_mean():

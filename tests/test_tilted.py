@@ -1,4 +1,4 @@
-"""The KL-regularized (tilted) optimum estimated from reference samples (bon_vs_rl/tilted.py), and
+"""The KL-regularized (tilted) optimum estimated from reference samples (bon_vs_rl/methods/tilted.py), and
 `bonrl sample --beta` end to end.
 
 Checked against independent computations: the Gaussian closed forms by Monte Carlo, a discrete
@@ -14,9 +14,11 @@ import pytest
 import toy_scorers
 from typer.testing import CliRunner
 
-from bon_vs_rl import best_of_n, cli, tilted
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import parse_float_list, resolve
+from bon_vs_rl.methods import best_of_n, tilted
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 TIED = f"python:{toy_scorers.__file__}:tied_proxy"
@@ -214,6 +216,6 @@ def test_bad_beta_exits_2_naming_the_flag_before_any_work(value, message, tmp_pa
 
 
 def test_parse_float_list_sorts_dedupes_and_accepts_yaml_numbers():
-    assert C.parse_float_list("2, 0.5,1,0.5", "beta") == [0.5, 1.0, 2.0]
-    assert C.parse_float_list(0.25, "beta") == [0.25] and C.parse_float_list("", "beta") == []
-    assert C.resolve(C.SampleConfig, {"beta": 0.5, "proxy": [TIED]}, {}).betas == [0.5]
+    assert parse_float_list("2, 0.5,1,0.5", "beta") == [0.5, 1.0, 2.0]
+    assert parse_float_list(0.25, "beta") == [0.25] and parse_float_list("", "beta") == []
+    assert resolve(C.SampleConfig, {"beta": 0.5, "proxy": [TIED]}, {}).betas == [0.5]

@@ -10,8 +10,10 @@ import importlib.util
 import pytest
 import tracker_files
 
-from bon_vs_rl import config as C
-from bon_vs_rl import tracking
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.record import tracking
 
 RUN_ID = "ppo-20260101T000000-abc123"
 
@@ -68,11 +70,11 @@ def test_mlflow_file_store_holds_metrics_and_a_resumed_run_continues_it(tmp_path
 
 
 def test_unknown_or_missing_tracker_is_bad_input(monkeypatch):
-    with pytest.raises(C.ConfigError, match="^log_with: 'comet' is not a tracker"):
+    with pytest.raises(ConfigError, match="^log_with: 'comet' is not a tracker"):
         tracking.check("comet")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(C.ConfigError, match=r"log_with: wandb is not installed; pip install 'bonrl\[tracking\]'"):
+    with pytest.raises(ConfigError, match=r"log_with: wandb is not installed; pip install 'bonrl\[tracking\]'"):
         tracking.check("wandb")
-    with pytest.raises(C.ConfigError, match="log_with: wandb is not installed"):
-        C.resolve(C.PPOConfig, {}, {"proxy": "rm:x", "log_with": "wandb"})  # found before any work
+    with pytest.raises(ConfigError, match="log_with: wandb is not installed"):
+        resolve(C.PPOConfig, {}, {"proxy": "rm:x", "log_with": "wandb"})  # found before any work

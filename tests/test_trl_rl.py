@@ -13,8 +13,9 @@ import toy_rewards
 import tracker_files
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, trl_rl
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.methods import trl_rl
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 REWARD = f"python:{Path(toy_rewards.__file__)}:good_fraction"

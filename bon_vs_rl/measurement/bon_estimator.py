@@ -107,7 +107,7 @@ def _rank_weights(num_samples: int, n: int) -> np.ndarray:
     relative error of ~1e-10 in each weight); weights below ~1e-308 are 0 in float64. The weights are
     renormalised so they sum to 1 to rounding.
     """
-    from scipy.special import gammaln  # lazy: keeps `import bon_vs_rl.bon_estimator` fast
+    from scipy.special import gammaln  # lazy: keeps `import bon_vs_rl.measurement.bon_estimator` fast
 
     N = num_samples
     weights = np.zeros(N)

@@ -55,14 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bon_vs_rl import console, files, sampling, scorers
-from bon_vs_rl import prompts as prompt_sets
+from bon_vs_rl.errors import NonFiniteError
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.measurement import sampling, scorers
+from bon_vs_rl.record import console, files
 
 NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or inf in a reward, a KL or a loss: the run stops (exit 1) after saving the batch."""
 
 
 @dataclass
@@ -330,7 +328,7 @@ class Evaluator:
 
     def paired_intervals(self, prompt_index, proxy, gold, kl, step: int) -> dict:
         """Gains over this run's initial policy, paired by prompt, and their 95% intervals (see 4. above)."""
-        from bon_vs_rl import statistics
+        from bon_vs_rl.analysis import statistics
 
         ids, proxy_means = per_prompt_means(proxy, prompt_index)
         gold_means, kl_means = per_prompt_means(gold, prompt_index)[1], per_prompt_means(kl, prompt_index)[1]
@@ -370,7 +368,7 @@ def setting_id(cfg) -> str:
     import hashlib
     import json
 
-    from bon_vs_rl.config import to_dict
+    from bon_vs_rl.config.base import to_dict
 
     skip = {"seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "log_with"}
     config = {k: v for k, v in to_dict(cfg).items() if k not in skip}

@@ -19,8 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
-from bon_vs_rl import files
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.record import files
 
 OFFLINE_ALIASES = ("tiny", "smollm2-135m", "minilm")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -19,9 +19,9 @@ import csv
 import json
 from pathlib import Path
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
-BUILTIN = Path(__file__).parent / "data" / "prompts.txt"
+BUILTIN = Path(__file__).parent.parent / "data" / "prompts.txt"
 EVAL_EVERY = 5
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bon_vs_rl.config import SamplingConfig
+from bon_vs_rl.config.base import SamplingConfig
 
 
 @dataclass
@@ -183,7 +183,7 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
     `prompt_ids` are the prompts' indices in the whole prompt set (default 0, 1, ...): a batch's random
     stream is seeded by (seed, its first prompt's index), so a process given whole batches of a larger
     set (`shard`) draws what one process sampling the whole set would have drawn for them."""
-    from bon_vs_rl import console
+    from bon_vs_rl.record import console
 
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
     if len(prompt_ids) != len(prompts):
@@ -264,7 +264,7 @@ def process_group(device_spec: str) -> tuple[int, int, torch.device]:
     (gloo on CPUs, NCCL on GPUs) and gives each process its own GPU. A single process never touches
     Accelerate's process-wide state, so later stages of `bonrl experiment` choose their devices freely.
     """
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     device = models.resolve_device(device_spec)  # ConfigError for CUDA asked for but absent
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -312,7 +312,7 @@ def gather_shares(make_share: Callable[[], Any], world: int, everywhere: bool = 
     import torch.distributed as dist
     from accelerate.utils import gather_object
 
-    from bon_vs_rl.config import ConfigError
+    from bon_vs_rl.errors import ConfigError
 
     share, failure, error = None, None, None
     try:

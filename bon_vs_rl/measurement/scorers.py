@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
 RM_METADATA = "bonrl_rm.json"  # written by `bonrl train-rm` beside the weights
 HELDOUT_SCORES = "heldout_scores.json"  # every member's scores on the held-out samples, and the held-out pairs
@@ -125,7 +125,7 @@ class SequenceClassifierReward:
 
 
 def hf_scorer(spec: str, target: str, device, cache_dir: str | None = None, role: str = "gold") -> Scorer:
-    from bon_vs_rl.models import _load_error, resolve_model_path
+    from bon_vs_rl.measurement.models import _load_error, resolve_model_path
 
     path = resolve_model_path(target, cache_dir, role)
     try:
@@ -250,7 +250,7 @@ def describe_rm(target: str, role: str = "proxy") -> dict:
         accuracy = pairwise_accuracy(scores[pairs[:, 0]], scores[pairs[:, 1]])
     parameters = metadata.get("parameters")
     if parameters is None:  # a checkpoint from before parameters were recorded: count them from its files
-        from bon_vs_rl.models import parameter_count
+        from bon_vs_rl.measurement.models import parameter_count
 
         parameters = parameter_count(path / members[int(value) if kind == "member" else 0])
     return {
@@ -300,7 +300,7 @@ def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str 
     if kind == "python":
         return python_scorer(spec, target, role)
     if device is None:
-        from bon_vs_rl.models import resolve_device
+        from bon_vs_rl.measurement.models import resolve_device
 
         device = resolve_device("auto")
     if kind == "hf" and target:

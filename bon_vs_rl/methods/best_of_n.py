@@ -53,10 +53,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import console, files, models, scorers, tilted
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import ConfigError, SampleConfig, to_dict
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import SampleConfig
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import bon_estimator as bon
+from bon_vs_rl.measurement import models, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.methods import tilted
+from bon_vs_rl.record import console, files
 
 SAMPLES_FORMAT = 1  # bump when the saved-samples layout changes
 METADATA_KEY = b"bonrl"  # the Parquet schema-metadata key holding the samples' provenance
@@ -259,7 +263,7 @@ def interval_columns(per_prompt: dict[str, np.ndarray], bootstrap: int, seed: in
     One seed for every column and every proxy, so all of a run's intervals come from the same resamples.
     Shared by best-of-n and the tilted optimum (`tilted.py`); RL rows get the same from evaluate.Evaluator.
     """
-    from bon_vs_rl import statistics
+    from bon_vs_rl.analysis import statistics
 
     columns: dict[str, np.ndarray] = {}
     for name in ("proxy", "gold"):
@@ -298,13 +302,13 @@ def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, 
 
 def prompt_set_id(frame) -> str:
     """The evaluation prompts' fingerprint, as evaluate.prompt_set_id computes it for RL runs."""
-    from bon_vs_rl.evaluate import prompt_set_id as fingerprint
+    from bon_vs_rl.measurement.evaluate import prompt_set_id as fingerprint
 
     return fingerprint(frame.groupby("prompt_id", sort=True)["prompt"].first().tolist())
 
 
 def setting_id(cfg: SampleConfig) -> str:
-    from bon_vs_rl.evaluate import setting_id as fingerprint
+    from bon_vs_rl.measurement.evaluate import setting_id as fingerprint
 
     return fingerprint(cfg)
 
@@ -355,7 +359,7 @@ def summary_table(rows: list[dict]):
 
 def log_curve(cfg: SampleConfig, run_dir: Path, run_id: str, config: dict, rows: list[dict]) -> None:
     """--log-with: every proxy's best-of-n curve in the tracker, with n as the step (files in the run's directory)."""
-    from bon_vs_rl import tracking
+    from bon_vs_rl.record import tracking
 
     if cfg.log_with == "none":
         return
@@ -394,7 +398,8 @@ def tilted_table(rows: list[dict]):
 def sample(cfg: SampleConfig) -> str:
     """Best-of-n for every n in cfg.n against every proxy; returns the run id ("" on processes other
     than the main one, under torchrun or accelerate launch: they sample and score, and write nothing)."""
-    from bon_vs_rl import results, sampling
+    from bon_vs_rl.measurement import sampling
+    from bon_vs_rl.record import results
 
     # -- 1. Check and load everything before any work.
     ns, proxies = cfg.ns, proxy_specs(cfg)

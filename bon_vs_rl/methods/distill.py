@@ -65,12 +65,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bon_vs_rl import console, files, models, sampling, scorers
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import ConfigError, DistillConfig, to_dict
-from bon_vs_rl.evaluate import (
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import DistillConfig
+from bon_vs_rl.errors import ConfigError, NonFiniteError
+from bon_vs_rl.measurement import models, sampling, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.measurement.evaluate import (
     Evaluator,
-    NonFiniteError,
     completion_logits,
     gather_logprobs,
     pack_completions,
@@ -78,7 +79,8 @@ from bon_vs_rl.evaluate import (
     score_or_stop,
     token_logprobs,
 )
-from bon_vs_rl.ppo import checkpoint_dirs, prompts_for_step, seed_for, train_only_top_layers
+from bon_vs_rl.methods.ppo import checkpoint_dirs, prompts_for_step, seed_for, train_only_top_layers
+from bon_vs_rl.record import console, files
 
 CHECKPOINTS = "checkpoints"
 # What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
@@ -164,7 +166,7 @@ def save_checkpoint(output: Path, keep: int, policy, tokenizer, optimizer, state
 
 def train(cfg: DistillConfig) -> str:
     """Distil best-of-n into the policy with the shared evaluation; returns the run id."""
-    from bon_vs_rl import results, tracking
+    from bon_vs_rl.record import results, tracking
 
     # 1. Everything that can be bad input, before any work or any file (exit 2).
     console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too

@@ -57,9 +57,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from bon_vs_rl import console, files, models, reward_model, sampling, scorers
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import COMPARISON_DATA_FIELDS, ConfigError, DPOConfig, TrainRMConfig, to_dict
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import COMPARISON_DATA_FIELDS, DPOConfig, TrainRMConfig
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import models, sampling, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.methods import reward_model
+from bon_vs_rl.record import console, files
 
 CHECKPOINT_MARKER = "bonrl.json"
 
@@ -138,8 +142,8 @@ def train(cfg: DPOConfig) -> str:
     from accelerate import PartialState
     from transformers import TrainerCallback
 
-    from bon_vs_rl import results, tracking
-    from bon_vs_rl.evaluate import Evaluator
+    from bon_vs_rl.measurement.evaluate import Evaluator
+    from bon_vs_rl.record import results, tracking
 
     # 1. Bad input, before any work or file (exit 2).
     console.quiet_libraries(cfg.quiet)  # transformers' load bars off; with --quiet, library warnings too

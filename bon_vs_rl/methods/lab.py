@@ -59,9 +59,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bon_vs_rl import bon_estimator as bon
-from bon_vs_rl import console, files, tilted
-from bon_vs_rl.config import ConfigError, LabConfig, to_dict
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import LabConfig
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import bon_estimator as bon
+from bon_vs_rl.methods import tilted
+from bon_vs_rl.record import console, files
 
 HACK_FRACTION = 0.01  # the share of outcomes, by lowest gold, that carry the hack's Pareto bonus
 GOLD_NAME = "lab:V~N(0,1)"
@@ -214,7 +217,8 @@ def ppo_on_population(proxy: np.ndarray, gold: np.ndarray, beta: float, cfg: Lab
     (steps 0, every rl_eval_every and the last), each with the exact KL(π_θ‖π_β) to the optimum."""
     import torch
 
-    from bon_vs_rl import models, ppo
+    from bon_vs_rl.measurement import models
+    from bon_vs_rl.methods import ppo
 
     device = models.resolve_device(cfg.device)
     K, B, M = len(proxy), cfg.rl_batch_size, cfg.rl_minibatch_size
@@ -374,13 +378,13 @@ def exact_gains(rows: list[dict], population: Population) -> list[dict]:
 
 def lab(cfg: LabConfig) -> str:
     """The exact study of the module docstring; returns the run id of the best-of-n/optimum run."""
-    from bon_vs_rl import results
+    from bon_vs_rl.record import results
 
     output = Path(cfg.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} is a file; choose a directory for the lab's resolved configs")
     if cfg.rl_steps:
-        from bon_vs_rl import models
+        from bon_vs_rl.measurement import models
 
         models.resolve_device(cfg.device)  # ConfigError (exit 2) for CUDA without CUDA, before any work
 

@@ -104,12 +104,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bon_vs_rl import console, files, models, sampling, scorers
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import ConfigError, PPOConfig, to_dict
-from bon_vs_rl.evaluate import (
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import PPOConfig
+from bon_vs_rl.errors import ConfigError, NonFiniteError
+from bon_vs_rl.measurement import models, sampling, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.measurement.evaluate import (
     Evaluator,
-    NonFiniteError,
     Packed,
     completion_logits,
     gather_logprobs,
@@ -118,6 +119,7 @@ from bon_vs_rl.evaluate import (
     score_or_stop,
     token_logprobs,
 )
+from bon_vs_rl.record import console, files
 
 CHECKPOINTS = "checkpoints"
 # What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
@@ -444,7 +446,7 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
     """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests)."""
     from accelerate import Accelerator
 
-    from bon_vs_rl import results, tracking
+    from bon_vs_rl.record import results, tracking
 
     console.quiet_libraries(cfg.quiet)
     # 1. Everything that can be bad input, before any work or any file (exit 2).

@@ -77,9 +77,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bon_vs_rl import console, files, models, scorers
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import ConfigError, TrainRMConfig, to_dict
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import TrainRMConfig
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.measurement import models, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.record import console, files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,7 +193,7 @@ def label_pair(gold_a: float, gold_b: float, labels: str, temperature: float, rn
 def gold_scored_share(policy, tokenizer, gold, prompts: list[str], ids: list[int], k: int, cfg: TrainRMConfig,
                       seed: int, quiet: bool, description: str):
     """This process's share of a round: k completions of prompts[i] for each i in `ids`, with their gold."""
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     frame = sampling.generate_share(policy, tokenizer, prompts, ids, k, cfg, seed, quiet, description)
     frame["gold"] = gold(frame["prompt"].tolist(), frame["completion"].tolist())
@@ -207,7 +210,7 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
     """
     import pandas as pd
 
-    from bon_vs_rl import sampling
+    from bon_vs_rl.measurement import sampling
 
     k = cfg.completions_per_prompt
     per_prompt = k * (k - 1) // 2
@@ -544,7 +547,8 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 def train_rm(cfg: TrainRMConfig) -> Path:
     """Comparisons -> proxy reward model -> held-out evaluation; returns the checkpoint directory."""
-    from bon_vs_rl import results, sampling, tracking
+    from bon_vs_rl.measurement import sampling
+    from bon_vs_rl.record import results, tracking
 
     output = Path(cfg.output)
     check_output(output, cfg.overwrite)

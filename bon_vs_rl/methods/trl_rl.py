@@ -43,10 +43,13 @@ from pathlib import Path
 
 import torch
 
-from bon_vs_rl import console, files, models, scorers
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import ConfigError, RLConfig, to_dict
-from bon_vs_rl.evaluate import Evaluator, NonFiniteError, save_bad_batch, score_or_stop
+from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.commands import RLConfig
+from bon_vs_rl.errors import ConfigError, NonFiniteError
+from bon_vs_rl.measurement import models, scorers
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.measurement.evaluate import Evaluator, save_bad_batch, score_or_stop
+from bon_vs_rl.record import console, files
 
 # What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
 RUN_FILES = ("trl", "policy", "eval_samples", "resolved_config.json", "nonfinite-*.parquet", "tensorboard", "wandb",
@@ -124,7 +127,7 @@ def train(cfg: RLConfig) -> str:
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    from bon_vs_rl import results, tracking
+    from bon_vs_rl.record import results, tracking
 
     # 1. Bad input, before any work or file (exit 2).
     use_cuda = models.resolve_device(cfg.device).type == "cuda"  # ConfigError if CUDA is asked for but absent

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
 
 def umask() -> int:

@@ -41,9 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
-if TYPE_CHECKING:  # pandas is imported lazily: `import bon_vs_rl.results` must stay fast
+if TYPE_CHECKING:  # pandas is imported lazily: `import bon_vs_rl.record.results` must stay fast
     import pandas as pd
 
 __all__ = [
@@ -489,7 +489,7 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 def export(path: str | os.PathLike | None, out_path: str | os.PathLike, **filters: Any) -> Path:
     """Write the (filtered, as in `load`) results to a .csv or .parquet file, atomically: a temporary
     sibling file is written and then moved into place, so a reader never sees half a file."""
-    from bon_vs_rl.files import atomic_file
+    from bon_vs_rl.record.files import atomic_file
 
     out_path = Path(out_path)
     if out_path.suffix not in (".csv", ".parquet"):

@@ -29,7 +29,7 @@ import re
 import time
 from pathlib import Path
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
 KINDS = ("none", "tensorboard", "wandb", "mlflow")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}

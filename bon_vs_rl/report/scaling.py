@@ -13,14 +13,14 @@ so every number here is paired across proxies:
 
 - per proxy and curve (best-of-n; each RL setting): α and β with their intervals, the fitted peak's KL and
   gold (open where unresolved), the largest measured gold gain and the fall after it
-  (`statistics.measured_peak`: the peak a reader can see), beside the proxy's training pairs, its
+  (`findings.measured_peak`: the peak a reader can see), beside the proxy's training pairs, its
   non-embedding parameters (Gao et al.'s size axis) and its held-out accuracy: scaling.csv, scaling.png,
   scaling_curves.png;
 - per curve, α and β against log(pairs) among single proxies of one backbone and label noise (and against
   log(parameters) among those of one data size), with the prompt-resample interval and the t interval across
-  proxies (`statistics.trend`): scaling_trends.csv;
+  proxies (`findings.trend`): scaling_trends.csv;
 - an ensemble's aggregations against the average of its members and against the single proxy trained on the
-  same pairs, a noisy-label proxy against the clean one (`statistics.compare_proxies`): proxy_comparisons.csv.
+  same pairs, a noisy-label proxy against the clean one (`findings.compare_proxies`): proxy_comparisons.csv.
 
 What a proxy is comes from its checkpoint (`scorers.describe_rm`) or, where the directory is gone, from its
 train-rm row in the results table. A proxy of unknown size (an hf: or python: scorer, a moved checkpoint
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bon_vs_rl.config import ConfigError
+from bon_vs_rl.errors import ConfigError
 
 SCALED_METHODS = ("bon", "ppo", "rloo", "grpo")  # the methods that optimize the proxy itself
 COEFFICIENTS = ("alpha", "beta")
@@ -83,7 +83,7 @@ class Family:
 
     key: tuple[str, str]
     proxies: dict[str, Proxy]  # proxy spec -> its description, in the panels' order
-    panels: list = field(default_factory=list)  # report.Panel, one per proxy (filled by `measure`)
+    panels: list = field(default_factory=list)  # measure.Panel, one per proxy (filled by `measure`)
     rows: list[dict] = field(default_factory=list)  # scaling.csv
     trends: list[dict] = field(default_factory=list)  # scaling_trends.csv
     comparisons: list[dict] = field(default_factory=list)  # proxy_comparisons.csv
@@ -106,7 +106,7 @@ def number(value) -> float:
 
 def describe(spec: str, rm_rows: pd.DataFrame) -> Proxy:
     """A proxy spec's description: from its checkpoint when it is on disk, else from its train-rm row."""
-    from bon_vs_rl import scorers
+    from bon_vs_rl.measurement import scorers
 
     kind, _, target = spec.partition(":")
     if kind != "rm" or not target:
@@ -234,7 +234,7 @@ def measure(family: Family, panels: list, cfg) -> None:
 
 
 def proxy_row(proxy: Proxy, panel, c) -> dict:
-    from bon_vs_rl import statistics
+    from bon_vs_rl.analysis import findings
 
     fit, peak = panel.analysis.fits[c.label], panel.analysis.peaks[c.label]
     trusted = c.points[~c.points["low_ess"].to_numpy(dtype=bool)] if "low_ess" in c.points else c.points
@@ -248,7 +248,7 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
     for name in ("alpha", "beta", "peak_kl", "peak_gold"):
         row.update({name: fit.get(name, math.nan), f"{name}_lo": fit.get(f"{name}_lo", math.nan),
                     f"{name}_hi": fit.get(f"{name}_hi", math.nan)})
-    row["peak_status"] = statistics.fitted_peak_status(fit, kl_max)
+    row["peak_status"] = findings.fitted_peak_status(fit, kl_max)
     row["no_peak_share"] = fit.get("no_peak", math.nan)
     row.update({"best_gold": peak["best"], "best_gold_lo": peak["best_lo"], "best_gold_hi": peak["best_hi"],
                 "best_kl": peak["best_kl"], "best_at": None if best is None else best.get(c.order),
@@ -260,7 +260,7 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
 def trends(family: Family) -> list[dict]:
     """α and β against log(pairs) among the single proxies of one backbone and label noise, and against
     log(non-embedding parameters) among those of one data size and noise; one trend per curve."""
-    from bon_vs_rl import statistics
+    from bon_vs_rl.analysis import findings
 
     analyses = {p.key[1]: p.analysis for p in family.panels}
     out = []
@@ -280,7 +280,7 @@ def trends(family: Family) -> list[dict]:
                     reps = np.stack([analyses[p.spec].fit_replicates[curve][coefficient] for p in members], axis=1)
                     if not np.all(np.isfinite(values)):
                         continue
-                    t = statistics.trend(xs, values, reps)
+                    t = findings.trend(xs, values, reps)
                     first = members[0]
                     held = (f"backbone {first.backbone}, label noise {first.label_noise:g}" if x_word == "pairs"
                             else f"{first.pairs:g} pairs, label noise {first.label_noise:g}")
@@ -294,7 +294,7 @@ def trends(family: Family) -> list[dict]:
 def comparisons(family: Family, cfg) -> list[dict]:
     """Paired gold comparisons across proxies: each ensemble aggregation against the average of its members
     and against the single proxy of the same pairs and backbone; each noisy proxy against the clean one."""
-    from bon_vs_rl import statistics
+    from bon_vs_rl.analysis import findings
 
     analyses = {p.key[1]: p.analysis for p in family.panels}
     proxies = [p for p in family.proxies.values() if p.spec in analyses]
@@ -321,7 +321,7 @@ def comparisons(family: Family, cfg) -> list[dict]:
         for curve in dict.fromkeys(r["curve"] for r in family.rows):
             if curve not in analyses[a.spec].walks or any(curve not in analyses[b.spec].walks for b in bs):
                 continue
-            rows = statistics.compare_proxies((analyses[a.spec], curve), [(analyses[b.spec], curve) for b in bs],
+            rows = findings.compare_proxies((analyses[a.spec], curve), [(analyses[b.spec], curve) for b in bs],
                                               kl_target=cfg.kl_target, gold_target=cfg.gold_level)
             for r in rows:
                 out.append({"policy": family.key[0], "gold": family.key[1], "comparison": what, "curve": curve,
@@ -340,7 +340,7 @@ def per_doubling(value: float) -> float:
 
 
 def summary(family: Family) -> list[str]:
-    from bon_vs_rl.report import fmt, span
+    from bon_vs_rl.report.words import fmt, span
 
     policy, gold = family.key
     proxies = [family.proxies[p.key[1]] for p in family.panels]
@@ -552,7 +552,7 @@ def tables(families: list[Family]) -> dict[str, pd.DataFrame]:
 
 def readable(family: Family) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The three tables as the report shows them: every number with its interval in one cell."""
-    from bon_vs_rl.report import fmt, span
+    from bon_vs_rl.report.words import fmt, span
 
     rows = pd.DataFrame([{
         "proxy": r["name"], "curve": r["curve"], "pairs": fmt(r["pairs"]), "noise": fmt(r["label_noise"]),
@@ -583,7 +583,7 @@ def readable(family: Family) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def blocks(families: list[Family], made: list[tuple[str, str]]) -> list[tuple]:
-    """The report's section for the scaling view (report.render_markdown / render_html blocks)."""
+    """The report's section for the scaling view (write.render_markdown / render_html blocks)."""
     measured = [f for f in families if f.measured]
     if not measured:
         return []
