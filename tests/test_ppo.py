@@ -189,7 +189,8 @@ def test_large_beta_keeps_kl_far_below_beta_zero(beta0, tmp_path):
 # holds still until it is killed: the kill lands exactly after the first checkpoint, whatever the machine.
 KILLED_AFTER_FIRST_CHECKPOINT = """
 import sys
-from bon_vs_rl import cli, ppo
+from bon_vs_rl import cli
+from bon_vs_rl.methods import ppo
 
 save = ppo.save_checkpoint
 
