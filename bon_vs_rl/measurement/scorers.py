@@ -6,6 +6,8 @@ optimized against.
 
     vader                       VADER compound sentiment of the completion alone, in [-1, 1]
                                 (Hutto & Gilbert 2014; a human-rated lexicon: transparent and offline)
+    vader-fluent                VADER's sentiment counted only in fluent, non-repetitive, finished English:
+                                fluency · (1 + compound) − 1, in [-1, 1] (`vader_fluent`: the formula, why)
     hf:<id-or-path>             a sequence-classification reward model with one output (its logit)
     rm:<path>[@agg]             a reward model (or ensemble) trained by `bonrl train-rm`; an ensemble
                                 scores with @mean (default), @min (worst case), @mean-<λ>std
@@ -90,6 +92,71 @@ def vader_scorer(spec: str) -> Scorer:
     def score(prompts: list[str], completions: list[str]) -> list[float]:
         # Only the completion is scored: the prompt is fixed, so its sentiment is not the policy's doing.
         return [analyzer.polarity_scores(c)["compound"] for c in completions]
+
+    return Scorer(spec, score, batch_size=1024)
+
+
+# vader-fluent: VADER's sentiment, counted only in fluent English. VADER alone is fooled by the text an
+# optimizer finds first: "our food warm warm warm food warm warm ..." scores 0.95, because a lexicon adds up
+# the words it knows and reads nothing else. A human rater (Gao et al.'s gold is a reward model of human
+# judgements) would score it near the bottom. So the gold multiplies three fluency factors in [0, 1], each
+# 1 on ordinary text (thresholds set on the reference policy's own samples, not on optimized ones) and
+# falling to 0 on text no rater would accept:
+#
+#   repetition   ramp(distinct-1 of the content words, 0.5, 0.8) · ramp(distinct-2 of the words, 0.6, 0.9)
+#                (distinct-n = distinct n-grams / n-grams, Li et al. 2016; content words: all but function
+#                words such as "the", "was", which repeat in any fluent sentence): a word or phrase repeated
+#                over and over takes it to 0;
+#   non-words    ramp(1 − share of words in no English dictionary, 0.5, 0.9) (text_stats.nonword_share:
+#                pyspellchecker's English list and VADER's lexicon): the odd name or typo costs nothing,
+#                token soup everything;
+#   finish       1 if the completion ends a sentence (. ! ? …), else UNFINISHED (0.9): a rater prefers a
+#                finished thought, mildly — most 16-token reference completions are cut off;
+#   empty        a completion with no word at all has fluency 0.
+#
+# where ramp(x, lo, hi) = clip((x − lo) / (hi − lo), 0, 1). The gold interpolates between VADER and the
+# bottom of its range:   gold = fluency · (1 + compound) − 1   (in [−1, 1]).
+# Multiplying the compound itself by the fluency (compound · fluency) would reward degenerate *negative*
+# text (−0.9 · 0.1 = −0.09 beats a fluent −0.5); pulling towards −1 keeps "disfluent is worst" for every
+# sentiment. On fluent text (fluency 1) the gold is exactly VADER.
+VADER_FLUENT_VERSION = "1"  # change with the formula: comparison data labelled by it are cached by this
+DISTINCT_1 = (0.5, 0.8)
+DISTINCT_2 = (0.6, 0.9)
+WORD_SHARE = (0.5, 0.9)
+UNFINISHED = 0.9
+
+
+def ramp(x: float, lo: float, hi: float) -> float:
+    """0 at or below lo, 1 at or above hi, linear between."""
+    return float(min(1.0, max(0.0, (x - lo) / (hi - lo))))
+
+
+def fluency_factors(completion: str) -> dict[str, float]:
+    """The vader-fluent gold's factors for one completion (each in [0, 1]) and their product `fluency`."""
+    from bon_vs_rl import text_stats
+
+    tokens = text_stats.words(completion)
+    repetition = (ramp(text_stats.distinct_n(text_stats.content_words(tokens), 1), *DISTINCT_1)
+                  * ramp(text_stats.distinct_n(tokens, 2), *DISTINCT_2))
+    nonwords = ramp(1.0 - text_stats.nonword_share(tokens), *WORD_SHARE)
+    finish = 1.0 if text_stats.finished(completion) else UNFINISHED
+    fluency = repetition * nonwords * finish if tokens else 0.0
+    return {"repetition": repetition, "nonwords": nonwords, "finish": finish, "fluency": fluency}
+
+
+def vader_fluent(compound: float, fluency: float) -> float:
+    """gold = fluency · (1 + compound) − 1: VADER on fluent text, −1 (the worst) on text with no fluency."""
+    return fluency * (1.0 + compound) - 1.0
+
+
+def vader_fluent_scorer(spec: str) -> Scorer:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(prompts: list[str], completions: list[str]) -> list[float]:
+        return [vader_fluent(analyzer.polarity_scores(c)["compound"], fluency_factors(c)["fluency"])
+                for c in completions]
 
     return Scorer(spec, score, batch_size=1024)
 
@@ -293,10 +360,12 @@ def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str 
     """Build the scorer a spec names. `role` ('gold' or 'proxy': the option it came from) words the errors;
     `shared`: loaded rm: member models to reuse (rm_scorer)."""
     if not spec:
-        raise ScorerError(f"{role}: empty scorer spec; use vader, hf:ID, rm:PATH or python:MODULE:FUNCTION")
+        raise ScorerError(f"{role}: empty scorer spec; use vader, vader-fluent, hf:ID, rm:PATH or python:MODULE:FUNCTION")
     kind, _, target = spec.partition(":")
     if kind == "vader" and not target:
         return vader_scorer(spec)
+    if kind == "vader-fluent" and not target:
+        return vader_fluent_scorer(spec)
     if kind == "python":
         return python_scorer(spec, target, role)
     if device is None:
@@ -307,4 +376,4 @@ def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str 
         return hf_scorer(spec, target, device, cache_dir, role)
     if kind == "rm" and target:
         return rm_scorer(spec, target, device, role, shared)
-    raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")
+    raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, vader-fluent, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")

@@ -115,6 +115,8 @@ def spec_fingerprint(spec: str) -> str | None:
     `python:` scorer's file, the files of a local model, `rm:` or `hf:` directory (files.fingerprint).
     None when the spec names nothing local (vader, an alias, a hub id): its text is then the identity."""
     kind, _, target = spec.partition(":")
+    if spec == "vader-fluent":  # a formula in this package: its version names it (labels change with it)
+        return f"vader-fluent-v{scorers.VADER_FLUENT_VERSION}"
     if kind == "python":
         module = target.rpartition(":")[0]
         if module.endswith(".py"):
