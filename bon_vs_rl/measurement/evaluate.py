@@ -29,7 +29,9 @@ every `eval_every` steps and at the last step,
    the mean over prompts of (prompt's mean now − its mean at step 0) — with 95% intervals from resampling
    prompts (`statistics.paired_gain_interval`), and kl_lo / kl_hi likewise. Pairing removes the
    prompt-to-prompt variation that an unpaired difference of two means would carry;
-5. write one row to the shared results table (method ppo / rloo / grpo) and the samples, in
+5. write one row to the shared results table (method ppo / rloo / grpo), with what the text looks like
+   (text_stats: text_tokens, text_words, text_distinct_1/2, text_nonword_share, text_finished,
+   text_logprob_per_token and text_ref_logprob_per_token, each a mean over prompts), and the samples, in
    best-of-n's saved-samples format (`Samples.to_frame`) plus step, completion_ids, ref_logprob, kl and
    kl_sampled columns, to OUTPUT/eval_samples/step-NNNNNN.parquet (the row's samples_path is absolute, so it does
    not depend on the working directory).
@@ -57,7 +59,7 @@ import torch
 
 from bon_vs_rl.errors import NonFiniteError
 from bon_vs_rl.measurement import prompts as prompt_sets
-from bon_vs_rl.measurement import sampling, scorers
+from bon_vs_rl.measurement import sampling, scorers, text_stats
 from bon_vs_rl.record import console, files
 
 NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
@@ -304,6 +306,11 @@ class Evaluator:
         samples_path = (self.output / "eval_samples" / f"step-{step:06d}.parquet").resolve()
         files.write_parquet(samples_path, frame)
         intervals = self.paired_intervals(prompt_index, merged["proxy"], merged["gold"], kl_all, step)
+        # What the text looks like (length, distinct-n, non-words, log-prob per token of policy and reference):
+        # mean over prompts of each prompt's mean, as the report recomputes it from this file.
+        statistics = text_stats.frame_statistics(frame)
+        text = text_stats.row_means({name: per_prompt_means(values, prompt_index)[1]
+                                     for name, values in statistics.items()})
 
         row = {
             # sqrt_kl is filled in by the results table (sqrt of max(KL, 0)); kl itself is kept unclipped.
@@ -318,7 +325,7 @@ class Evaluator:
             "beta": float(beta), "policy": cfg.policy, "proxy": cfg.proxy, "gold": cfg.gold, "seed": cfg.seed,
             "samples_path": str(samples_path), "kl_negative": int(negative),
             "setting": self.setting, "prompt_set": self.prompt_set, "bootstrap": cfg.bootstrap,
-            "eval_seconds": time.perf_counter() - start, **(extra or {}),
+            "eval_seconds": time.perf_counter() - start, **text, **(extra or {}),
         }
         if self.store is not None:
             self.store.add_rows(self.run_id, [row])

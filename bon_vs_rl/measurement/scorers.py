@@ -133,7 +133,7 @@ def ramp(x: float, lo: float, hi: float) -> float:
 
 def fluency_factors(completion: str) -> dict[str, float]:
     """The vader-fluent gold's factors for one completion (each in [0, 1]) and their product `fluency`."""
-    from bon_vs_rl import text_stats
+    from bon_vs_rl.measurement import text_stats
 
     tokens = text_stats.words(completion)
     repetition = (ramp(text_stats.distinct_n(text_stats.content_words(tokens), 1), *DISTINCT_1)

@@ -57,7 +57,7 @@ from bon_vs_rl.config.base import to_dict
 from bon_vs_rl.config.commands import SampleConfig
 from bon_vs_rl.errors import ConfigError
 from bon_vs_rl.measurement import bon_estimator as bon
-from bon_vs_rl.measurement import models, scorers
+from bon_vs_rl.measurement import models, scorers, text_stats
 from bon_vs_rl.measurement import prompts as prompt_sets
 from bon_vs_rl.methods import tilted
 from bon_vs_rl.record import console, files
@@ -250,10 +250,27 @@ def bon_per_prompt(frame, proxy_column: str, gold_column: str, ns: list[int], N:
     logprob = as_matrix(frame, "logprob", N)
     gold = as_matrix(frame, gold_column, N)
     out = bon.best_of_n_per_prompt(proxy, {"proxy": proxy, "gold": gold, "length": as_matrix(frame, "tokens", N)}, ns)
+    out.update(text_per_prompt(frame, proxy, N, lambda values: bon.best_of_n_per_prompt(proxy, values, ns)))
     out["kl"], out["tied"] = per_prompt_kl(proxy, ns)
     out["kl_beirami"] = np.column_stack([per_prompt_beirami(proxy, logprob, n) for n in ns])
     out["proxy_initial"], out["gold_initial"] = proxy.mean(axis=1), gold.mean(axis=1)
     return out
+
+
+def text_per_prompt(frame, proxy: np.ndarray, N: int, expect) -> dict[str, np.ndarray]:
+    """What the chosen text looks like, [P, K] per statistic (text_stats, keyed text_<name>): `expect` (values
+    {name: [P, N]} -> {name: [P, K]}) takes each sample's statistic in expectation under the method's selection
+    (best-of-n's weights, or the optimum's tilt), as for proxy and gold. The samples are the reference's, so
+    the policy's log-prob per token is the reference's too: best-of-n's own is not estimated."""
+    statistics = text_stats.frame_statistics(frame)
+    statistics.pop("logprob_per_token", None)
+    values = {text_stats.PREFIX + name: np.nan_to_num(v.reshape(-1, N), nan=0.0) for name, v in statistics.items()}
+    return {name: v for name, v in expect(values).items() if name in values}
+
+
+def text_means(per_prompt: dict[str, np.ndarray], k: int) -> dict[str, float]:
+    """Point k's text statistics (text_per_prompt), each a mean over prompts."""
+    return {name: float(np.mean(v[:, k])) for name, v in per_prompt.items() if name.startswith(text_stats.PREFIX)}
 
 
 def interval_columns(per_prompt: dict[str, np.ndarray], bootstrap: int, seed: int) -> list[dict]:
@@ -296,7 +313,7 @@ def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, 
             mean, se = mean_and_se(per[name][:, k:k + 1])
             key = name if name.startswith("kl") else f"{name}_mean"
             row[key], row[f"{name}_se"] = float(mean[0]), float(se[0])
-        rows.append({**row, **intervals[k]})
+        rows.append({**row, **intervals[k], **text_means(per, k)})
     return rows
 
 
@@ -319,6 +336,7 @@ def optimum_per_prompt(frame, proxy_column: str, gold_column: str, betas: list[f
     proxy, gold = as_matrix(frame, proxy_column, N), as_matrix(frame, gold_column, N)
     out = tilted.tilted_per_prompt(proxy, {"proxy": proxy, "gold": gold, "length": as_matrix(frame, "tokens", N)},
                                    betas)
+    out.update(text_per_prompt(frame, proxy, N, lambda values: tilted.tilted_per_prompt(proxy, values, betas)))
     out["proxy_initial"], out["gold_initial"] = proxy.mean(axis=1), gold.mean(axis=1)
     return out
 
@@ -339,7 +357,7 @@ def optimum_rows(frame, proxy_column: str, gold_column: str, betas: list[float],
             mean, se = mean_and_se(per[name][:, k:k + 1])
             key = name if name == "kl" else f"{name}_mean"
             row[key], row[f"{name}_se"] = float(mean[0]), float(se[0])
-        rows.append({**row, **intervals[k]})
+        rows.append({**row, **intervals[k], **text_means(per, k)})
     return rows
 
 

@@ -124,3 +124,33 @@ def text_statistics(completions: Sequence[str], tokens=None, logprob=None, ref_l
         if ref_logprob is not None:
             out["ref_logprob_per_token"] = np.asarray(ref_logprob, dtype=np.float64) / safe
     return out
+
+
+# What each statistic is called in results rows and report tables (a prefix keeps them apart from proxy/gold).
+STATISTICS = ("tokens", "words", "distinct_1", "distinct_2", "nonword_share", "finished", "logprob_per_token",
+              "ref_logprob_per_token")
+PREFIX = "text_"
+
+
+def frame_statistics(frame) -> dict[str, np.ndarray]:
+    """Per-sample statistics of a saved samples frame: best-of-n's samples file (reference samples: its
+    `logprob` column is the reference policy's log-prob of each, so it is both log-prob columns) or an RL
+    evaluation's eval-samples file (`policy_logprob`: the evaluated policy's, `ref_logprob`: the reference's)."""
+    if "ref_logprob" in frame:
+        policy = frame["policy_logprob"] if "policy_logprob" in frame else frame["logprob"]
+        reference = frame["ref_logprob"]
+    else:
+        policy = reference = frame["logprob"] if "logprob" in frame else None
+    return text_statistics(frame["completion"].tolist(), frame["tokens"].to_numpy(),
+                           None if policy is None else policy.to_numpy(),
+                           None if reference is None else reference.to_numpy())
+
+
+def row_means(per_prompt: dict[str, np.ndarray]) -> dict[str, float]:
+    """{text_<statistic>: mean over prompts} of per-prompt values [P] (prompts weigh equally, as in every
+    other estimate; NaN prompts skipped)."""
+    out = {}
+    for name, values in per_prompt.items():
+        values = np.asarray(values, dtype=np.float64)
+        out[PREFIX + name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return out
