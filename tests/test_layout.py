@@ -23,7 +23,7 @@ FLOORS = [
     ("config", ["bon_vs_rl.config"]),
     ("analysis", ["bon_vs_rl.analysis"]),
     ("measurement", ["bon_vs_rl.measurement"]),
-    ("methods", ["bon_vs_rl.methods"]),
+    ("methods", ["bon_vs_rl.methods", "bon_vs_rl.monitor"]),  # monitor: methods' floor (a user-facing callback)
     ("report", ["bon_vs_rl.report"]),
     ("commands", ["bon_vs_rl.cli", "bon_vs_rl.experiment"]),
 ]

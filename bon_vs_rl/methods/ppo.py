@@ -442,8 +442,10 @@ def restore_trainer(path: Path, model: PolicyWithValueHead, optimizer, scheduler
 # Training.
 
 
-def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
-    """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests)."""
+def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor=None) -> str:
+    """Run PPO; returns the run id. `on_step(metrics)` is called after every step (benchmarks, tests).
+    `monitor`: a `bon_vs_rl.monitor.HackingMonitor`, given every rollout: its gold-free signals join the step's
+    metrics (hacking/*), and with its stop=True the run ends after the step its rule fires at."""
     from accelerate import Accelerator
 
     from bon_vs_rl.record import results, tracking
@@ -561,7 +563,7 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
         for step in range(state.step + 1, cfg.steps + 1):
             started = time.perf_counter()
             metrics = ppo_step(cfg, step, accelerator, model, optimizer, tokenizer, reference, proxy, gold, state,
-                               train_prompts, local_batch, local_minibatch, pad_id, device, output)
+                               train_prompts, local_batch, local_minibatch, pad_id, device, output, monitor)
             state.step = step
             if scheduler is not None:
                 scheduler.step()
@@ -575,19 +577,26 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None) -> str:
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 evaluate(step, {"train_" + k.replace("/", "_"): v for k, v in metrics.items()
                                 if k in ("objective/kl", "reward/proxy", "reward/gold")})
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+            stopping = monitor is not None and monitor.stop and monitor.fired_at is not None
+            if stopping and step % cfg.eval_every and step != cfg.steps:
+                evaluate(step)  # the run ends here: its last point is measured like any last step
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps or stopping:
                 accelerator.wait_for_everyone()
                 if main:
                     save_checkpoint(output, cfg.keep_checkpoints, accelerator.unwrap_model(model), tokenizer,
                                     optimizer, state, cfg, scheduler)
                 accelerator.wait_for_everyone()
+            if stopping:
+                console.note(f"ppo: stopped at step {step}: the hacking monitor's rule fired", cfg.quiet or not main)
+                break
     return state.run_id or ""
 
 
 def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer, reference, proxy, gold,
              state: TrainState, train_prompts: list[str], local_batch: int, local_minibatch: int, pad_id: int,
-             device, output: Path) -> dict:
-    """One rollout batch and its PPO updates; returns the step's metrics (averaged over processes)."""
+             device, output: Path, monitor=None) -> dict:
+    """One rollout batch and its PPO updates; returns the step's metrics (averaged over processes, except the
+    monitor's hacking/* signals: this process's rollout)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     beta = state.kl.beta
 
@@ -728,6 +737,10 @@ def ppo_step(cfg: PPOConfig, step: int, accelerator, model, optimizer, tokenizer
         local = torch.tensor(float(np.mean(values)) if values else float("nan"), device=device)
         metrics[("value/" if key.startswith("value") else "ppo/") + key.replace("value_", "")] = float(
             accelerator.reduce(local, "mean"))
+    if monitor is not None:  # the rollout before its update, as TRL's reward functions see theirs
+        metrics.update(monitor.observe(step, scores, samples.token_count, samples.completions,
+                                       kl=sequence_kl.double().cpu().numpy(),
+                                       ref_logprob=ref_logprobs.sum(1).double().cpu().numpy()))
     return metrics
 
 
