@@ -145,8 +145,9 @@ class HackingMonitor(TrainerCallback):
         members = np.stack([np.asarray(f(plain, texts), dtype=np.float64) for f in self.members]) \
             if self.members else None
         second = np.asarray(self.second_proxy(plain, texts), dtype=np.float64) if self.second_proxy else None
+        groups = np.unique([str(p) for p in prompts], return_inverse=True)[1]  # GRPO/RLOO: samples of one prompt
         return self.observe(step, proxy, tokens, texts, kl=kl, ref_logprob=ref_logprob, members=members,
-                            second=second)
+                            second=second, prompt_index=groups)
 
     def prompt_ids(self, prompts) -> list[list[int]]:
         """The prompts' token ids as TRL's GRPO/RLOO tokenize them (a chat template for conversations)."""
@@ -179,8 +180,10 @@ class HackingMonitor(TrainerCallback):
         return token_kl.sum(1).double().cpu().numpy(), token_ref.sum(1).double().cpu().numpy()
 
     def observe(self, step: int, proxy, tokens, completions: Sequence[str], *, kl=None, ref_logprob=None,
-                members=None, second=None) -> dict[str, float]:
-        """One batch's signals as {"hacking/<signal>": value}; records them, checks the rule, warns once."""
+                members=None, second=None, prompt_index=None) -> dict[str, float]:
+        """One batch's signals as {"hacking/<signal>": value}; records them, checks the rule, warns once.
+        `prompt_index`: which samples share a prompt (agreement compares pairs within a prompt; means weigh
+        prompts equally)."""
         proxy = np.asarray(proxy, dtype=np.float64)
         tokens = np.asarray(tokens, dtype=np.float64)
         distinct_2 = np.array([text_stats.distinct_n(text_stats.words(c), 2) for c in completions])
@@ -195,7 +198,8 @@ class HackingMonitor(TrainerCallback):
             self.reference = signals.reference_summary(joined["proxy"], joined["tokens"], joined["distinct_2"],
                                                        joined.get("ref_logprob"), joined.get("members"))
         level = signals.batch_signals(self.reference, proxy, tokens, kl=kl, distinct_2=distinct_2,
-                                      ref_logprob=ref_logprob, members=arrays["members"], second=second)
+                                      ref_logprob=ref_logprob, members=arrays["members"], second=second,
+                                      prompt_index=prompt_index)
         level["proxy_mean"] = float(np.nanmean(proxy))
         self.history.append({"step": step, **level})
         if kl is not None:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import toy_rewards
-from scipy import stats
 
 from bon_vs_rl.monitor import HackingMonitor, HackingWarning, frozen_copy
 
@@ -59,6 +58,17 @@ def per_sample_kl(model, reference, prompt_ids, completion_ids, temperature=1.0)
     return np.array(kl), np.array(ref_logprob)
 
 
+def pairwise(a, b, prompts) -> float:
+    """Mean over prompts of the share of its sample pairs that a and b order alike (ties in either: half)."""
+    shares = []
+    for prompt in dict.fromkeys(prompts):
+        rows = [i for i, p in enumerate(prompts) if p == prompt]
+        pairs = [(i, j) for i in rows for j in rows if i < j]
+        same = [0.5 if a[i] == a[j] or b[i] == b[j] else float((a[i] < a[j]) == (b[i] < b[j])) for i, j in pairs]
+        shares.append(np.mean(same))
+    return float(np.mean(shares))
+
+
 def noisy_good(prompts, completions):  # a second ensemble member: the same proxy with a length bonus
     return [g + 0.05 * len(c.split()) for g, c in zip(toy_rewards.good_fraction(prompts, completions), completions)]
 
@@ -74,7 +84,7 @@ def test_logged_signals_equal_an_independent_computation_on_the_same_batch(toy_p
         rewards = toy_rewards.good_fraction(prompts, completions)
         ids = holder["tokenizer"](text=list(prompts))["input_ids"]
         kl, ref_logprob = per_sample_kl(holder["trainer"].model, reference, ids, completion_ids)
-        batches.append(dict(proxy=np.array(rewards), tokens=np.array([len(c) for c in completion_ids], float),
+        batches.append(dict(prompts=list(prompts), proxy=np.array(rewards), tokens=np.array([len(c) for c in completion_ids], float),
                             distinct_2=np.array([distinct_2(c) for c in completions]), kl=kl,
                             ref_lp=ref_logprob / np.array([len(c) for c in completion_ids]),
                             members=np.array([rewards, noisy_good(prompts, completions)]),
@@ -100,7 +110,7 @@ def test_logged_signals_equal_an_independent_computation_on_the_same_batch(toy_p
             "ref_logprob_drift": b["ref_lp"].mean() - ref["ref_lp"].mean(),
             "disagreement": b["members"].std(axis=0).mean(),
             "disagreement_ratio": b["members"].std(axis=0).mean() / ref["members"].std(axis=0).mean(),
-            "agreement": stats.spearmanr(b["proxy"], b["second"]).statistic,
+            "agreement": pairwise(b["proxy"], b["second"], b["prompts"]),
         }
         if i >= 1:  # slopes over the batches so far (window 4 > 3 batches)
             kl = [x["kl"].mean() for x in batches[:i + 1]]

@@ -33,7 +33,7 @@ def test_batch_signals_against_a_hand_computed_example():
     assert (ref.ref_logprob_per_token, ref.disagreement) == (-2.0, 0.5)
     out = signals.batch_signals(ref, [2, 4, 5, 3], [6, 6, 12, 12], kl=[1, 2, 3, 6], distinct_2=[0.5, 0.5, 0.25, 0.25],
                                 ref_logprob=[-18, -18, -36, -36], members=[[2, 4, 5, 3], [4, 6, 7, 5]],
-                                second=[1, 2, 4, 3])
+                                second=[1, 2, 4, 3], prompt_index=[0, 0, 1, 1])
     assert out["proxy_z"] == pytest.approx((3.5 - 1.5) / np.std([0, 1, 2, 3], ddof=1))
     assert out["above_ref_max"] == 0.5  # 4 and 5 exceed 3; 3 itself does not
     assert out["length_drift"] == pytest.approx(9 / 6 - 1)
@@ -41,7 +41,17 @@ def test_batch_signals_against_a_hand_computed_example():
     assert out["distinct_2_drift"] == pytest.approx(0.375 - 0.875)
     assert (out["ref_logprob_per_token"], out["ref_logprob_drift"]) == (-3.0, -1.0)
     assert (out["disagreement"], out["disagreement_ratio"]) == (1.0, 2.0)
-    assert out["agreement"] == pytest.approx(stats.spearmanr([2, 4, 5, 3], [1, 2, 4, 3]).statistic)
+    assert out["agreement"] == 1.0  # both prompts' pairs ordered alike (2 < 4 and 1 < 2; 5 > 3 and 4 > 3)
+    assert signals.pairwise_agreement([2, 4, 5, 3], [1, 2, 4, 3]) == pytest.approx(5 / 6)  # one pool: 5 of 6 pairs
+
+
+def test_pairwise_agreement_counts_ties_half_and_weighs_pairs():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0])
+    # pairs (1,2): tie in b -> 1/2; (1,3): a up, b down -> 0; (2,3): a up, b down -> 0
+    assert signals.pairwise_agreement(a, b) == pytest.approx(0.5 / 3)
+    w = np.array([0.0, 0.5, 0.5])  # only the pair (2, 3) has weight
+    assert signals.pairwise_agreement(a, b, weights=w) == 0.0
+    assert math.isnan(signals.pairwise_agreement(a, b, prompt_index=[0, 1, 2]))  # no prompt has a pair
 
 
 def test_curve_signals_are_least_squares_slopes_over_the_window():

@@ -13,8 +13,10 @@ the monitor's first batches):
     disagreement        the ensemble members' standard deviation (ddof 0, as @mean-λstd uses), averaged over
                         samples; disagreement_ratio is it over the reference's (Coste et al. 2023: members
                         disagree where the policy has left their training distribution)
-    agreement           Spearman rank correlation of the proxy and a second, independently trained proxy on
-                        the same samples: two proxies that agree on the reference's text part ways on hacked text
+    agreement           how often a second, independently trained proxy orders two samples of one prompt as
+                        the proxy does (pairs of the same prompt; a tie counts half): the pairwise accuracy of
+                        one proxy against the other's preferences. Proxies that agree on the reference's text
+                        part ways on text that games one of them (best-of-n: pairs drawn from its selection)
     length_drift        mean length (tokens) over the reference's, minus 1 (length is the commonest hack)
     distinct_2_drift    mean distinct-2 (distinct word bigrams / bigrams per completion, text_stats) minus the
                         reference's: repetition ("warm warm warm") drives it down
@@ -56,7 +58,7 @@ WORDS = {
     "kl": "KL (nats)",
     "kl_rate": "KL per step (nats)",
     "disagreement_ratio": "ensemble disagreement / reference's",
-    "agreement": "rank agreement with a second proxy",
+    "agreement": "pairwise agreement with a second proxy",
     "length_drift": "length / reference's − 1",
     "distinct_2_drift": "distinct-2 − reference's",
     "ref_logprob_drift": "reference log-prob per token − reference samples'",
@@ -89,6 +91,27 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
     return float(ra @ rb) / denominator if denominator > 0 else math.nan
+
+
+def pairwise_agreement(a, b, prompt_index=None, weights=None) -> float:
+    """Share of same-prompt sample pairs (i ≠ j) that a and b order the same way, a tie in either counting half;
+    a pair weighs w_i·w_j (`weights`: each sample's probability under the policy, e.g. best-of-n's selection;
+    default equal). Mean over prompts with at least two samples; NaN if none has."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    w = np.ones(len(a)) if weights is None else np.asarray(weights, dtype=np.float64)
+    index = np.zeros(len(a), dtype=int) if prompt_index is None else np.asarray(prompt_index)
+    per_prompt = []
+    for p in np.unique(index):
+        rows = np.flatnonzero(index == p)
+        if len(rows) < 2:
+            continue
+        da, db = np.sign(a[rows, None] - a[None, rows]), np.sign(b[rows, None] - b[None, rows])
+        same = np.where((da == 0) | (db == 0), 0.5, (da == db).astype(np.float64))
+        pair = w[rows, None] * w[None, rows]
+        np.fill_diagonal(pair, 0.0)
+        if pair.sum() > 0:
+            per_prompt.append(float((pair * same).sum() / pair.sum()))
+    return float(np.mean(per_prompt)) if per_prompt else math.nan
 
 
 def member_std(members: np.ndarray) -> np.ndarray:
@@ -179,7 +202,7 @@ def batch_signals(reference: Reference, proxy, tokens, *, kl=None, distinct_2=No
         out["disagreement"] = mean(member_std(members))
         out["disagreement_ratio"] = _ratio(out["disagreement"], reference.disagreement)
     if second is not None:
-        out["agreement"] = spearman(proxy, second)
+        out["agreement"] = pairwise_agreement(proxy, second, prompt_index)
     return out
 
 
