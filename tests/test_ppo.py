@@ -137,6 +137,34 @@ def test_every_evaluation_row_is_recomputed_from_its_eval_samples_file(beta0):
     assert rows["setting"].nunique() == 1 and rows["prompt_set"].nunique() == 1
 
 
+def test_every_row_carries_the_warning_signs_recomputed_from_its_file_against_step_zero(beta0):
+    """signal_* columns (hacking_signals): per-prompt means of each sample's value, against step 0's samples."""
+    rows = beta0["rows"]
+    first = pd.read_parquet(rows["samples_path"].iloc[0])
+
+    def by_prompt(frame, values):
+        return pd.Series(np.asarray(values, dtype=float)).groupby(frame["prompt_id"].to_numpy()).mean().mean()
+
+    def distinct_2(text):
+        words = text.lower().split()
+        return len(set(zip(words, words[1:]))) / max(len(words) - 1, 1) if len(words) > 1 else 1.0
+
+    ref_tokens = by_prompt(first, first["tokens"])
+    ref_d2 = by_prompt(first, [distinct_2(c) for c in first["completion"]])
+    ref_lp = by_prompt(first, first["ref_logprob"] / first["tokens"])
+    for _, row in rows.iterrows():
+        frame = pd.read_parquet(row["samples_path"])
+        assert row["signal_proxy_z"] == pytest.approx(
+            (by_prompt(frame, frame["proxy"]) - by_prompt(first, first["proxy"])) / first["proxy"].std(ddof=1))
+        assert row["signal_above_ref_max"] == pytest.approx(by_prompt(frame, frame["proxy"] > first["proxy"].max()))
+        assert row["signal_length_drift"] == pytest.approx(by_prompt(frame, frame["tokens"]) / ref_tokens - 1)
+        assert row["signal_distinct_2_drift"] == pytest.approx(
+            by_prompt(frame, [distinct_2(c) for c in frame["completion"]]) - ref_d2, abs=1e-12)
+        assert row["signal_ref_logprob_drift"] == pytest.approx(by_prompt(frame, frame["ref_logprob"] / frame["tokens"])
+                                                               - ref_lp, abs=1e-12)
+    assert rows["signal_proxy_z"].iloc[0] == 0.0 and rows["signal_proxy_z"].iloc[-1] > 1  # the reward rose
+
+
 def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_policy):
     """The last evaluation's exact KL recomputed without the batching code: each completion alone, unpadded,
     KL_t = sum_v p log(p/q) from the final checkpoint's policy and the reference (the initial policy).

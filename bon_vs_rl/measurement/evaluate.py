@@ -31,7 +31,10 @@ every `eval_every` steps and at the last step,
    prompt-to-prompt variation that an unpaired difference of two means would carry;
 5. write one row to the shared results table (method ppo / rloo / grpo), with what the text looks like
    (text_stats: text_tokens, text_words, text_distinct_1/2, text_nonword_share, text_finished,
-   text_logprob_per_token and text_ref_logprob_per_token, each a mean over prompts), and the samples, in
+   text_logprob_per_token and text_ref_logprob_per_token, each a mean over prompts), the gold-free warning
+   signs of hacking against the step-0 samples (hacking_signals: signal_proxy_z, signal_above_ref_max,
+   signal_length_drift, signal_distinct_2_drift, signal_ref_logprob_drift, ...; an ensemble proxy's members
+   are scored one by one for signal_disagreement and kept as proxy_member_<k> columns), and the samples, in
    best-of-n's saved-samples format (`Samples.to_frame`) plus step, completion_ids, ref_logprob, kl and
    kl_sampled columns, to OUTPUT/eval_samples/step-NNNNNN.parquet (the row's samples_path is absolute, so it does
    not depend on the working directory).
@@ -58,8 +61,8 @@ import numpy as np
 import torch
 
 from bon_vs_rl.errors import NonFiniteError
+from bon_vs_rl.measurement import hacking_signals, sampling, scorers, text_stats
 from bon_vs_rl.measurement import prompts as prompt_sets
-from bon_vs_rl.measurement import sampling, scorers, text_stats
 from bon_vs_rl.record import console, files
 
 NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
@@ -207,6 +210,7 @@ class Evaluator:
         # The initial policy on these prompts: per-prompt proxy and gold means of the run's first
         # evaluation (step 0), the baseline every later row's gains are paired against.
         self.baseline: dict[str, np.ndarray] | None = None
+        self.signal_reference = None  # the step-0 samples, summarized: what the warning signs are measured against
         self.setting = setting_id(cfg)
         self.prompt_set = prompt_set_id(self.prompts)
 
@@ -244,7 +248,7 @@ class Evaluator:
         if was_training:
             policy.train()
         sample_prompts = [local_prompts[i] for i in samples.prompt_index]
-        proxy, proxy_ok = score_or_stop(self.proxy, sample_prompts, samples.completions)
+        proxy, proxy_ok, members = self.score_proxy(sample_prompts, samples.completions)
         gold, gold_ok = score_or_stop(self.gold, sample_prompts, samples.completions)
         kl_sampled = (logprob - ref_logprob).numpy()
 
@@ -256,6 +260,7 @@ class Evaluator:
             "ref_logprob": ref_logprob.tolist(), "ended": samples.ended.tolist(),
             "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl_exact.tolist(),
             "kl_sampled": kl_sampled.tolist(),
+            **{f"{hacking_signals.MEMBER}{k}": m.tolist() for k, m in enumerate(members)},
         }
         merged = {key: self._gather(values) for key, values in local.items()}
         bad = [name for name, ok in (("proxy", proxy_ok), ("gold", gold_ok)) if not ok]
@@ -303,6 +308,8 @@ class Evaluator:
         frame["policy_logprob"] = merged["logprob"]
         frame["kl"] = kl_all
         frame["kl_sampled"] = kl_sampled_all
+        for key in (k for k in merged if k.startswith(hacking_signals.MEMBER)):  # an ensemble's members
+            frame[key] = merged[key]
         samples_path = (self.output / "eval_samples" / f"step-{step:06d}.parquet").resolve()
         files.write_parquet(samples_path, frame)
         intervals = self.paired_intervals(prompt_index, merged["proxy"], merged["gold"], kl_all, step)
@@ -311,6 +318,10 @@ class Evaluator:
         statistics = text_stats.frame_statistics(frame)
         text = text_stats.row_means({name: per_prompt_means(values, prompt_index)[1]
                                      for name, values in statistics.items()})
+        # Gold-free warning signs of hacking against the step-0 samples (hacking_signals; signal_* columns).
+        if self.signal_reference is None:
+            self.signal_reference = hacking_signals.reference(frame if step == 0 else self.step_zero_frame())
+        warning = hacking_signals.stored(hacking_signals.evaluation_signals(frame, self.signal_reference))
 
         row = {
             # sqrt_kl is filled in by the results table (sqrt of max(KL, 0)); kl itself is kept unclipped.
@@ -325,13 +336,29 @@ class Evaluator:
             "beta": float(beta), "policy": cfg.policy, "proxy": cfg.proxy, "gold": cfg.gold, "seed": cfg.seed,
             "samples_path": str(samples_path), "kl_negative": int(negative),
             "setting": self.setting, "prompt_set": self.prompt_set, "bootstrap": cfg.bootstrap,
-            "eval_seconds": time.perf_counter() - start, **text, **(extra or {}),
+            "eval_seconds": time.perf_counter() - start, **text, **warning, **(extra or {}),
         }
         if self.store is not None:
             self.store.add_rows(self.run_id, [row])
         console.note(f"{self.method} eval step {step}: KL {kl_mean:.4g} ± {kl_se:.2g}, proxy {proxy_mean:.4g} "
                      f"± {proxy_se:.2g}, gold {gold_mean:.4g} ± {gold_se:.2g}, length {tokens.mean():.1f}", cfg.quiet)
         return row
+
+    def score_proxy(self, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, bool, list[np.ndarray]]:
+        """The proxy's scores, whether all are finite, and an ensemble's members' own scores (for the members'
+        disagreement; [] for one model). The members are scored once and combined as the proxy combines them."""
+        parts = self.proxy.parts
+        if len(parts) < 2:
+            return (*score_or_stop(self.proxy, prompts, completions), [])
+        scored = [score_or_stop(part, prompts, completions) for part in parts]
+        members = np.stack([values for values, _ in scored])
+        return self.proxy.combine(members), all(ok for _, ok in scored), list(members)
+
+    def step_zero_frame(self):
+        """A resumed run's step-0 eval samples (its reference for the warning signs)."""
+        import pandas as pd
+
+        return pd.read_parquet(self.output / "eval_samples" / f"step-{0:06d}.parquet")
 
     def paired_intervals(self, prompt_index, proxy, gold, kl, step: int) -> dict:
         """Gains over this run's initial policy, paired by prompt, and their 95% intervals (see 4. above)."""

@@ -57,7 +57,7 @@ from bon_vs_rl.config.base import to_dict
 from bon_vs_rl.config.commands import SampleConfig
 from bon_vs_rl.errors import ConfigError
 from bon_vs_rl.measurement import bon_estimator as bon
-from bon_vs_rl.measurement import models, scorers, text_stats
+from bon_vs_rl.measurement import hacking_signals, models, scorers, text_stats
 from bon_vs_rl.measurement import prompts as prompt_sets
 from bon_vs_rl.methods import tilted
 from bon_vs_rl.record import console, files
@@ -301,9 +301,11 @@ def mean_and_se(per_prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, bootstrap: int,
-             seed: int) -> list[dict]:
-    """The best-of-n curve of one proxy: one dict per n with the estimates (no provenance fields)."""
+             seed: int, second_column: str | None = None) -> list[dict]:
+    """The best-of-n curve of one proxy: one dict per n with the estimates (no provenance fields), and the
+    gold-free warning signs of hacking at each n (hacking_signals; agreement with `second_column`'s proxy)."""
     per = bon_per_prompt(frame, proxy_column, gold_column, ns, N)
+    warning = hacking_signals.bon_signals(frame, proxy_column, ns, N, second_column)
     intervals = interval_columns(per, bootstrap, seed)
     analytic = np.asarray(bon.kl_bon_analytic(np.asarray(ns)), dtype=np.float64)
     rows = []
@@ -313,8 +315,16 @@ def bon_rows(frame, proxy_column: str, gold_column: str, ns: list[int], N: int, 
             mean, se = mean_and_se(per[name][:, k:k + 1])
             key = name if name.startswith("kl") else f"{name}_mean"
             row[key], row[f"{name}_se"] = float(mean[0]), float(se[0])
-        rows.append({**row, **intervals[k], **text_means(per, k)})
+        second = {"signal_second_proxy": second_column} if second_column else {}
+        rows.append({**row, **intervals[k], **text_means(per, k), **hacking_signals.stored(warning[k]), **second})
     return rows
+
+
+def second_proxy(spec: str, proxies: list[str]) -> str | None:
+    """The proxy a curve's agreement signal compares with: the first other proxy scored on the same samples
+    that is not a reading of the same ensemble (rm:DIR@min and rm:DIR@member-0 share DIR's members)."""
+    base = spec.split("@")[0]
+    return next((p for p in proxies if p.split("@")[0] != base), None)
 
 
 def prompt_set_id(frame) -> str:
@@ -499,7 +509,7 @@ def sample(cfg: SampleConfig) -> str:
         }
         rows = []
         for spec in proxies:
-            for row in bon_rows(frame, spec, cfg.gold, ns, N, cfg.bootstrap, seed):
+            for row in bon_rows(frame, spec, cfg.gold, ns, N, cfg.bootstrap, seed, second_proxy(spec, proxies)):
                 rows.append({**provenance, "proxy": spec, **row})
             for row in optimum_rows(frame, spec, cfg.gold, cfg.betas, N, cfg.bootstrap, seed) if cfg.betas else []:
                 rows.append({**provenance, "method": "tilted", "proxy": spec, **row})
