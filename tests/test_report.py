@@ -197,9 +197,10 @@ def test_report_holds_every_selected_row_and_embeds_its_figures(table, tmp_path)
     path, runs = table
     out = report(path, "--experiment", "synth")
     assert {"report.md", "report.html", "points.csv", "fits.csv", "comparison.csv", "reward_vs_kl.png",
-            "proxy_vs_gold.png", "kl_vs_proxy.png", "length_vs_kl.png"} <= {p.name for p in out.iterdir()}
+            "proxy_vs_gold.png", "kl_vs_proxy.png", "length_vs_kl.png", "signals.png",
+            "signals.csv"} <= {p.name for p in out.iterdir()}
     html = page(out)
-    assert len(html.images) == 4
+    assert len(html.images) == 5  # the four figures and the warning signs along each curve
     for src in html.images:  # self-contained: every figure an embedded PNG
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -479,3 +480,52 @@ def test_empty_or_mismatched_selection_exits_2_and_writes_nothing(case, table, t
     assert len(lines) == 1 and lines[0].startswith("bonrl: error:") and expected in lines[0], lines
     assert not (tmp_path / "rep").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]
+
+
+def peaked_run(path: Path, root: Path, name: str, peak: int | None, kl_per_step: float) -> str:
+    """An RL run (its own proxy, so its own panel) whose gold rises to a resolved peak at step `peak` and falls,
+    and whose completions turn repetitive exactly there; `peak` None: gold keeps rising, text unchanged."""
+    rng = np.random.default_rng(list(name.encode()))  # a seed from the name, the same in every process
+    rows = []
+    for step in range(0, 35, 5):
+        top = peak if peak is not None else 100
+        g = 2.0 * step / top if step <= top else 2.0 - 0.2 * (step - top)
+        ids = np.repeat(np.arange(P), 4)
+        text = "warm warm warm warm" if peak is not None and step >= peak else "the food was warm and the staff kind"
+        frame = pd.DataFrame({
+            "step": step, "prompt_id": ids, "prompt": [PROMPTS[i] for i in ids], "completion": text, "tokens": 8,
+            "logprob": -5.0, "ref_logprob": -16.0 - step, "ended": True,
+            "proxy": 0.1 * step + 0.5 * OFFSETS[ids] + rng.normal(0, 0.3, ids.size),
+            "gold": GOLD0 + OFFSETS[ids] + g + rng.normal(0, GOLD_STD, ids.size),
+            "kl": kl_per_step * step * rng.uniform(0.5, 1.5, ids.size), "kl_sampled": 0.0,
+        })
+        file = root / name / f"step-{step:06d}.parquet"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(file, index=False)
+        rows.append({"method": "ppo", "step": step, "beta": 0.0, "kl": frame["kl"].mean(), "policy": "tiny",
+                     "proxy": f"rm:{name}", "gold": "vader", "proxy_mean": frame["proxy"].mean(),
+                     "gold_mean": frame["gold"].mean(), "samples_path": str(file), "seed": 0, "setting": name})
+    return add_run(path, "ppo", rows, "onset", name)
+
+
+def test_warning_signs_are_scored_against_the_measured_gold_peak_leaving_one_run_out(tmp_path):
+    path = tmp_path / "results.sqlite"
+    for name, peak, rate in (("r1", 15, 0.2), ("r2", 20, 0.3), ("r3", 15, 0.5), ("r4", 10, 0.4), ("calm", None, 0.2)):
+        peaked_run(path, tmp_path, name, peak, rate)
+    out = report(path, "--experiment", "onset")
+    table = pd.read_csv(out / "onset.csv").set_index("signal")
+    drift = table.loc["distinct_2_drift"]
+    # The text turns repetitive exactly at each gold peak: a threshold chosen on three runs warns there on the fourth.
+    assert (drift["runs_with_peak"], drift["scored"], drift["warned"]) == (4, 4, 4)
+    assert drift["lead_nats"] == 0.0 and drift["lead_steps"] == 0.0 and drift["abs_error_nats"] == 0.0
+    assert (drift["false_alarms"], drift["runs_without_peak"]) == (0, 1)  # the calm run's text never changes
+    runs = pd.read_csv(out / "onset_runs.csv")
+    held = runs[(runs["signal"] == "distinct_2_drift") & (runs["role"] == "held out")]
+    assert held["fire_kl"].tolist() == held["peak_kl"].tolist()
+    points = pd.read_csv(out / "signals.csv")
+    assert len(points) == 5 * 7 and points["gold_peak"].sum() == 4
+    peaks = points[points["gold_peak"]].set_index("curve")["n_or_step"].to_dict()
+    assert sorted(peaks.values()) == [10, 15, 15, 20]
+    md = (out / "report.md").read_text()
+    assert "When does hacking begin?" in md and "4 of 5 curves have a resolved gold peak" in md
+    assert "(onset.png)" in md and "(signals.png)" in md

@@ -13,6 +13,9 @@ so a failed report never leaves half a one:
     kl_vs_proxy.png          KL spent per unit of proxy gain
     length_vs_kl.png         completion length against KL (length exploitation is the commonest hack)
     points.csv, fits.csv, comparison.csv, (fit_check.csv, reward_models.csv)
+    signals.png, onset.png, signals.csv, onset.csv, onset_runs.csv
+                             gold-free warning signs of hacking along every curve, and which of them warn
+                             near the gold's measured peak (hacking.py, analysis/onset.py)
     scaling.png, scaling_curves.png, scaling.csv, scaling_trends.csv, proxy_comparisons.csv
                              the scaling view, where a policy and gold have several proxies (scaling.py)
 
@@ -47,7 +50,7 @@ import pandas as pd
 from bon_vs_rl.config.base import to_dict
 from bon_vs_rl.config.commands import ReportConfig
 from bon_vs_rl.record import console, files
-from bon_vs_rl.report import scaling
+from bon_vs_rl.report import hacking, scaling
 from bon_vs_rl.report.figures import figures
 from bon_vs_rl.report.measure import (
     Panel,
@@ -244,6 +247,7 @@ def report(cfg: ReportConfig) -> Path:
             for suffix in ("", "_lo", "_hi"):
                 c.points["scaled" + suffix] = c.points["gold_gain" + suffix]
     fit_curves(curves, cfg.fit_kl_max)
+    warning = hacking.measure(panels)  # gold-free warning signs and when they fire relative to the gold's peak
     scale_words = ("gain over the initial policy on the same prompts, in units of its gold standard deviation"
                    if unit else "gain over the initial policy on the same prompts")
     gold_label = "gold − initial (unit variance)" if unit else "gold − initial"
@@ -261,6 +265,7 @@ def report(cfg: ReportConfig) -> Path:
     with files.atomic_directory(out) as tmp:
         made = figures(curves, tmp, gold_label, cfg.fit_kl_max)
         scaled = scaling.figures(families, tmp)
+        warned = hacking.figures(warning, tmp)
         blocks: list[tuple] = [("h1", "bonrl report: best-of-n against RL, measured by the gold reward")]
         selection = {k: getattr(cfg, k) for k in (*FILTERS, "methods") if getattr(cfg, k)}
         blocks.append(("p", f"{len(points)} measured points in {len(curves)} curve(s) from "
@@ -299,6 +304,7 @@ def report(cfg: ReportConfig) -> Path:
         if refusals:
             blocks.append(("list", refusals))
         blocks += scaling.blocks(families, scaled)
+        blocks += hacking.blocks(warning, warned)
         if cfg.fit_kl_max > 0:
             blocks += [("h2", f"Fit on KL ≤ {cfg.fit_kl_max:g}, predict the rest"),
                        ("p", "Each form fitted only to the points with KL ≤ k, then scored on the larger-KL points "
@@ -320,12 +326,15 @@ def report(cfg: ReportConfig) -> Path:
         if any(f.measured for f in families):
             for name, table in scaling.tables(families).items():
                 table.to_csv(tmp / name, index=False)
+        hacking.write_tables(warning, tmp)
         files.write_json(tmp / "resolved_config.json", to_dict(cfg))
         files.write_text(tmp / "report.md", render_markdown(blocks))
         files.write_text(tmp / "report.html", render_html(blocks, tmp))
 
     for line in lines + [line for f in families for line in f.lines[1:]]:
         console.note(line.replace("**", ""), cfg.quiet)
+    for line in warning.lines:
+        console.note("warning signs: " + line, cfg.quiet)
     for line in notes + refusals:
         console.note("note: " + line, cfg.quiet)
     print(out)
