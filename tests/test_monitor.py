@@ -21,18 +21,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPTS = ["Hello there", "A story", "The review", "Dear friend"] * 8
 
 
-def grpo(policy_dir, reward, monitor, steps: int, learning_rate: float = 5e-2, tmp_path=None):
+def grpo(policy_dir, reward, monitor, steps: int, learning_rate: float = 5e-2, tmp_path=None, algo: str = "grpo"):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    args = GRPOConfig(output_dir=str(tmp_path / "trl"), max_steps=steps, per_device_train_batch_size=8,
+    config, trainer_class = (GRPOConfig, GRPOTrainer) if algo == "grpo" else (RLOOConfig, RLOOTrainer)
+    args = config(output_dir=str(tmp_path / "trl"), max_steps=steps, per_device_train_batch_size=8,
                       num_generations=4, max_completion_length=8, learning_rate=learning_rate, beta=0.0,
                       logging_steps=1, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
                       disable_tqdm=True, seed=0, temperature=1.0)
-    trainer = GRPOTrainer(model=model, reward_funcs=monitor.watch(reward), args=args,
+    trainer = trainer_class(model=model, reward_funcs=monitor.watch(reward), args=args,
                           train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tokenizer,
                           callbacks=[monitor])
     return trainer, tokenizer
@@ -149,6 +150,18 @@ def test_a_proxy_that_cannot_be_gamed_never_fires(toy_policy, tmp_path):
         warnings.simplefilter("error", HackingWarning)
         trainer.train()
     assert monitor.fired_at is None and trainer.state.global_step == 4
+
+
+def test_rloo_logs_the_signals_too(toy_policy, tmp_path):
+    def reward(prompts, completions, **kwargs):
+        return toy_rewards.good_fraction(prompts, completions)
+
+    monitor = HackingMonitor(rule="above_ref_max > 0.5", quiet=True)
+    trainer, _ = grpo(toy_policy, reward, monitor, steps=2, tmp_path=tmp_path, algo="rloo")
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "hacking/kl" in h]
+    assert [h["step"] for h in logs] == [1, 2] and logs[0]["hacking/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert [h["hacking/proxy_mean"] for h in logs] == pytest.approx([h["reward"] for h in logs], rel=1e-5)
 
 
 def test_the_rule_fires_once_on_the_window_mean_after_the_reference_batches():
