@@ -301,6 +301,7 @@ def test_overwrite_replaces_the_earlier_run_and_metrics_reach_tensorboard(tmp_pa
     assert scalars["reward/proxy"] == [(1, pytest.approx(metrics[0]["reward/proxy"]))]
     assert scalars["eval/gold_mean"] == [(0, pytest.approx(rows["gold_mean"].iloc[0])),
                                          (1, pytest.approx(rows["gold_mean"].iloc[1]))]
+    assert scalars["eval/signal_length_drift"] == [(0, 0.0), (1, pytest.approx(rows["signal_length_drift"].iloc[1]))]
     assert [p.name for p in (tmp_path / "out" / "tensorboard").iterdir()] == [second]
 
 

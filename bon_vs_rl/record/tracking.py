@@ -194,4 +194,7 @@ def trainer_callback(tracker, prefix: str = "train/", step_offset: int = 0, main
 def eval_metrics(row: dict) -> dict[str, float]:
     """The shared evaluation's row (evaluate.Evaluator) as tracker metrics: eval/kl, eval/gold_mean, ..."""
     keys = ("kl", "kl_se", "proxy_mean", "proxy_se", "gold_mean", "gold_se", "length_mean")
-    return {f"eval/{k}": row[k] for k in keys if row.get(k) is not None}
+    # ... and the gold-free warning signs of hacking (signal_*: measurement/hacking_signals.py), where finite.
+    signs = {f"eval/{k}": float(v) for k, v in row.items() if k.startswith("signal_") and isinstance(v, float)
+             and math.isfinite(v)}
+    return {**{f"eval/{k}": row[k] for k in keys if row.get(k) is not None}, **signs}
