@@ -75,3 +75,23 @@ def test_the_evaluator_scores_an_ensembles_members_once_and_combines_them_as_the
     scores, ok, members = evaluator.score_proxy(["p"] * 3, completions)
     assert ok and np.array_equal(scores, proxy(["p"] * 3, completions))
     assert [m.tolist() for m in members] == [[1, 3, 2], [4, 6, 5]]
+
+
+def test_agreement_finds_the_other_proxy_in_another_file_of_the_same_draw(tmp_path):
+    """`bonrl experiment` rescores one draw once per proxy, each into its own file: the report pairs them."""
+    from bon_vs_rl.report import hacking
+
+    base = pd.DataFrame(dict(prompt_id=[0, 0, 0, 1, 1, 1], prompt="p", completion=list("abcdef"), tokens=3,
+                             logprob=-3.0, ended=True))
+    first, second = base.assign(**{"rm:a": [0.0, 1, 2, 0, 1, 2]}), base.assign(**{"rm:b": [0.0, 2, 1, 0, 1, 2]})
+    meta = {"format": best_of_n.SAMPLES_FORMAT, "policy": "tiny", "samples_per_prompt": 3, "seed": 0}
+    best_of_n.write_samples(tmp_path / "a.parquet", first, {**meta, "proxies": ["rm:a"]})
+    best_of_n.write_samples(tmp_path / "b.parquet", second, {**meta, "proxies": ["rm:b"]})
+    other = base.assign(completion=list("uvwxyz"), **{"rm:c": [0.0, 1, 2, 0, 1, 2]})  # another draw: not paired
+    best_of_n.write_samples(tmp_path / "c.parquet", other, {**meta, "proxies": ["rm:c"]})
+    partners = {"rm:b": str(tmp_path / "b.parquet"), "rm:c": str(tmp_path / "c.parquet")}
+    frame, found = hacking.with_second_proxy(first, {"proxies": ["rm:a"]}, "rm:a", partners)
+    assert found == "rm:b" and frame["rm:b"].tolist() == second["rm:b"].tolist()
+    (one,) = hacking_signals.bon_signals(frame, "rm:a", [1], 3, found)
+    assert one["agreement"] == pytest.approx(np.mean([2 / 3, 1.0]))  # prompt 0: one pair of three swapped
+    assert hacking.with_second_proxy(first, {}, "rm:a", {"rm:c": partners["rm:c"]})[1] is None

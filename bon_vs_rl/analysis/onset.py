@@ -158,7 +158,8 @@ def score(runs: list[Run], names: list[str] | None = None) -> tuple[list[dict], 
         lead, lead_lo, lead_hi = t_interval([o["lead_nats"] for o in warned])
         steps, steps_lo, steps_hi = t_interval([o["lead_steps"] for o in warned])
         false_alarms = sum(o["fired"] for o in alarms)
-        rate, rate_lo, rate_hi = wilson(false_alarms, len(alarms))
+        # No threshold (no run with a peak): nothing to raise an alarm with, so no rate either.
+        rate, rate_lo, rate_hi = wilson(false_alarms, len(alarms)) if final else (math.nan,) * 3
         table.append({
             "signal": signal, "rule": str(final) if final else "", "runs_with_peak": len(peaked),
             "scored": len(scored), "warned": len(warned), "missed": len(scored) - len(warned),

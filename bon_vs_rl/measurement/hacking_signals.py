@@ -100,9 +100,9 @@ def bon_signals(frame, proxy_column: str, ns: list[int], N: int, second_column: 
             row["disagreement_ratio"] = row["disagreement"] / ref.disagreement if ref.disagreement > 0 else math.nan
         if x["second"] is not None:
             second = x["second"].reshape(-1, N)
-            row["agreement"] = float(np.nanmean([signals.pairwise_agreement(proxy[p], second[p],
-                                                                            weights=bon.best_of_n_weights(proxy[p], n))
-                                                 for p in range(proxy.shape[0])]))
+            shares = np.array([signals.pairwise_agreement(proxy[p], second[p], weights=bon.best_of_n_weights(proxy[p], n))
+                               for p in range(proxy.shape[0])])
+            row["agreement"] = float(np.mean(shares[np.isfinite(shares)])) if np.isfinite(shares).any() else math.nan
         out.append(row)
     return out
 

@@ -35,8 +35,29 @@ class View:
     notes: list[str] = field(default_factory=list)
 
 
-def run_signals(c: Curve, run: pd.DataFrame) -> list[dict]:
-    """One run's level signals at each of its points (rows in curve order), from its per-sample files."""
+def with_second_proxy(frame, metadata: dict, proxy: str, partners: dict[str, str]):
+    """The samples frame and the proxy its agreement is measured against: another proxy of the same file, else
+    of another best-of-n curve's file holding the very same samples (`bonrl experiment` rescores one draw once
+    per proxy, each into its own file), its column added; None when there is none."""
+    from bon_vs_rl.methods import best_of_n
+
+    second = best_of_n.second_proxy(proxy, [p for p in metadata.get("proxies", []) if p in frame])
+    if second is not None:
+        return frame, second
+    for other, path in sorted(partners.items()):
+        if best_of_n.second_proxy(proxy, [other]) is None:
+            continue
+        theirs = best_of_n.read_samples(path)[0]
+        same = len(theirs) == len(frame) and other in theirs and all(
+            (theirs[k].to_numpy() == frame[k].to_numpy()).all() for k in ("prompt_id", "completion", "tokens"))
+        if same:
+            return frame.assign(**{other: theirs[other].to_numpy()}), other
+    return frame, None
+
+
+def run_signals(c: Curve, run: pd.DataFrame, partners: dict[str, str]) -> list[dict]:
+    """One run's level signals at each of its points (rows in curve order), from its per-sample files.
+    `partners`: proxy -> samples file of every best-of-n curve of the report (for the agreement signal)."""
     from bon_vs_rl.measurement import hacking_signals
 
     if c.is_bon:
@@ -44,7 +65,7 @@ def run_signals(c: Curve, run: pd.DataFrame) -> list[dict]:
 
         frame, metadata = best_of_n.read_samples(run["samples_path"].iloc[0])
         proxy = str(run["proxy"].iloc[0])
-        second = best_of_n.second_proxy(proxy, [p for p in metadata.get("proxies", []) if p in frame])
+        frame, second = with_second_proxy(frame, metadata, proxy, partners)
         return hacking_signals.bon_signals(frame, proxy, [int(n) for n in run["n"]],
                                            int(metadata["samples_per_prompt"]), second)
     if column(run, "step")[0] != 0:
@@ -54,12 +75,12 @@ def run_signals(c: Curve, run: pd.DataFrame) -> list[dict]:
     return [hacking_signals.evaluation_signals(frame, reference) for frame in frames]
 
 
-def curve_run(c: Curve, peak: dict) -> tuple[onset.Run | None, str]:
+def curve_run(c: Curve, peak: dict, partners: dict[str, str]) -> tuple[onset.Run | None, str]:
     """The curve as an onset.Run (seeds averaged point by point), or None and why."""
     per_seed = []
     for run in c.runs:
         try:
-            per_seed.append(pd.DataFrame(run_signals(c, run)))
+            per_seed.append(pd.DataFrame(run_signals(c, run, partners)))
         except Exception as exc:  # a moved or unreadable file: that curve has no signals, the report goes on
             return None, f"{c.label} on {c.panel[1]}: no warning signs ({type(exc).__name__}: {str(exc)[:100]})"
     values = sum(per_seed[1:], per_seed[0]) / len(per_seed) if len(per_seed) > 1 else per_seed[0]
@@ -77,13 +98,16 @@ def measure(panels: list) -> View:
     """Every analysed best-of-n and RL curve's signals, then onset's leave-one-run-out scoring."""
     view = View()
     frames = []
+    partners = {c.panel[1]: str(c.runs[0]["samples_path"].iloc[0]) for panel in panels for c in panel.curves
+                if c.is_bon and c.in_analysis and len(c.runs) == 1}
     for panel in panels:
         if panel.analysis is None:
             continue
         for c in panel.curves:
             if not c.in_analysis or c.method == "tilted" or len(c.points) < 3:
                 continue
-            run, why = curve_run(c, panel.analysis.peaks.get(c.label, {}))
+            run, why = curve_run(c, panel.analysis.peaks.get(c.label, {}),
+                                 {p: f for p, f in partners.items() if p != c.panel[1]})
             if run is None:
                 view.notes.append(why)
                 continue
@@ -112,10 +136,10 @@ def readable(view: View) -> pd.DataFrame:
             "warned / scored": f"{r['warned']} / {r['scored']}",
             "lead, nats (t interval)": span(r["lead_nats"], r["lead_nats_lo"], r["lead_nats_hi"]),
             "lead, steps": span(r["lead_steps"], r["lead_steps_lo"], r["lead_steps_hi"]),
-            "mean |lead error|, nats": r["abs_error_nats"],
-            "false alarms (Wilson)": (f"{r['false_alarms']} / {r['runs_without_peak']} "
+            "mean distance to the peak, nats": r["abs_error_nats"],
+            "false alarms (Wilson)": (f"{r['false_alarms']} / {r['runs_without_peak']}: "
                                       + span(r["false_alarm_rate"], r["false_alarm_rate_lo"], r["false_alarm_rate_hi"])
-                                      if r["runs_without_peak"] else "—"),
+                                      if r["rule"] and r["runs_without_peak"] else "—"),
         })
     return pd.DataFrame(rows)
 
@@ -195,7 +219,7 @@ def blocks(view: View, made: list[tuple[str, str]]) -> list[tuple]:
                  "the mean lead, Wilson for the false-alarm rate). Tables: onset.csv, onset_runs.csv, signals.csv."),
            ("list", view.lines + view.notes)]
     out += [("figure", name, caption) for name, caption in made]
-    if view.table:
+    if any(r["rule"] for r in view.table):  # some signal has a threshold: some run has a peak
         out.append(("table", readable(view), "onset"))
     return out
 
