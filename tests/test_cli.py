@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -230,3 +231,210 @@ def test_results_lists_only_the_runs_of_the_method_asked_for(tmp_path):
     assert ids["bon"] in both and ids["ppo"] in both and ids["rm"] not in both
     none = runner.invoke(cli.app, ["results", "--results", str(path), "--method", "grpo"]).output
     assert none.strip() == "no runs"
+
+
+# ----------------------------------------------------------------------------------------------
+# The edges of issue 24: help text, conflicting options, read-only commands, one flag per message.
+
+
+@pytest.mark.parametrize(("command", "shown"), [("ppo", "[default: 0.05]"), ("sample", "[default: '1,2,4,8,16,32,64']"),
+                                                ("train-rm", "pip install 'bonrl[tracking]'")])
+def test_help_shows_each_default_and_square_brackets_as_written(command, shown):
+    result = runner.invoke(cli.app, [command, "--help"], terminal_width=400)
+    assert result.exit_code == 0 and shown in result.output
+
+
+def test_help_says_the_n_grid_is_sorted_and_deduplicated(monkeypatch):
+    seen = _capture_stage(monkeypatch)
+    assert runner.invoke(cli.app, ["sample", "--proxy", TOY_REWARD, "--n", "8,1,8,2"]).exit_code == 0
+    assert seen["cfg"].ns == [1, 2, 8]
+    help_text = " ".join(runner.invoke(cli.app, ["sample", "--help"], terminal_width=400).output.split())
+    assert "in any order; a repeated n counts once" in help_text
+
+
+def test_a_yaml_file_that_is_not_utf8_is_one_line_exit_2(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_bytes(b"seed: 1\nproxy: caf\xe9\n")
+    result = runner.invoke(cli.app, ["sample", "--config", str(preset)])
+    assert result.exit_code == 2
+    assert error_lines(result) == [f"bonrl: error: config: {preset} is not UTF-8 text (byte 0xe9 at position 18); "
+                                   "save it as UTF-8 and pass it to --config again"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_refused_before_an_experiment_writes_anything(tmp_path):
+    result = runner.invoke(cli.app, ["experiment", str(REPO / "configs" / "smoke.yaml"), "--device", "cuda",
+                                     "--output", str(tmp_path / "study")])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("bonrl: error: ") and "device: 'cuda' asked for but CUDA is not available" in line
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("name", ["notes.pdf", "prompts.json", "prompts.parquet"])
+def test_a_prompt_file_of_an_unsupported_type_is_refused_by_its_extension(name, tmp_path, monkeypatch):
+    from bon_vs_rl import models
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_policy", no_models)
+    (tmp_path / name).write_text("\n".join(f"prompt {i}" for i in range(20)))
+    result = runner.invoke(cli.app, ["sample", "--policy", "tiny", "--prompts", str(tmp_path / name),
+                                     "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    suffix = Path(name).suffix
+    assert line == (f"bonrl: error: prompts: {tmp_path / name} is a {suffix} file; --prompts reads .txt (one prompt "
+                    "per line), .jsonl or .csv files, builtin or hf:DATASET:COLUMN")
+
+
+CONFLICTS = {
+    "resume-overwrite": (["ppo", "--proxy", TOY_REWARD, "--resume", "--overwrite"],
+                         "resume: --resume continues the run in --output and --overwrite replaces it; pass one"),
+    "lora-top-layers": (["ppo", "--proxy", TOY_REWARD, "--lora-rank", "8", "--train-top-layers", "2"],
+                        "train_top_layers: --lora-rank already chooses what trains (adapters on every layer); "
+                        "pass --lora-rank or --train-top-layers, not both"),
+    "distill-resume-overwrite": (["distill", "--proxy", TOY_REWARD, "--resume", "--overwrite"],
+                                 "resume: --resume continues the run in --output and --overwrite replaces it; "
+                                 "pass one"),
+    "beta-without-proxy": (["sample", "--beta", "0.5"],
+                           "beta: the KL-regularized optimum tilts by a proxy's scores and none is given; pass "
+                           "--proxy SPEC, or drop --beta"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFLICTS))
+def test_conflicting_options_are_refused_naming_the_flag(case, monkeypatch):
+    seen = _capture_stage(monkeypatch)
+    args, message = CONFLICTS[case]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert error_lines(result) == [f"bonrl: error: {message}"] and "cfg" not in seen
+
+
+def test_rescoring_with_a_sampling_option_the_samples_file_does_not_have_is_refused(tmp_path):
+    """--from-samples takes the file's prompts and sampling settings: a different --temperature (or any other
+    sampling option) would be silently ignored, so it is refused; the file's own value is accepted."""
+    from bon_vs_rl import best_of_n
+
+    path = tmp_path / "samples.parquet"
+    frame = pd.DataFrame({"prompt_id": [0, 0], "prompt": ["p", "p"], "completion": ["a", "b"], "tokens": [1, 1],
+                          "logprob": [-1.0, -2.0], "ended": [True, True], "vader": [0.1, 0.2]})
+    best_of_n.write_samples(path, frame, {"format": best_of_n.SAMPLES_FORMAT, "policy": "tiny", "samples_per_prompt": 2,
+                                          "seed": 0, "temperature": 1.0, "max_new_tokens": 24, "prompts": "builtin"})
+    base = ["sample", "--policy", "tiny", "--from-samples", str(path), "--proxy", "vader", "--n", "1,2",
+            "--output", str(tmp_path / "out"), "--quiet"]
+    refused = runner.invoke(cli.app, [*base, "--temperature", "0.7"])
+    assert refused.exit_code == 2, refused.output
+    assert error_lines(refused) == [f"bonrl: error: temperature: --temperature 0.7 differs from the 1.0 the samples in "
+                                    f"{path} were drawn with; drop --temperature when rescoring (--from-samples)"]
+    assert runner.invoke(cli.app, [*base, "--temperature", "1.0"]).exit_code == 0
+
+
+def test_more_eval_prompts_than_held_out_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from bon_vs_rl import models
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_policy", no_models)
+    result = runner.invoke(cli.app, ["sample", "--policy", "tiny", "--eval-prompts", "1000",
+                                     "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert error_lines(result) == ["bonrl: error: eval_prompts: 1000 is more than the 76 held-out prompts of "
+                                   "'builtin'; pass --eval-prompts 76 or fewer (0 = all of them)"]
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["train-rm", "--epochs", "0"], "epochs"), (["train-rm", "--max-length", "0"], "max_length"),
+    (["ppo", "--proxy", TOY_REWARD, "--gamma", "2"], "gamma"),
+    (["ppo", "--proxy", TOY_REWARD, "--clip-range-value", "0"], "clip_range_value"),
+    (["ppo", "--proxy", TOY_REWARD, "--keep-checkpoints", "0"], "keep_checkpoints"),
+    (["rl", "--proxy", TOY_REWARD, "--learning-rate", "-1"], "learning_rate"),
+    (["dpo", "--proxy", TOY_REWARD, "--train-batch-size", "0"], "train_batch_size"),
+    (["distill", "--proxy", TOY_REWARD, "--max-grad-norm", "0"], "max_grad_norm"),
+])
+def test_each_message_names_the_one_bad_flag(args, flag, monkeypatch):
+    _capture_stage(monkeypatch)
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith(f"bonrl: error: {flag}: ") and "--" + flag.replace("_", "-") in line
+    others = {f.name for cls in (C.TrainRMConfig, C.PPOConfig, C.RLConfig, C.DPOConfig, C.DistillConfig)
+              for f in C.config_fields(cls)} - {flag}
+    assert not [name for name in others if f"--{name.replace('_', '-')} " in line + " "]
+
+
+def test_read_only_commands_never_write_the_results_file_or_create_folders(tmp_path):
+    """`bonrl results` and `bonrl report` read; neither migrates an older file, switches its journal mode,
+    nor creates a folder other than the report's own output."""
+    import hashlib
+    import sqlite3
+
+    from bon_vs_rl import results as R
+    from test_report import bon_run
+
+    path = tmp_path / "old.sqlite"
+    bon_run(path, tmp_path, "rm:a", seed=1)
+    with sqlite3.connect(path) as conn:  # as an older bonrl left it: schema version 1, rollback journal
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    listed = runner.invoke(cli.app, ["results", "--results", str(path)])
+    assert listed.exit_code == 0, listed.output
+    reported = runner.invoke(cli.app, ["report", "--results", str(path), "--output", str(tmp_path / "rep"),
+                                       "--quiet", "--bootstrap", "200"])
+    assert reported.exit_code == 0, reported.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bon", "old.sqlite", "rep"]
+    assert R.load(path)["n"].notna().all()  # and the older file still reads
+
+
+def test_export_refuses_to_replace_a_file_without_overwrite(tmp_path):
+    from bon_vs_rl import results as R
+
+    path = tmp_path / "r.sqlite"
+    with R.ResultsStore(path) as store:
+        run = store.start_run("sample", {}, 0)
+        store.add_rows(run, [{"method": "bon", "n": 1}])
+    (tmp_path / "mine.csv").write_text("my own table\n")
+    refused = runner.invoke(cli.app, ["results", "--results", str(path), "--export", str(tmp_path / "mine.csv")])
+    assert refused.exit_code == 2
+    assert error_lines(refused) == [f"bonrl: error: export: {tmp_path / 'mine.csv'} exists; pass --overwrite to "
+                                    "replace it, or another --export path"]
+    assert (tmp_path / "mine.csv").read_text() == "my own table\n"
+    replaced = runner.invoke(cli.app, ["results", "--results", str(path), "--export", str(tmp_path / "mine.csv"),
+                                       "--overwrite"])
+    assert replaced.exit_code == 0 and pd.read_csv(tmp_path / "mine.csv")["n"].tolist() == [1]
+
+
+def test_the_n_1_gain_is_exactly_zero():
+    """Best-of-1 is the initial policy: its gain, KL and their intervals are 0 by construction, not 1e-17."""
+    import numpy as np
+
+    from bon_vs_rl import best_of_n
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(7), 16), "prompt": "p", "tokens": rng.integers(1, 9, 112),
+                          "logprob": -rng.uniform(1, 9, 112), "proxy": rng.normal(size=112),
+                          "gold": rng.normal(size=112) / 3.0})
+    first = best_of_n.bon_rows(frame, "proxy", "gold", [1, 4], 16, 200, 0)[0]
+    for name in ("proxy_gain", "proxy_gain_lo", "proxy_gain_hi", "gold_gain", "gold_gain_lo", "gold_gain_hi", "kl"):
+        assert first[name] == 0.0, (name, first[name])
+
+
+def test_train_rm_with_an_unknown_gold_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from bon_vs_rl import models
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("load_policy", "resolve_model_path"):
+        monkeypatch.setattr(models, name, no_models)
+    result = runner.invoke(cli.app, ["train-rm", "--gold", "bogus", "--output", str(tmp_path / "rm")])
+    assert result.exit_code == 2, result.output
+    assert error_lines(result) == ["bonrl: error: gold: unknown scorer 'bogus'; use vader, hf:ID-OR-PATH, rm:PATH or "
+                                   "python:MODULE:FUNCTION (fix --gold)"]
+    assert not (tmp_path / "rm").exists() and not (tmp_path / "results.sqlite").exists()

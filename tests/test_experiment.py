@@ -170,6 +170,21 @@ def test_second_run_skips_complete_stages_and_force_reruns_one(fake_stages, tmp_
     assert fake_stages == ["rm-0", "rm-1"]
 
 
+def test_force_stage_plus_reruns_it_and_every_stage_that_reads_it(fake_stages, tmp_path):
+    """`--force rm-1+`: rm-1 and what depends on it (its rescoring, the PPO run against it), not the rest."""
+    path = write(tmp_path, STUDY)
+    assert invoke(path, "--quiet").exit_code == 0
+    fake_stages.clear()
+    result = invoke(path, "--quiet", "--force", "rm-1+")
+    assert result.exit_code == 0, result.output
+    assert fake_stages == ["rm-1", "bon-rm-1", "ppo-1"]
+    fake_stages.clear()
+    assert invoke(path, "--quiet", "--force", "samples+").exit_code == 0
+    assert fake_stages == ["samples", "bon-rm-0", "bon-rm-1"]
+    help_text = " ".join(runner.invoke(cli.app, ["experiment", "--help"], terminal_width=400).output.split())
+    assert "STAGE+ also reruns every stage that reads it" in help_text
+
+
 def test_changing_one_proxy_reruns_it_and_the_stages_that_read_it(fake_stages, tmp_path):
     assert invoke(write(tmp_path, STUDY), "--quiet").exit_code == 0
     fake_stages.clear()
