@@ -273,7 +273,7 @@ def test_cuda_asked_for_without_cuda_is_refused_before_an_experiment_writes_anyt
 
 @pytest.mark.parametrize("name", ["notes.pdf", "prompts.json", "prompts.parquet"])
 def test_a_prompt_file_of_an_unsupported_type_is_refused_by_its_extension(name, tmp_path, monkeypatch):
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -316,7 +316,7 @@ def test_conflicting_options_are_refused_naming_the_flag(case, monkeypatch):
 def test_rescoring_with_a_sampling_option_the_samples_file_does_not_have_is_refused(tmp_path):
     """--from-samples takes the file's prompts and sampling settings: a different --temperature (or any other
     sampling option) would be silently ignored, so it is refused; the file's own value is accepted."""
-    from bon_vs_rl import best_of_n
+    from bon_vs_rl.methods import best_of_n
 
     path = tmp_path / "samples.parquet"
     frame = pd.DataFrame({"prompt_id": [0, 0], "prompt": ["p", "p"], "completion": ["a", "b"], "tokens": [1, 1],
@@ -333,7 +333,7 @@ def test_rescoring_with_a_sampling_option_the_samples_file_does_not_have_is_refu
 
 
 def test_more_eval_prompts_than_held_out_is_refused_before_any_model_loads(tmp_path, monkeypatch):
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -362,7 +362,7 @@ def test_each_message_names_the_one_bad_flag(args, flag, monkeypatch):
     (line,) = error_lines(result)
     assert line.startswith(f"bonrl: error: {flag}: ") and "--" + flag.replace("_", "-") in line
     others = {f.name for cls in (C.TrainRMConfig, C.PPOConfig, C.RLConfig, C.DPOConfig, C.DistillConfig)
-              for f in C.config_fields(cls)} - {flag}
+              for f in config_fields(cls)} - {flag}
     assert not [name for name in others if f"--{name.replace('_', '-')} " in line + " "]
 
 
@@ -372,7 +372,7 @@ def test_read_only_commands_never_write_the_results_file_or_create_folders(tmp_p
     import hashlib
     import sqlite3
 
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
     from test_report import bon_run
 
     path = tmp_path / "old.sqlite"
@@ -393,7 +393,7 @@ def test_read_only_commands_never_write_the_results_file_or_create_folders(tmp_p
 
 
 def test_export_refuses_to_replace_a_file_without_overwrite(tmp_path):
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
 
     path = tmp_path / "r.sqlite"
     with R.ResultsStore(path) as store:
@@ -414,7 +414,7 @@ def test_the_n_1_gain_is_exactly_zero():
     """Best-of-1 is the initial policy: its gain, KL and their intervals are 0 by construction, not 1e-17."""
     import numpy as np
 
-    from bon_vs_rl import best_of_n
+    from bon_vs_rl.methods import best_of_n
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(7), 16), "prompt": "p", "tokens": rng.integers(1, 9, 112),
@@ -426,7 +426,7 @@ def test_the_n_1_gain_is_exactly_zero():
 
 
 def test_train_rm_with_an_unknown_gold_is_refused_before_any_model_loads(tmp_path, monkeypatch):
-    from bon_vs_rl import models
+    from bon_vs_rl.measurement import models
 
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded")

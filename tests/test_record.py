@@ -25,9 +25,11 @@ from test_ppo import cli_args, tiny_args
 from test_report import bon_run, page, report, rl_run
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, evaluate
-from bon_vs_rl import config as C
-from bon_vs_rl import results as R
+from bon_vs_rl import cli
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.measurement import evaluate
+from bon_vs_rl.record import results as R
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -135,14 +137,14 @@ def test_the_setting_holds_the_proxys_own_fingerprint(tmp_path):
     scorer.write_text("def score(prompts, completions):\n    return [0.0] * len(completions)\n")
     settings = {}
     for proxy in (f"rm:{rm}", f"python:{scorer}:score"):
-        cfg = C.resolve(C.PPOConfig, {}, {"proxy": proxy, "policy": "tiny", "output": str(tmp_path / "p")})
+        cfg = resolve(C.PPOConfig, {}, {"proxy": proxy, "policy": "tiny", "output": str(tmp_path / "p")})
         before = evaluate.setting_id(cfg)
         assert evaluate.setting_id(cfg) == before  # a fingerprint, not a fresh draw
         settings[proxy] = before
     (rm / "bonrl_rm.json").write_text(json.dumps({"members": ["."], "run_id": "train-rm-2"}))  # retrained
     scorer.write_text("def score(prompts, completions):\n    return [1.0] * len(completions)\n")  # edited
     for proxy, before in settings.items():
-        cfg = C.resolve(C.PPOConfig, {}, {"proxy": proxy, "policy": "tiny", "output": str(tmp_path / "p")})
+        cfg = resolve(C.PPOConfig, {}, {"proxy": proxy, "policy": "tiny", "output": str(tmp_path / "p")})
         assert evaluate.setting_id(cfg) != before, proxy
 
 
@@ -253,7 +255,8 @@ def test_a_second_experiment_on_a_busy_folder_exits_2_naming_the_pid_and_a_kille
 TELLS_EACH_STEP = """
 import sys
 from transformers import TrainerCallback
-from bon_vs_rl import cli, reward_model
+from bon_vs_rl import cli
+from bon_vs_rl.methods import reward_model
 
 class Tell(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
