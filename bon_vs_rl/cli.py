@@ -15,7 +15,11 @@ Every option of a stage command comes from that stage's dataclass in `config/com
 text alike), so --help, YAML presets and the code cannot disagree. Heavy libraries (torch,
 transformers, trl) are imported inside the stage modules, so `bonrl --help` stays fast.
 
-Exit codes: 0 success, 2 bad input (detected before any work), 1 a failure during the work.
+Exit codes: 0 success, 2 bad input (detected before any work), 1 a failure during the work, 130 interrupted
+(SIGINT, also for a process started with SIGINT ignored, as a script's `bonrl ... &` starts it).
+
+Help is plain text (rich_markup_mode=None): rich's markup would read `[default: 0.05]` and the `[tracking]` of
+`pip install 'bonrl[tracking]'` as tags and drop them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -41,6 +46,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help as written: square brackets are text, not markup (module docstring)
 )
 
 
@@ -135,6 +141,13 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """bonrl: what do best-of-n and KL-constrained RL buy you, measured by gold, at the same KL?"""
+    # Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT's default action; a
+    # process started in the background by a shell script inherits SIGINT ignored and would never stop on
+    # it. Every stage stops on KeyboardInterrupt (temporary files removed, its run marked failed; exit 130).
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (an embedding program's worker): leave its signals alone
+        pass
 
 
 stage_command(
@@ -176,7 +189,9 @@ stage_command(
 @app.command("experiment")
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
-    force: list[str] = typer.Option([], "--force", help="Rerun this stage even if complete (repeatable)."),
+    force: list[str] = typer.Option([], "--force", help=(
+        "Rerun this stage even if complete (repeatable): a stage (rm-0, samples, ppo-1), a kind (rm, bon, ppo, ...) "
+        "or all; STAGE+ also reruns every stage that reads it, directly or not (e.g. rm-0+).")),
     quiet: bool | None = typer.Option(None, "--quiet/--no-quiet", help="No progress bars."),
     device: str | None = typer.Option(None, "--device", help="Override the experiment's device."),
     results: str | None = typer.Option(None, "--results", help="Override the results table path."),
@@ -195,12 +210,14 @@ def experiment(
 @app.command("results")
 def results_command(
     results: str | None = typer.Option(None, "--results", help="Results table; default $BONRL_RESULTS."),
-    export: Path | None = typer.Option(None, "--export", help="Write the results to a .csv or .parquet file."),
+    export: Path | None = typer.Option(None, "--export", help="Write the results to a .csv or .parquet file (the rows "
+                                       "that still describe their files; the others are named on stderr)."),
     experiment: str | None = typer.Option(None, "--experiment", help="Only this experiment."),
     method: str | None = typer.Option(None, "--method", help="Only this method (bon, ppo, rm, ...)."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Let --export replace an existing file."),
 ) -> None:
-    """List the runs in the results table, or export its rows."""
-    from bon_vs_rl.record import files
+    """List the runs in the results table, or export its rows. Reads only: the file is never written."""
+    from bon_vs_rl.record import console, files
     from bon_vs_rl.record import results as R
 
     path = R.resolve_results_path(results)
@@ -213,20 +230,28 @@ def results_command(
             if export.suffix not in (".csv", ".parquet"):
                 raise ConfigError(f"export: {export} must end in .csv or .parquet")
             files.check_directory(export.parent, "export")
-            R.export(path, export, **filters)
+            R.export(path, export, overwrite=overwrite, **filters)
             typer.echo(str(export))
             return
-        with R.ResultsStore(path) as store:
+        with R.ResultsStore(path, read_only=True) as store:
             runs = store.runs()
+        rows = R.load(path, **filters)
         if filters:  # a run is listed when it has result rows matching every filter
-            keep = runs["run_id"].isin(set(R.load(path, **filters)["run_id"]))
+            keep = runs["run_id"].isin(set(rows["run_id"]))
             if experiment is not None and method is None:
                 keep |= runs["experiment"] == experiment  # also a run of it that failed before writing a row
             runs = runs[keep]
+        _, notes = R.check_rows(rows[rows["run_id"].isin(set(runs["run_id"]))])
     except ConfigError as exc:  # a missing, foreign or newer-format results file: bad input
         raise fail(str(exc), 2) from None
+    runs = runs.copy()
+    replaced = runs["superseded_by"].notna()
+    runs.loc[replaced, "status"] = "superseded by " + runs.loc[replaced, "superseded_by"].astype(str)
     columns = [c for c in ("run_id", "experiment", "command", "status", "started_at", "ended_at") if c in runs]
     typer.echo(runs[columns].to_string(index=False) if len(runs) else "no runs")
+    for note in notes:
+        if "superseded" not in note:  # already in the status column
+            console.note("note: " + note)
 
 
 def _entry() -> None:  # pragma: no cover - `python -m bon_vs_rl`

@@ -417,13 +417,30 @@ def test_unit_scale_divides_by_the_initial_policys_gold_std(table, tmp_path):
     assert "in units of its gold standard deviation" in (tmp_path / "unit" / "report.md").read_text()
 
 
-def test_a_curve_whose_records_are_gone_is_reported_without_intervals(table, tmp_path):
-    path, _ = table
-    gone = R.load(path, method="ppo", beta=0.2)["samples_path"].iloc[3]
+def test_a_row_whose_records_are_gone_is_left_out_and_its_curve_keeps_its_intervals(table, tmp_path):
+    """A row is a claim about its samples file: with the file gone the row is left out (one note naming the
+    run), and the rest of its curve is measured as before, from files that are still its own."""
+    path, runs = table
+    gone = R.load(path, method="ppo", beta=0.2).sort_values("step")["samples_path"].iloc[3]
     Path(gone).unlink()
     out = report(path, "--experiment", "synth", "--proxy", "rm:a")
+    (note,) = [item for item in page(out).items if runs["ppo-0.2"] in item]
+    assert "1 row(s) left out, their samples file is gone" in note and gone in note
+    points = pd.read_csv(out / "points.csv")
+    ppo = points[points["beta"] == 0.2].sort_values("step")
+    assert ppo["step"].tolist() == [s for s in range(0, 55, 5) if s != 15]
+    assert ppo["gold_gain_lo"].notna().all()
+
+
+def test_a_curve_without_per_sample_records_is_reported_without_intervals(table, tmp_path):
+    """Rows that link to no samples file (an older run that saved none) still draw their curve, from the rows'
+    own means against its own step 0, without intervals, and the report says so."""
+    path, runs = table
+    with R.ResultsStore(path) as store:
+        store.conn.execute("UPDATE results SET samples_path = NULL WHERE run_id = ?", (runs["ppo-0.2"],))
+    out = report(path, "--experiment", "synth", "--proxy", "rm:a")
     notes = " ".join(page(out).items)
-    assert "ppo β=0.2 on rm:a: no intervals, its samples file" in notes and "is gone" in notes
+    assert "ppo β=0.2 on rm:a: no intervals, it saved no per-sample records" in notes
     points = pd.read_csv(out / "points.csv")
     ppo = points[points["beta"] == 0.2].sort_values("step")
     rows = R.load(path, method="ppo", beta=0.2).sort_values("step")

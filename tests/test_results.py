@@ -40,16 +40,18 @@ def test_new_file_gets_the_schema_in_wal_mode(tmp_path):
     path = tmp_path / "deep" / "er" / "r.sqlite"  # parent directories are created
     with R.ResultsStore(path) as store:
         conn = store.conn
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 3
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"runs", "results"} <= tables
         result_columns = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
-        assert result_columns == ["id", "run_id", "experiment", *R.COLUMNS, "created_at", "metrics_json"]
+        # Columns added by a later schema version come after those of the first (ALTER TABLE ADD COLUMN).
+        assert result_columns == ["id", "run_id", "experiment", *R.COLUMNS[:-1], "created_at", "metrics_json",
+                                  "samples_digest"]
         run_columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
         assert {"run_id", "experiment", "command", "config_json", "versions_json", "git_rev", "host", "pid",
-                "seed", "started_at", "ended_at", "status", "error"} <= run_columns
+                "seed", "started_at", "ended_at", "status", "error", "superseded_by"} <= run_columns
 
 
 def test_migration_from_an_empty_file_and_a_hand_made_version_0_file(tmp_path):
@@ -74,15 +76,15 @@ def test_migrate_runs_each_step_once_and_in_order(tmp_path, monkeypatch):
     path = tmp_path / "r.sqlite"
     with R.ResultsStore(path) as store:
         store.add_rows(store.start_run("sample", {}), [_row(1)])
-    # A future schema version 3: the version-2 file is brought up, its rows kept.
-    monkeypatch.setitem(R.MIGRATIONS, 2, ["ALTER TABLE results ADD COLUMN note TEXT",
+    # A future schema version 4: the version-3 file is brought up, its rows kept.
+    monkeypatch.setitem(R.MIGRATIONS, 3, ["ALTER TABLE results ADD COLUMN note TEXT",
                                           "UPDATE results SET note = 'migrated'"])
-    monkeypatch.setattr(R, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(R, "SCHEMA_VERSION", 4)
     conn = sqlite3.connect(path, isolation_level=None)
-    assert R._migrate(conn, path) == 2
-    assert R._migrate(conn, path) == 3  # nothing left to do: the step did not run twice
+    assert R._migrate(conn, path) == 3
+    assert R._migrate(conn, path) == 4  # nothing left to do: the step did not run twice
     conn.close()
-    assert _raw(path, "PRAGMA user_version") == [(3,)]
+    assert _raw(path, "PRAGMA user_version") == [(4,)]
     assert _raw(path, "SELECT method, note FROM results") == [("bon", "migrated")]
 
 
@@ -98,9 +100,9 @@ def test_a_version_1_file_keeps_its_rows_and_gets_beta_in_the_row_key(tmp_path, 
                              {"method": "tilted", "beta": 2.0, "gold_mean": 2.0}])
         assert R.load(path, method="tilted")["beta"].tolist() == [2.0]  # the old key lost β = 1
     monkeypatch.undo()
-    assert R.SCHEMA_VERSION == 2
+    assert R.SCHEMA_VERSION == 3
     with R.ResultsStore(path) as store:
-        assert _raw(path, "PRAGMA user_version") == [(2,)]
+        assert _raw(path, "PRAGMA user_version") == [(3,)]
         store.add_rows(run, [{"method": "tilted", "beta": 1.0, "gold_mean": 1.0},
                              {"method": "tilted", "beta": 0.5, "gold_mean": 0.5},
                              {"method": "tilted", "beta": 0.5, "gold_mean": 0.6}])

@@ -14,11 +14,19 @@ one short transaction, so a killed run keeps each batch of rows it committed and
 A row is keyed by (run_id, method, proxy, n, step, beta), NULLs counting as equal: writing the same key again
 replaces the row, so a resumed run never duplicates rows.
 
+A row is bound to the file it points at. `add_rows` records the sha256 of the row's `samples_path` file
+(`samples_digest`) as it writes the row, and `check_rows`, which `bonrl report` and `bonrl results` run
+before they use a row, leaves out (with one note per run) every row whose file has changed or vanished
+since, and every row of a run another run has replaced (`superseded_by`, set by `start_run(supersedes=)` in
+the transaction that records the replacing run). So no row is ever re-measured from another run's file.
+Readers (`load`, `runs`, `bonrl results`, `bonrl report`) open the file read-only: they never migrate it,
+switch its journal mode or create anything.
+
 The file carries a schema version (PRAGMA user_version); MIGRATIONS brings an older file up to date
 and a file from a newer bonrl is refused rather than misread.
 
-Public API: resolve_results_path, check_results_file, ResultsStore (start_run, add_rows, finish_run, runs,
-close), run_context, load, export, COLUMNS. Imports only the standard library (and bon_vs_rl.config,
+Public API: resolve_results_path, check_results_file, ResultsStore (start_run, add_rows, finish_run, restamp,
+supersede, runs, close), run_context, load, check_rows, export, file_digest, COLUMNS. Imports only the standard library (and bon_vs_rl.config,
 which does too) at module level (pandas is imported when a DataFrame is asked for), so every command
 can import this cheaply.
 """
@@ -48,23 +56,26 @@ if TYPE_CHECKING:  # pandas is imported lazily: `import bon_vs_rl.record.results
 
 __all__ = [
     "COLUMNS", "SCHEMA_VERSION", "ResultsFileError", "ResultsStore", "SchemaVersionError", "check_results_file",
-    "export", "load", "resolve_results_path", "run_context",
+    "check_rows", "export", "file_digest", "load", "resolve_results_path", "run_context",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_FILE = "bonrl-results.sqlite"
 ENV_VAR = "BONRL_RESULTS"
 BUSY_TIMEOUT_S = 30.0
 
 # The core columns of a result row, in order, with their SQLite types. Anything else a caller puts in
-# a row (kl_beirami, accuracy, pearson, backbone, ...) goes to metrics_json.
-_RESULT_TYPES = {
+# a row (kl_beirami, accuracy, pearson, backbone, ...) goes to metrics_json. The first schema's columns
+# are frozen here (MIGRATIONS[0] creates them); later ones are added by their own migration.
+_V0_RESULT_TYPES = {
     "method": "TEXT NOT NULL", "n": "INTEGER", "step": "INTEGER", "kl": "REAL", "sqrt_kl": "REAL",
     "kl_se": "REAL", "proxy_mean": "REAL", "proxy_se": "REAL", "gold_mean": "REAL", "gold_se": "REAL",
     "length_mean": "REAL", "sample_count": "INTEGER", "prompt_count": "INTEGER",
     "generated_tokens": "INTEGER", "trained_tokens": "INTEGER", "policy": "TEXT", "proxy": "TEXT",
     "gold": "TEXT", "beta": "REAL", "seed": "INTEGER", "samples_path": "TEXT",
 }
+# samples_digest (version 3): sha256 of the samples_path file when the row was written.
+_RESULT_TYPES = {**_V0_RESULT_TYPES, "samples_digest": "TEXT"}
 COLUMNS: list[str] = list(_RESULT_TYPES)
 
 # Keys of a row that the store sets itself; a caller's value for them is ignored.
@@ -84,7 +95,7 @@ MIGRATIONS: dict[int, list[str]] = {
             started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL, error TEXT)""",
         "CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
         "run_id TEXT NOT NULL REFERENCES runs(run_id), experiment TEXT, "
-        + ", ".join(f"{name} {kind}" for name, kind in _RESULT_TYPES.items())
+        + ", ".join(f"{name} {kind}" for name, kind in _V0_RESULT_TYPES.items())
         + ", created_at TEXT NOT NULL, metrics_json TEXT)",
         # The row key. A plain UNIQUE constraint treats NULLs as distinct (two BoN rows with step NULL
         # would both stay), so the index is on expressions that map NULL to a sentinel.
@@ -99,6 +110,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "DROP INDEX results_key",
         "CREATE UNIQUE INDEX results_key ON results "
         "(run_id, method, ifnull(proxy, ''), ifnull(n, -1), ifnull(step, -1), ifnull(beta, -1))",
+    ],
+    # A row is bound to its file (samples_digest), and a run replaced by another (--overwrite) says by which
+    # (superseded_by). Rows of older files have no digest: readers keep them, unverified, and say so.
+    2: [
+        "ALTER TABLE results ADD COLUMN samples_digest TEXT",
+        "ALTER TABLE runs ADD COLUMN superseded_by TEXT",
     ],
 }
 
@@ -300,22 +317,42 @@ class ResultsStore:
     """A connection to the results file. Creates the schema on first use and migrates old files.
 
     Use as a context manager; every write is its own short transaction, retried on lock contention.
+    `read_only=True` (what `bonrl results`, `bonrl report` and `load` use) opens the file as it is: no schema
+    is created or migrated, the journal mode is left alone, and any write fails.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False):
         self.path = resolve_results_path(path)
+        self.read_only = read_only
         check_results_file(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; _transaction() says exactly where each begins.
-        self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        if read_only:
+            if not self.path.is_file():
+                raise ResultsFileError(f"results: {self.path} does not exist; run a bonrl command first or pass "
+                                       "--results")
+            # mode=ro: SQLite itself refuses every write through this connection.
+            self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                        isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; _transaction() says exactly where each begins.
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if read_only:
+                self.version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                if self.version > SCHEMA_VERSION:
+                    raise SchemaVersionError(
+                        f"results: {self.path} has schema version {self.version}, newer than this bonrl knows "
+                        f"({SCHEMA_VERSION}); upgrade bonrl (pip install -U bonrl) or use another --results file")
+                self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # not SQLite: fails here
+                return
             # WAL: readers never block the writer nor it them. The mode is stored in the file, so
             # only the first opener really switches it (briefly needing an exclusive lock: retried).
             _retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
             self.conn.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
             self.conn.execute("PRAGMA foreign_keys = ON")
             _retry(lambda: _migrate(self.conn, self.path))
+            self.version = SCHEMA_VERSION
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             if isinstance(exc, sqlite3.OperationalError) and _is_lock_error(exc):
@@ -325,6 +362,9 @@ class ResultsStore:
         except BaseException:
             self.conn.close()
             raise
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
 
     def _write(self, sql: str, params: Any = (), many: bool = False) -> int:
         """One statement (or one executemany) as one retried transaction; returns the rows changed."""
@@ -337,23 +377,33 @@ class ResultsStore:
     # -- runs ----------------------------------------------------------------------------------
 
     def start_run(self, command: str, config: dict, seed: int | None = None, experiment: str | None = None,
-                  run_id: str | None = None) -> str:
+                  run_id: str | None = None, supersedes: list[str] | tuple[str, ...] = ()) -> str:
         """Record a new run and return its id. Given the id of an existing run, re-open that run
-        instead (status back to 'running', this pid): that is how `--resume` continues a run."""
+        instead (status back to 'running', this pid): that is how `--resume` continues a run.
+
+        `supersedes`: runs whose files this run replaces (`--overwrite` into their output). They are marked
+        superseded by this run in the same transaction that records it, so there is no moment at which the
+        table holds both as current; readers leave their rows out (check_rows)."""
         host, pid = socket.gethostname(), os.getpid()
-        if run_id is not None:
-            reopened = self._write("UPDATE runs SET status='running', ended_at=NULL, error=NULL, pid=?, host=? "
-                                   "WHERE run_id=?", (pid, host, run_id))
-            if reopened:
-                return run_id
-        run_id = run_id or f"{command}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self._write(
-            "INSERT INTO runs (run_id, experiment, command, config_json, versions_json, git_rev, host, pid, "
-            "seed, started_at, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (run_id, experiment, command, _json(config), _json(_versions()), git_revision(), host, pid,
-             _clean(seed), _now(), "running"),
-        )
-        return run_id
+        new_id = run_id or f"{command}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        replaced = [r for r in dict.fromkeys(supersedes) if r and r != new_id]
+        provenance = (_json(config), _json(_versions()), git_revision())
+
+        def operation() -> str:
+            with _transaction(self.conn) as conn:
+                reopened = run_id is not None and conn.execute(
+                    "UPDATE runs SET status='running', ended_at=NULL, error=NULL, pid=?, host=? WHERE run_id=?",
+                    (pid, host, run_id)).rowcount
+                if not reopened:
+                    conn.execute(
+                        "INSERT INTO runs (run_id, experiment, command, config_json, versions_json, git_rev, host, "
+                        "pid, seed, started_at, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (new_id, experiment, command, *provenance, host, pid, _clean(seed), _now(), "running"))
+                if replaced:
+                    conn.executemany("UPDATE runs SET superseded_by=? WHERE run_id=?", [(new_id, r) for r in replaced])
+            return new_id
+
+        return _retry(operation)
 
     def finish_run(self, run_id: str, status: str = "finished", error: str | None = None) -> None:
         """Mark a run 'finished' or 'failed' (with a one-line error) and stamp its end time."""
@@ -361,12 +411,37 @@ class ResultsStore:
                            (status, _now(), error, run_id)):
             raise KeyError(f"results: no run {run_id!r} in {self.path}")
 
+    def supersede(self, replaced: list[str] | tuple[str, ...], by: str) -> None:
+        """Mark runs as replaced by run `by` (an experiment stage that ran again); their rows are left out."""
+        self._write("UPDATE runs SET superseded_by=? WHERE run_id=? AND run_id != ?",
+                    [(by, r, by) for r in dict.fromkeys(replaced) if r], many=True)
+
+    def restamp(self, run_id: str, config: dict, fields: dict[str, Any]) -> None:
+        """A resumed run that was given more --steps: its recorded config and the `fields` of every row it
+        has written so far (its `setting`) become the continued run's, in one transaction, so the run stays
+        one run with one setting."""
+        def operation() -> None:
+            with _transaction(self.conn) as conn:
+                conn.execute("UPDATE runs SET config_json=? WHERE run_id=?", (_json(config), run_id))
+                for name, value in fields.items():
+                    if name in _RESULT_TYPES:
+                        conn.execute(f"UPDATE results SET {name}=? WHERE run_id=?", (_clean(value), run_id))
+                    else:
+                        conn.execute("UPDATE results SET metrics_json=json_set(ifnull(metrics_json, '{}'), ?, ?) "
+                                     "WHERE run_id=?", (f"$.{name}", _clean(value), run_id))
+        _retry(operation)
+
     def runs(self) -> pd.DataFrame:
         """All runs, oldest first. A 'running' run whose process is gone from this host reads 'unfinished'
-        (it was killed: SIGKILL, OOM, a lost node). A run from another host cannot be checked: it stays."""
+        (it was killed: SIGKILL, OOM, a lost node). A run from another host cannot be checked: it stays.
+        `superseded_by`: the run that replaced this one's files (--overwrite), else missing."""
         import pandas as pd
 
+        if self.version == 0:  # an empty file: no tables yet
+            return pd.DataFrame(columns=["run_id", "experiment", "command", "config_json", "status", "superseded_by"])
         frame = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, run_id", self.conn)
+        if "superseded_by" not in frame:  # a file from before schema version 3
+            frame["superseded_by"] = None
         here = socket.gethostname()
         gone = [status == "running" and host == here and not _pid_alive(pid)
                 for status, host, pid in zip(frame["status"], frame["host"], frame["pid"])]
@@ -380,23 +455,34 @@ class ResultsStore:
 
         Core keys (COLUMNS) become columns; any other key goes to metrics_json. A row's experiment
         defaults to its run's. sqrt_kl is filled from kl when absent (sqrt of max(kl, 0): a negative KL
-        estimate is kept as measured, its sqrt is 0). A row with the key of an existing row replaces it.
+        estimate is kept as measured, its sqrt is 0). samples_digest is the sha256 of the samples_path
+        file as it is now (the writer has just written it), unless the row gives one. A row with the key
+        of an existing row replaces it.
         """
         found = self.conn.execute("SELECT experiment FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if found is None:
             raise KeyError(f"results: no run {run_id!r} in {self.path}; call start_run first")
         # Prepare every row before the transaction opens, so the write lock is held only to insert.
-        prepared = []
+        prepared, digests = [], {}
         for i, row in enumerate(rows):
             if row.get("method") in (None, ""):
                 raise ValueError(f"results: row {i} has no 'method' (bon, ppo, rm, ...): {row}")
             core = {name: _clean(row.get(name)) for name in COLUMNS}
             if core["sqrt_kl"] is None and core["kl"] is not None:
                 core["sqrt_kl"] = math.sqrt(max(float(core["kl"]), 0.0))
+            if core["samples_path"] is not None and core["samples_digest"] is None:
+                path = str(core["samples_path"])
+                if path not in digests:
+                    digests[path] = file_digest(path)
+                core["samples_digest"] = digests[path]
             extra = {k: _clean(v) for k, v in row.items() if k not in _RESULT_TYPES and k not in _RESERVED}
             experiment = row["experiment"] if row.get("experiment") is not None else found[0]
             prepared.append((run_id, experiment, *core.values(), _now(), _json(extra) if extra else None))
         columns = ["run_id", "experiment", *COLUMNS, "created_at", "metrics_json"]
+        present = self._columns("results")  # SCHEMA_VERSION's, unless a test pins an older one
+        if not set(columns) <= present:
+            keep = [i for i, c in enumerate(columns) if c in present]
+            columns, prepared = [columns[i] for i in keep], [tuple(row[i] for i in keep) for row in prepared]
         # REPLACE deletes the row with the same key (results_key index) and inserts this one.
         sql = f"INSERT OR REPLACE INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         if prepared:
@@ -415,11 +501,13 @@ class ResultsStore:
 
 @contextmanager
 def run_context(store: ResultsStore, command: str, config: dict, seed: int | None = None,
-                experiment: str | None = None, run_id: str | None = None) -> Iterator[str]:
+                experiment: str | None = None, run_id: str | None = None,
+                supersedes: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
     """Start (or resume) a run and yield its id; mark it 'finished' on a normal exit, 'failed' with the
     exception's one-line message when one escapes (the exception is re-raised). A process killed outright
-    cannot run this: its run stays 'running' and `runs()` reports it 'unfinished'."""
-    run_id = store.start_run(command, config, seed, experiment, run_id)
+    cannot run this: its run stays 'running' and `runs()` reports it 'unfinished'. `supersedes`: the runs
+    whose files this one replaces (ResultsStore.start_run)."""
+    run_id = store.start_run(command, config, seed, experiment, run_id, supersedes)
     try:
         yield run_id
     except BaseException as exc:
@@ -429,13 +517,29 @@ def run_context(store: ResultsStore, command: str, config: dict, seed: int | Non
     store.finish_run(run_id, "finished")
 
 
+def file_digest(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's bytes (streamed), or None when there is no such file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Reading: load and export.
 
 
 def load(path: str | os.PathLike | None = None, **filters: Any) -> pd.DataFrame:
-    """Result rows, oldest first, joined with their run's `command` and `run_status` (as `runs()` reports
-    it, so killed runs read 'unfinished'); metrics_json expanded into one column per key.
+    """Result rows, oldest first, joined with their run's `command`, `run_status` (as `runs()` reports
+    it, so killed runs read 'unfinished') and `superseded_by`; metrics_json expanded into one column per
+    key. The file is opened read-only (an older one is read as it is, not migrated). Every row comes back,
+    checked or not: `check_rows` says which of them still describe their files.
 
     filters: equality on any column; a list, tuple or set means 'any of'; None means 'is missing'.
     e.g. load(path, method="bon", experiment="demo", run_id=[a, b]). Nothing matching gives an empty
@@ -446,13 +550,26 @@ def load(path: str | os.PathLike | None = None, **filters: Any) -> pd.DataFrame:
     path = resolve_results_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results: {path} does not exist; run a bonrl command first or pass --results")
-    with ResultsStore(path) as store:
-        frame = pd.read_sql_query(
-            "SELECT r.*, runs.command AS command, runs.status AS run_status FROM results r "
-            "JOIN runs USING (run_id) ORDER BY r.id", store.conn)
-        statuses = store.runs().set_index("run_id")["status"]
+    with ResultsStore(path, read_only=True) as store:
+        if store.version == 0:  # an empty file: no tables yet
+            frame = pd.DataFrame(columns=["id", "run_id", "experiment", *COLUMNS, "created_at", "metrics_json",
+                                          "command", "run_status"])
+            runs = store.runs()
+        else:
+            frame = pd.read_sql_query(
+                "SELECT r.*, runs.command AS command, runs.status AS run_status FROM results r "
+                "JOIN runs USING (run_id) ORDER BY r.id", store.conn)
+            runs = store.runs().set_index("run_id")
+    for name in COLUMNS:  # a file from an older schema lacks the later columns
+        if name not in frame:
+            frame[name] = None
+    front = ["id", "run_id", "experiment", *COLUMNS]  # the core columns in their documented order, then the rest
+    frame = frame[front + [c for c in frame.columns if c not in front]]
     if len(frame):
-        frame["run_status"] = frame["run_id"].map(statuses)
+        frame["run_status"] = frame["run_id"].map(runs["status"])
+        frame["superseded_by"] = frame["run_id"].map(runs["superseded_by"])
+    else:
+        frame["superseded_by"] = pd.Series(dtype=object)
     extra = pd.DataFrame([json.loads(m) if isinstance(m, str) else {} for m in frame["metrics_json"]],
                          index=frame.index)
     # A metric named like a core column cannot shadow it (add_rows never writes one; a hand edit might).
@@ -486,15 +603,67 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def export(path: str | os.PathLike | None, out_path: str | os.PathLike, **filters: Any) -> Path:
-    """Write the (filtered, as in `load`) results to a .csv or .parquet file, atomically: a temporary
-    sibling file is written and then moved into place, so a reader never sees half a file."""
+def check_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows that still describe their files, and one note per run for those left out.
+
+    Left out: every row of a run another run has replaced (superseded_by: --overwrite, or an experiment
+    stage that ran again), and every row whose samples_path file has vanished or whose content no longer
+    has the digest recorded when the row was written (someone, or some other run, rewrote it). A row
+    without a file is kept as it is; a row from an older bonrl that recorded no digest is kept, unverified,
+    with one note saying how many there are. Each distinct file is read once."""
+    import pandas as pd
+
+    if frame.empty:
+        return frame, []
+    keep = pd.Series(True, index=frame.index)
+    notes: list[str] = []
+    superseded = frame["superseded_by"].notna() if "superseded_by" in frame else pd.Series(False, index=frame.index)
+    for run_id, rows in frame[superseded].groupby("run_id", sort=False):
+        notes.append(f"run {run_id} was superseded by run {rows['superseded_by'].iloc[0]}, which replaced its files: "
+                     f"its {len(rows)} row(s) are left out.")
+    keep &= ~superseded
+    paths = frame["samples_path"] if "samples_path" in frame else pd.Series(None, index=frame.index)
+    recorded = frame["samples_digest"] if "samples_digest" in frame else pd.Series(None, index=frame.index)
+    actual = {p: file_digest(p) for p in dict.fromkeys(paths[keep & paths.notna()].astype(str))}
+    cause = pd.Series("", index=frame.index)
+    unverified = 0
+    for i in frame.index[keep & paths.notna()]:
+        now, then = actual[str(paths[i])], recorded[i]
+        if now is None:
+            cause[i] = "is gone"
+        elif then is None or (isinstance(then, float) and math.isnan(then)):
+            unverified += 1
+        elif now != then:
+            cause[i] = "changed since the row was written"
+    bad = cause != ""
+    for run_id, rows in frame[bad].groupby("run_id", sort=False):
+        files = list(dict.fromkeys(paths[rows.index].astype(str)))
+        causes = " and ".join(dict.fromkeys(cause[rows.index]))
+        shown = files[0] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
+        notes.append(f"run {run_id}: {len(rows)} row(s) left out, their samples file {causes} ({shown}).")
+    if unverified:
+        notes.append(f"{unverified} row(s) were written by an older bonrl that recorded no file digest: read "
+                     "without checking their samples files.")
+    return frame[keep & ~bad], notes
+
+
+def export(path: str | os.PathLike | None, out_path: str | os.PathLike, overwrite: bool = True,
+           **filters: Any) -> Path:
+    """Write the (filtered, as in `load`) results whose rows still describe their files (check_rows; a note
+    on stderr for each run left out) to a .csv or .parquet file, atomically: a temporary sibling file is
+    written and then moved into place, so a reader never sees half a file. `overwrite=False` refuses to
+    replace an existing file (bad input)."""
+    from bon_vs_rl.record import console
     from bon_vs_rl.record.files import atomic_file
 
     out_path = Path(out_path)
     if out_path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"export: {out_path} must end in .csv or .parquet")
-    frame = load(path, **filters)
+    if out_path.exists() and not overwrite:
+        raise ConfigError(f"export: {out_path} exists; pass --overwrite to replace it, or another --export path")
+    frame, notes = check_rows(load(path, **filters))
+    for note in notes:
+        console.note("note: " + note)
     with atomic_file(out_path) as tmp:
         if out_path.suffix == ".parquet":
             _parquet_safe(frame).to_parquet(tmp, index=False)

@@ -24,7 +24,9 @@ FILTERS = ("experiment", "policy", "proxy", "gold")
 # 1. The selection: rows of the results table, or a plain ConfigError saying why there are none.
 
 
-def select_rows(cfg: ReportConfig) -> pd.DataFrame:
+def select_rows(cfg: ReportConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The selected rows that still describe their files (results.check_rows), and the notes on those left out
+    (a superseded run; a samples file that changed or vanished): no curve is measured from another run's file."""
     from bon_vs_rl.record import results
 
     path = results.resolve_results_path(cfg.results)
@@ -48,6 +50,11 @@ def select_rows(cfg: ReportConfig) -> pd.DataFrame:
         held = "; ".join(f"{k}s in the table: {_values(table, k)}" for k in wanted if k in table)
         raise ConfigError(f"selection: no rows match {given} in {path}" + (f" ({held})" if held else ""))
 
+    matching = len(rows)
+    rows, notes = results.check_rows(rows)
+    if rows.empty:
+        raise ConfigError(f"selection: all {matching} matching row(s) were left out: " + " ".join(notes))
+
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     curves = rows[rows["method"] != "rm"]
     if methods:
@@ -59,7 +66,7 @@ def select_rows(cfg: ReportConfig) -> pd.DataFrame:
     if curves.empty:
         raise ConfigError(f"selection: the {len(rows)} matching row(s) hold no best-of-n or RL results "
                           f"(only {_values(rows, 'method')}); run bonrl sample or bonrl ppo first")
-    return pd.concat([curves, rows[rows["method"] == "rm"]], ignore_index=True)
+    return pd.concat([curves, rows[rows["method"] == "rm"]], ignore_index=True), notes
 
 
 def _values(frame: pd.DataFrame, column: str) -> str:
@@ -220,7 +227,7 @@ def run_outputs(rows: pd.DataFrame, results_path: Path) -> dict[str, str]:
     """run id -> the run's output directory name (ppo-0, sample, ...), to tell apart runs whose labels match."""
     from bon_vs_rl.record import results
 
-    with results.ResultsStore(results_path) as store:
+    with results.ResultsStore(results_path, read_only=True) as store:
         runs = store.runs()
     out = {}
     for _, run in runs[runs["run_id"].isin(set(rows["run_id"]))].iterrows():
@@ -241,8 +248,23 @@ def group_curves(rows: pd.DataFrame) -> tuple[list[Curve], list[str]]:
     if bad_kl.any():
         notes.append(f"{int(bad_kl.sum())} row(s) without a KL value were left out.")
         data = data[~bad_kl]
+    # A run is one curve whatever its rows say: a run resumed with more steps by an older bonrl holds rows of
+    # two settings, and its last one is the run's.
     setting = data["setting"] if "setting" in data else pd.Series(np.nan, index=data.index)
+    last = setting.groupby(data["run_id"]).agg(lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan)
+    setting = data["run_id"].map(last)
     data["curve_key"] = setting.where(setting.notna(), data["run_id"]).astype(str)
+    # Seeds pool only runs that differ in their seed alone: two runs of one setting with the same seed are two
+    # runs (a rerun, or a proxy retrained under the same name by an older bonrl), drawn apart, never "2 seeds".
+    if "seed" in data:
+        for key, group in data[setting.notna()].groupby("curve_key"):
+            seeds = group.groupby("run_id", sort=True)["seed"].first()
+            repeated = seeds[seeds.duplicated(keep=False)]
+            if len(repeated):
+                data.loc[group.index, "curve_key"] = group["run_id"].astype(str)
+                notes.append(f"runs {', '.join(repeated.index)} have the same setting and the same seed "
+                             f"({', '.join(str(v) for v in dict.fromkeys(repeated))}): drawn as separate runs, "
+                             "not pooled as seeds.")
     curves = []
     for (policy, proxy, gold, method, _), group in data.groupby(["policy", "proxy", "gold", "method", "curve_key"],
                                                                 sort=True):

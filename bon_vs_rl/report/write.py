@@ -231,8 +231,9 @@ def report(cfg: ReportConfig) -> Path:
     """Selected rows -> per-prompt records -> curves -> statistics -> report directory (returned and printed)."""
     from bon_vs_rl.record import results
 
-    rows = select_rows(cfg)  # bad or empty selection: ConfigError before anything is written
+    rows, checked = select_rows(cfg)  # bad or empty selection: ConfigError before anything is written
     curves, notes = group_curves(rows)
+    notes = checked + notes
     name_curves(curves, run_outputs(rows, results.resolve_results_path(cfg.results)))
     curves.sort(key=lambda c: (c.panel, not c.is_bon, c.method != "tilted", c.method, c.label))
     families = scaling.plan(curves, rows, cfg)  # --scaling on that cannot be honoured: ConfigError, nothing written
