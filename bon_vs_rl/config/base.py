@@ -213,6 +213,21 @@ class ComparisonDataConfig:
             raise ConfigError(f"label_noise: {self.label_noise} must be in [0, 1], e.g. 0.25")
 
 
+RULES = {"> 0": lambda v: v > 0, "≥ 0": lambda v: v >= 0, "≥ 1": lambda v: v >= 1,
+         "in [0, 1]": lambda v: 0 <= v <= 1}
+
+
+def require(cfg: Any, rule: str, *names: str) -> None:
+    """ConfigError naming the first of the fields `names` whose value breaks `rule` (a key of RULES), with its
+    flag and its default as an example: one message, one flag."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for name in names:
+        value = getattr(cfg, name)
+        if not RULES[rule](value):
+            default = fields[name].default
+            raise ConfigError(f"{name}: {value} must be {rule}; pass e.g. --{name.replace('_', '-')} {default}")
+
+
 def check_bootstrap(resamples: int) -> None:
     # Percentile 95% intervals read the 2.5% and 97.5% quantiles: with fewer than ~100 resamples those
     # are a handful of draws and the interval itself is noise.
@@ -246,13 +261,32 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config: file {str(p)!r} not found; pass an existing YAML file to --config")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position {exc.start}); "
+                          "save it as UTF-8 and pass it to --config again") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise ConfigError(f"config: {p} is not valid YAML ({first}); fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {p} must hold a mapping of option: value")
+
+    def names(value: Any) -> None:  # every key an option name: `{n: 1,2}` reads as n: 1 and a key 2
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"config: {p} has the key {key!r}, which is not an option name (a comma in "
+                                      "an unquoted value? write n: \"1,2\"); fix the file")
+                names(item)
+        elif isinstance(value, list):
+            for item in value:
+                names(item)
+
+    names(data)
     return data
 
 

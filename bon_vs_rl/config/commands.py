@@ -27,6 +27,7 @@ from bon_vs_rl.config.base import (
     option,
     parse_float_list,
     parse_int_list,
+    require,
     split_list,
 )
 from bon_vs_rl.errors import ConfigError
@@ -54,8 +55,7 @@ class TrainRMConfig(ComparisonDataConfig, PrecisionConfig, SamplingConfig, Commo
         SamplingConfig.validate(self)
         PrecisionConfig.validate(self)
         ComparisonDataConfig.validate(self)
-        if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0 or self.max_length <= 0:
-            raise ConfigError("epochs, learning_rate, train_batch_size and max_length must all be > 0")
+        require(self, "> 0", "epochs", "learning_rate", "train_batch_size", "max_length")
         if self.ensemble < 1:
             raise ConfigError(f"ensemble: {self.ensemble} must be ≥ 1")
 
@@ -71,7 +71,8 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
         "gold, and rescore the samples file later with --from-samples FILE --proxy SPEC (one draw for many proxies)."
     )
     gold: str = option("vader", "Gold scorer, used only to measure (scorer spec).")
-    n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8.", comma_list=True)
+    n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8 (in any order; a "
+                    "repeated n counts once).", comma_list=True)
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
     eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
     bootstrap: int = option(
@@ -107,7 +108,9 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
         if not self.proxy and self.from_samples:
             raise ConfigError("proxy: no proxy reward model given to rescore the samples with; pass --proxy rm:PATH "
                               "(from bonrl train-rm)")
-        parse_float_list(self.beta, "beta")
+        if parse_float_list(self.beta, "beta") and not self.proxy:
+            raise ConfigError("beta: the KL-regularized optimum tilts by a proxy's scores and none is given; pass "
+                              "--proxy SPEC, or drop --beta")
 
     @property
     def ns(self) -> list[int]:
@@ -181,8 +184,7 @@ class PPOConfig(RLEvalConfig, PrecisionConfig, SamplingConfig, CommonConfig):
             raise ConfigError(f"steps: {self.steps} must be ≥ 1")
         if self.beta < 0:
             raise ConfigError(f"beta: {self.beta} is negative; the KL coefficient must be ≥ 0")
-        if self.rollout_batch_size <= 0 or self.minibatch_size <= 0:
-            raise ConfigError("rollout_batch_size and minibatch_size must be ≥ 1")
+        require(self, "≥ 1", "rollout_batch_size", "minibatch_size")
         if self.rollout_batch_size % self.minibatch_size:
             raise ConfigError(
                 f"minibatch_size: {self.minibatch_size} does not divide rollout_batch_size="
@@ -193,24 +195,20 @@ class PPOConfig(RLEvalConfig, PrecisionConfig, SamplingConfig, CommonConfig):
                 "gradient_accumulation_steps: must divide the number of minibatches "
                 f"({self.rollout_batch_size // self.minibatch_size})"
             )
-        if self.ppo_epochs <= 0 or self.learning_rate <= 0:
-            raise ConfigError("ppo_epochs and learning_rate must be > 0")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError("gamma and lam must lie in [0, 1]")
-        if self.clip_range <= 0 or self.clip_range_value <= 0:
-            raise ConfigError("clip_range and clip_range_value must be > 0")
-        if self.target_kl <= 0 or self.kl_horizon <= 0:
-            raise ConfigError("target_kl and kl_horizon must be > 0")
-        if self.lora_rank < 0 or self.train_top_layers < 0:
-            raise ConfigError("lora_rank and train_top_layers must be ≥ 0")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
+        require(self, "> 0", "ppo_epochs", "learning_rate")
+        require(self, "in [0, 1]", "gamma", "lam")
+        require(self, "> 0", "clip_range", "clip_range_value", "target_kl", "kl_horizon")
+        require(self, "≥ 0", "lora_rank", "train_top_layers")
+        if self.lora_rank and self.train_top_layers:
+            raise ConfigError("train_top_layers: --lora-rank already chooses what trains (adapters on every layer); "
+                              "pass --lora-rank or --train-top-layers, not both")
+        check_checkpoints(self)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ConfigError(
                 f"missing_eos_penalty: {self.missing_eos_penalty} is negative; it is subtracted, so give a value ≥ 0"
             )
-        if self.max_grad_norm <= 0 or self.value_coef < 0:
-            raise ConfigError("max_grad_norm must be > 0 and value_coef ≥ 0")
+        require(self, "> 0", "max_grad_norm")
+        require(self, "≥ 0", "value_coef")
 
 
 @dataclass
@@ -240,14 +238,12 @@ class RLConfig(RLEvalConfig, SamplingConfig, CommonConfig):
         check_untruncated(self)
         if self.rollout_batch_size <= 0:
             raise ConfigError(f"rollout_batch_size: {self.rollout_batch_size} must be ≥ 1")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
+        check_checkpoints(self)
         if self.algo not in ("rloo", "grpo"):
             raise ConfigError(f"algo: {self.algo!r}; use rloo or grpo")
         if not self.proxy:
             raise ConfigError("proxy: no proxy reward model given; pass --proxy rm:PATH (from bonrl train-rm)")
-        if self.steps <= 0 or self.learning_rate <= 0:
-            raise ConfigError("steps and learning_rate must be > 0")
+        require(self, "> 0", "steps", "learning_rate")
         if self.beta < 0:
             raise ConfigError(f"beta: {self.beta} is negative; the KL coefficient must be ≥ 0")
         if self.generations_per_prompt < 2:
@@ -373,8 +369,11 @@ class LabConfig(CommonConfig):
 
 
 def check_checkpoints(cfg) -> None:
-    if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
-        raise ConfigError("checkpoint_every must be ≥ 0 and keep_checkpoints ≥ 1")
+    """Checkpoint options of the commands that resume (ppo, rl, dpo, distill)."""
+    require(cfg, "≥ 0", "checkpoint_every")
+    require(cfg, "≥ 1", "keep_checkpoints")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume: --resume continues the run in --output and --overwrite replaces it; pass one")
 
 
 # What makes a DPO run's comparison data that of a train-rm run (reward_model.data_settings reads these,
@@ -418,8 +417,7 @@ class DPOConfig(ComparisonDataConfig, RLEvalConfig, PrecisionConfig, SamplingCon
                               "with best-of-n and RL: pass --proxy rm:PATH (the RM trained on the same comparisons)")
         if not self.beta > 0:
             raise ConfigError(f"beta: {self.beta} must be > 0 (at β = 0 the DPO loss is log 2 whatever the policy)")
-        if self.epochs <= 0 or self.learning_rate <= 0 or self.train_batch_size <= 0:
-            raise ConfigError("epochs, learning_rate and train_batch_size must all be > 0")
+        require(self, "> 0", "epochs", "learning_rate", "train_batch_size")
 
 
 @dataclass
@@ -470,17 +468,14 @@ class DistillConfig(RLEvalConfig, SamplingConfig, CommonConfig):
             raise ConfigError(f"sample_from: {self.sample_from!r}; use reference or policy")
         if self.objective == "vbon" and self.sample_from != "reference":
             raise ConfigError("sample_from: vbon's target is best-of-n of the reference; drop --sample-from policy")
-        if self.steps <= 0 or self.prompts_per_step <= 0:
-            raise ConfigError("steps and prompts_per_step must be ≥ 1")
+        require(self, "≥ 1", "steps", "prompts_per_step")
         if self.generations_per_prompt < 2:
             raise ConfigError("generations_per_prompt: must be ≥ 2 (vbon's leave-one-out baseline needs a group)")
         if self.reference_samples < self.n:
             raise ConfigError(f"reference_samples: {self.reference_samples} < n={self.n}; the CDF estimate needs at "
                               f"least n samples, e.g. --reference-samples {8 * self.n}")
-        if self.learning_rate <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("learning_rate and max_grad_norm must be > 0")
-        if self.train_top_layers < 0:
-            raise ConfigError("train_top_layers must be ≥ 0")
+        require(self, "> 0", "learning_rate", "max_grad_norm")
+        require(self, "≥ 0", "train_top_layers")
 
 
 # ----------------------------------------------------------------------------------------------
