@@ -396,16 +396,24 @@ class Evaluator:
         return {"prompt_id": ids, "proxy": proxy_means, "gold": gold_means}
 
 
+SETTING_SKIPS = ("seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "overwrite",
+                 "log_with")  # where and how a run goes, not what it computes
+
+
 def setting_id(cfg) -> str:
     """What a run computes, minus its seed and where it writes: replicate seeds of one setting share it,
-    so the report can pool them into one curve."""
+    so the report can pool them into one curve. It holds what the policy, proxy and gold specs name, not
+    only their text (scorers.spec_fingerprint): two runs against `rm:runs/rm-0` before and after rm-0 was
+    retrained, or against an edited python: scorer, optimized different things and never pool as seeds."""
     import hashlib
     import json
 
     from bon_vs_rl.config.base import to_dict
 
-    skip = {"seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "log_with"}
-    config = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    config = {k: v for k, v in to_dict(cfg).items() if k not in SETTING_SKIPS}
+    specs = [getattr(cfg, name, None) for name in ("policy", "proxy", "gold")]
+    specs = [s for spec in specs for s in (spec if isinstance(spec, list) else [spec]) if s]
+    config["fingerprints"] = {spec: scorers.spec_fingerprint(str(spec)) for spec in specs}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -2,7 +2,7 @@
 
     builtin                     the project's own offline set (bon_vs_rl/data/prompts.txt): short English
                                 openings of reviews, stories, letters, descriptions...
-    FILE.txt                    one prompt per line
+    FILE.txt                    one prompt per line (a file without a suffix too; other types are refused)
     FILE.jsonl[:COLUMN]         one JSON object per line; COLUMN defaults to "prompt", then "text"
     FILE.csv[:COLUMN]           a CSV with a header; same COLUMN rule
     hf:DATASET:COLUMN[:SPLIT]   a Hugging Face dataset (online users), e.g. hf:stanfordnlp/imdb:text
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bon_vs_rl.errors import ConfigError
 
+READABLE = ("", ".txt", ".jsonl", ".csv")  # file types --prompts reads (no suffix: text, one prompt per line)
 BUILTIN = Path(__file__).parent.parent / "data" / "prompts.txt"
 EVAL_EVERY = 5
 
@@ -66,6 +67,9 @@ def read_prompts(spec: str) -> list[str]:
         path = Path(path_text).expanduser()
         if not path.is_file():
             raise ConfigError(f"prompts: file {path_text!r} not found; use builtin, a file path or hf:DATASET:COLUMN")
+        if path.suffix.lower() not in READABLE:  # a .pdf or .parquet read as lines would be noise, not prompts
+            raise ConfigError(f"prompts: {path_text} is a {path.suffix} file; --prompts reads .txt (one prompt per "
+                              "line), .jsonl or .csv files, builtin or hf:DATASET:COLUMN")
         if path.suffix == ".jsonl":
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             lines = _read_column(rows, column, path_text)
@@ -91,6 +95,9 @@ def load_prompts(spec: str, split: str, limit: int = 0) -> list[str]:
         raise ValueError(f"split must be train, eval or all, not {split!r}")
     if not prompts:
         raise ConfigError(f"prompts: the {split} split of {spec!r} is empty; give at least {EVAL_EVERY} prompts")
+    if split == "eval" and limit > len(prompts):  # fewer than asked would be measured, silently
+        raise ConfigError(f"eval_prompts: {limit} is more than the {len(prompts)} held-out prompts of {spec!r}; "
+                          f"pass --eval-prompts {len(prompts)} or fewer (0 = all of them)")
     return prompts[:limit] if limit > 0 else prompts
 
 

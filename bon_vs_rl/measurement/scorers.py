@@ -355,6 +355,60 @@ def python_scorer(spec: str, target: str, role: str = "gold") -> Scorer:
     return Scorer(spec, function, batch_size=1024)
 
 
+UNKNOWN = "use vader, vader-fluent, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION"
+
+
+def check_spec(spec: str, role: str = "gold", exists: bool = True) -> None:
+    """A spec's bad input, found before any model loads (what load_scorer would refuse later): an unknown
+    kind, a malformed python: or rm: spec, an unknown aggregation, and with `exists` a python: file or an
+    rm: directory that is not there (or an aggregation its members do not allow)."""
+    if not spec:
+        raise ScorerError(f"{role}: empty scorer spec; {UNKNOWN} (fix --{role})")
+    kind, _, target = spec.partition(":")
+    if kind in ("vader", "vader-fluent") and not target or kind == "hf" and target:
+        return
+    if kind == "python":
+        module, _, function = target.rpartition(":")
+        if not module or not function:
+            raise ScorerError(f"{role}: {spec!r} must look like python:MODULE:FUNCTION or python:file.py:FUNCTION "
+                              f"(fix --{role})")
+        if exists and module.endswith(".py") and not Path(module).is_file():
+            raise ScorerError(f"{role}: file {module} not found; fix the path in --{role} {spec}")
+        return
+    if kind == "rm" and target:
+        if exists:
+            split_rm_target(target, role)
+        else:
+            parse_aggregation(target.partition("@")[2] or "mean", role)
+        return
+    raise ScorerError(f"{role}: unknown scorer {spec!r}; {UNKNOWN} (fix --{role})")
+
+
+def spec_fingerprint(spec: str) -> str | None:
+    """What identifies the thing a policy, proxy or gold spec names, beyond its text: the content of a
+    `python:` scorer's file, the files of a local model, `rm:` or `hf:` directory (files.fingerprint; an rm:
+    directory's metadata names the train-rm run that wrote it, so a retrained proxy never fingerprints like
+    the one before). None when the spec names nothing local (vader, an alias, a hub id): its text is then
+    the identity."""
+    from bon_vs_rl.record import files
+
+    kind, _, target = spec.partition(":")
+    if spec == "vader-fluent":  # a formula in this package: its version names it (labels change with it)
+        return f"vader-fluent-v{VADER_FLUENT_VERSION}"
+    if kind == "python":
+        module = target.rpartition(":")[0]
+        if module.endswith(".py"):
+            return files.fingerprint(Path(module))
+        try:  # an importable module: the file it would be imported from
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        return files.fingerprint(Path(found.origin)) if found and found.origin else None
+    if kind in ("rm", "hf"):
+        return files.fingerprint(Path(target.partition("@")[0]).expanduser())
+    return files.fingerprint(Path(spec).expanduser())  # a policy given as a local directory
+
+
 def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str = "gold",
                 shared: dict | None = None) -> Scorer:
     """Build the scorer a spec names. `role` ('gold' or 'proxy': the option it came from) words the errors;
@@ -376,4 +430,4 @@ def load_scorer(spec: str, device=None, cache_dir: str | None = None, role: str 
         return hf_scorer(spec, target, device, cache_dir, role)
     if kind == "rm" and target:
         return rm_scorer(spec, target, device, role, shared)
-    raise ScorerError(f"{role}: unknown scorer {spec!r}; use vader, vader-fluent, hf:ID-OR-PATH, rm:PATH or python:MODULE:FUNCTION")
+    raise ScorerError(f"{role}: unknown scorer {spec!r}; {UNKNOWN} (fix --{role})")

@@ -25,7 +25,7 @@ errors are what overoptimization exploits, so it is trained on train prompts and
    The data is cached under a hash of every setting that shapes it (`comparisons/<hash>/` in the cache
    directory: pairs.parquet, samples.parquet, settings.json, written atomically) and reused when the
    same settings ask again; "reusing comparison data" is printed and `data_reused` recorded. The hash
-   covers what the policy and gold specs name, not only their text (`spec_fingerprint`): an edited
+   covers what the policy and gold specs name, not only their text (`scorers.spec_fingerprint`): an edited
    `python:` gold file or a retrained local model directory is new data. The subset and the label noise
    are applied after the cache, so a noisy proxy and a clean one share the draw.
 2. Training. AutoModelForSequenceClassification with one output on the backbone, Bradley–Terry loss
@@ -64,7 +64,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -110,27 +109,6 @@ class ComparisonData:
 # 1. Comparison data.
 
 
-def spec_fingerprint(spec: str) -> str | None:
-    """What identifies the thing a policy or gold spec names, beyond its text: the content of a
-    `python:` scorer's file, the files of a local model, `rm:` or `hf:` directory (files.fingerprint).
-    None when the spec names nothing local (vader, an alias, a hub id): its text is then the identity."""
-    kind, _, target = spec.partition(":")
-    if spec == "vader-fluent":  # a formula in this package: its version names it (labels change with it)
-        return f"vader-fluent-v{scorers.VADER_FLUENT_VERSION}"
-    if kind == "python":
-        module = target.rpartition(":")[0]
-        if module.endswith(".py"):
-            return files.fingerprint(Path(module))
-        try:  # an importable module: the file it would be imported from
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            return None
-        return files.fingerprint(Path(found.origin)) if found and found.origin else None
-    if kind in ("rm", "hf"):
-        return files.fingerprint(Path(target.partition("@")[0]).expanduser())
-    return files.fingerprint(Path(spec).expanduser())  # a policy given as a local directory
-
-
 def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: list[str], device=None) -> dict:
     """Every setting that changes the comparison data; its hash names the cached copy. `device`: where the
     policy samples (default: --device resolved), which with --precision says the arithmetic it samples in."""
@@ -142,8 +120,8 @@ def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: li
         "gold": cfg.gold,
         # The same spec can name new content: an edited python: gold function, a retrained rm: directory,
         # a policy directory overwritten by a later run. Stale labels must then not be reused.
-        "policy_fingerprint": spec_fingerprint(cfg.policy),
-        "gold_fingerprint": spec_fingerprint(cfg.gold),
+        "policy_fingerprint": scorers.spec_fingerprint(cfg.policy),
+        "gold_fingerprint": scorers.spec_fingerprint(cfg.gold),
         "prompts": cfg.prompts,
         "prompt_texts_sha256": prompt_digest,  # an edited prompt file is new data even under the same name
         # batch_size is included because it changes how the random stream is consumed, hence the samples.
