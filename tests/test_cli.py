@@ -321,8 +321,9 @@ def test_rescoring_with_a_sampling_option_the_samples_file_does_not_have_is_refu
     path = tmp_path / "samples.parquet"
     frame = pd.DataFrame({"prompt_id": [0, 0], "prompt": ["p", "p"], "completion": ["a", "b"], "tokens": [1, 1],
                           "logprob": [-1.0, -2.0], "ended": [True, True], "vader": [0.1, 0.2]})
+    drawn = {name: getattr(C.SampleConfig(), name) for name in best_of_n.SAMPLING_SETTINGS}  # the defaults
     best_of_n.write_samples(path, frame, {"format": best_of_n.SAMPLES_FORMAT, "policy": "tiny", "samples_per_prompt": 2,
-                                          "seed": 0, "temperature": 1.0, "max_new_tokens": 24, "prompts": "builtin"})
+                                          "seed": 0, **drawn})
     base = ["sample", "--policy", "tiny", "--from-samples", str(path), "--proxy", "vader", "--n", "1,2",
             "--output", str(tmp_path / "out"), "--quiet"]
     refused = runner.invoke(cli.app, [*base, "--temperature", "0.7"])
@@ -372,8 +373,9 @@ def test_read_only_commands_never_write_the_results_file_or_create_folders(tmp_p
     import hashlib
     import sqlite3
 
-    from bon_vs_rl.record import results as R
     from test_report import bon_run
+
+    from bon_vs_rl.record import results as R
 
     path = tmp_path / "old.sqlite"
     bon_run(path, tmp_path, "rm:a", seed=1)

@@ -228,6 +228,45 @@ def require(cfg: Any, rule: str, *names: str) -> None:
             raise ConfigError(f"{name}: {value} must be {rule}; pass e.g. --{name.replace('_', '-')} {default}")
 
 
+# What may differ between a run and its --resume: how it runs and where, never what it computes.
+RESUME_FREE = ("quiet", "device", "cache_dir", "resume", "overwrite", "log_with", "output")
+
+
+def check_resume(cfg: Any, checkpoints: bool, owner: str | None, when_saved: str) -> dict:
+    """`--resume` continues the run in --output or refuses (bad input, exit 2, before any work).
+
+    Refused: nothing to resume (no run there, or a run without a complete checkpoint: `when_saved` says
+    when the command saves them), and any option that differs from the run's saved config
+    (OUTPUT/resolved_config.json), each named with both values in one line. The one change allowed is a
+    larger --steps: the run goes on to the new length (it is recorded in the run's config and rows).
+    Returns the saved config ({} when the run saved none)."""
+    import json
+
+    output = Path(cfg.output)
+    if not checkpoints:
+        if owner is None:
+            raise ConfigError(f"resume: nothing to resume in {output} (no run there); drop --resume to start one")
+        raise ConfigError(f"resume: nothing to resume in {output}: it holds {owner} but no complete checkpoint "
+                          f"({when_saved}); pass --overwrite instead of --resume to run it again, or a new --output")
+    try:
+        saved = json.loads((output / "resolved_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    current = to_dict(cfg)
+    differ = []
+    for name, value in current.items():
+        if name in RESUME_FREE or name not in saved or saved[name] == value:
+            continue
+        if name == "steps" and isinstance(value, int) and isinstance(saved[name], int) and value > saved[name]:
+            continue
+        why = "; only more steps can be resumed" if name == "steps" else ""
+        differ.append(f"--{name.replace('_', '-')} {value} (the run has {saved[name]}{why})")
+    if differ:
+        raise ConfigError(f"resume: the run in {output} was started with other options: {', '.join(differ)}; pass "
+                          "the run's values to continue it, or --overwrite to start it again")
+    return saved
+
+
 def check_bootstrap(resamples: int) -> None:
     # Percentile 95% intervals read the 2.5% and 97.5% quantiles: with fewer than ~100 resamples those
     # are a handful of draws and the interval itself is noise.

@@ -48,6 +48,7 @@ samples, hence every estimate, are those of a one-process run with the same seed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -161,6 +162,15 @@ def check_samples_file(cfg: SampleConfig, metadata: dict, path: str) -> None:
     if cfg.samples_per_prompt and cfg.samples_per_prompt != N:
         raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} differs from the {N} samples per "
                           f"prompt in {path}; drop --samples-per-prompt when rescoring")
+    # A rescore takes the file's prompts, sampling settings and seed: an option that says otherwise would be
+    # ignored in silence, so it is refused (one left at its default, or equal to the file's, is fine).
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in (*SAMPLING_SETTINGS, "seed", "eval_prompts"):
+        given = getattr(cfg, name)
+        if name in metadata and given != defaults[name] and given != metadata[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{name}: {flag} {given} differs from the {metadata[name]} the samples in {path} were "
+                              f"drawn with; drop {flag} when rescoring (--from-samples)")
 
 
 def quiet_transformers(quiet: bool) -> None:
@@ -254,6 +264,12 @@ def bon_per_prompt(frame, proxy_column: str, gold_column: str, ns: list[int], N:
     out["kl"], out["tied"] = per_prompt_kl(proxy, ns)
     out["kl_beirami"] = np.column_stack([per_prompt_beirami(proxy, logprob, n) for n in ns])
     out["proxy_initial"], out["gold_initial"] = proxy.mean(axis=1), gold.mean(axis=1)
+    # Best-of-1 is the initial policy itself: its estimates are the plain means, so its gains (and their
+    # intervals) are exactly 0, not the 1e-17 of summing the same numbers with other weights.
+    for k in [k for k, n in enumerate(ns) if n == 1]:
+        out["proxy"][:, k], out["gold"][:, k] = out["proxy_initial"], out["gold_initial"]
+        out["length"][:, k] = as_matrix(frame, "tokens", N).mean(axis=1)
+        out["kl"][:, k] = 0.0
     return out
 
 
@@ -452,6 +468,8 @@ def sample(cfg: SampleConfig) -> str:
         prompt_count = len(prompts)
     scorer_roles = {spec: "proxy" for spec in proxies}
     scorer_roles.setdefault(cfg.gold, "gold")  # a gold that is also a proxy is loaded and scored once
+    for spec, role in scorer_roles.items():  # every bad spec before the first model loads
+        scorers.check_spec(spec, role)
     shared: dict = {}  # rm: member models, loaded once for every spec of their ensemble
     loaded = {spec: load_scorer(spec, role, device, cfg.cache_dir, shared) for spec, role in scorer_roles.items()}
     if not cfg.from_samples:

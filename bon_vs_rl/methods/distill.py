@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.base import check_resume, to_dict
 from bon_vs_rl.config.commands import DistillConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -179,9 +179,6 @@ def train(cfg: DistillConfig) -> str:
     if owner and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it, "
                           "--overwrite to replace its files, or a new --output")
-    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
-    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
-    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     checkpoint = checkpoint_dirs(output)[-1] if cfg.resume and checkpoint_dirs(output) else None
     if checkpoint is not None:  # the checkpoint must continue this very run
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
@@ -189,6 +186,16 @@ def train(cfg: DistillConfig) -> str:
             if saved.get(name) != getattr(cfg, name):
                 raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
                                   f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+    saved_config = check_resume(cfg, checkpoint is not None, owner, "distill saves one every --checkpoint-every "
+                                "steps and after the last") if cfg.resume else {}
+    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
+    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
+    scorers.check_spec(cfg.proxy, "proxy")
+    scorers.check_spec(cfg.gold, "gold")
+    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
+    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
+    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     policy, tokenizer = models.load_policy(str(checkpoint / "policy") if checkpoint else cfg.policy, device,
                                            cfg.cache_dir, dtype=torch.float32)
     reference, _ = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
@@ -209,17 +216,18 @@ def train(cfg: DistillConfig) -> str:
         state = TrainState(**{k: saved[k] for k in ("step", "run_id", "generated_tokens", "trained_tokens")})
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False)["optimizer"])
         console.note(f"resuming run {state.run_id} from {checkpoint} (step {state.step})", cfg.quiet)
-    elif cfg.resume:
-        console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run", cfg.quiet)
     config = to_dict(cfg)
     described = {"n": cfg.n, "objective": cfg.objective, "sample_from": cfg.sample_from}
 
     with results.ResultsStore(results.resolve_results_path(cfg.results)) as store, \
-            results.run_context(store, "distill", config, cfg.seed, cfg.experiment, run_id=state.run_id) as run_id, \
+            results.run_context(store, "distill", config, cfg.seed, cfg.experiment, run_id=state.run_id,
+                                supersedes=replaced) as run_id, \
             contextlib.ExitStack() as on_exit:
         state.run_id = run_id
         if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
             files.clear_outputs(output, RUN_FILES)
+        elif saved_config.get("steps", cfg.steps) != cfg.steps:  # resumed to a new length: one run, one setting
+            store.restamp(run_id, config, {"setting": evaluator.setting})
         files.claim_output(output, "distill", run_id)
         files.write_json(output / "resolved_config.json", config)
         evaluator.store, evaluator.run_id = store, run_id

@@ -57,7 +57,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.base import check_resume, to_dict
 from bon_vs_rl.config.commands import COMPARISON_DATA_FIELDS, DPOConfig, TrainRMConfig
 from bon_vs_rl.errors import ConfigError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -163,14 +163,22 @@ def train(cfg: DPOConfig) -> str:
     if owner and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it, "
                           "--overwrite to replace its files, or a new --output")
-    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
-    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     checkpoint = complete_checkpoints(output)[-1] if cfg.resume and complete_checkpoints(output) else None
     saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text()) if checkpoint else {}
     for name in ("policy", "beta", "train_batch_size", "epochs") if checkpoint else ():  # must continue this run
         if saved["config"].get(name) != getattr(cfg, name):
             raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved['config'].get(name)!r}, not "
                               f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+    if cfg.resume:
+        check_resume(cfg, checkpoint is not None, owner, "dpo saves one every --checkpoint-every steps, none with "
+                     "--checkpoint-every 0")
+    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
+    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
+    scorers.check_spec(cfg.proxy, "proxy")
+    scorers.check_spec(cfg.gold, "gold")
+    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
+    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
     reference, _ = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)
     reference.requires_grad_(False)
@@ -246,7 +254,7 @@ def train(cfg: DPOConfig) -> str:
 
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
     with store_context as store, (results.run_context(store, "dpo", config, cfg.seed, cfg.experiment,
-                                                      run_id=saved.get("run_id")) if main
+                                                      run_id=saved.get("run_id"), supersedes=replaced) if main
                                   else contextlib.nullcontext()) as run_id, contextlib.ExitStack() as on_exit:
         if main:
             if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
@@ -259,8 +267,6 @@ def train(cfg: DPOConfig) -> str:
             trainer.add_callback(tracking.trainer_callback(callback.tracker))
         if checkpoint is not None:
             console.note(f"resuming run {run_id} from {checkpoint}", cfg.quiet or not main)
-        elif cfg.resume:
-            console.note(f"--resume: no complete checkpoint in {output / 'trl'}; starting a new run", cfg.quiet or not main)
         evaluator.store, evaluator.run_id = store, run_id
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             # TRL 1.16 asks transformers 5 about gradient checkpointing by its deprecated name at every step.

@@ -104,7 +104,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.base import check_resume, to_dict
 from bon_vs_rl.config.commands import PPOConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -469,10 +469,6 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
     if owner and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"output: {output} already holds {owner}; pass --resume to continue it, "
                           "--overwrite to replace its files, or a new --output")
-    accelerator.wait_for_everyone()  # every process has looked before the main one claims the directory
-    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
-    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
-    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     checkpoint = checkpoint_dirs(output)[-1] if cfg.resume and checkpoint_dirs(output) else None
     if checkpoint is not None:  # the checkpoint's weights must fit the model this run builds
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
@@ -485,6 +481,17 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
         if cfg.lr_schedule == "linear" and saved.get("steps") != cfg.steps:
             raise ConfigError(f"resume: {checkpoint}'s learning rate decays to 0 over steps={saved.get('steps')}; "
                               f"pass --steps {saved.get('steps')} (or start a new run)")
+    saved_config = check_resume(cfg, checkpoint is not None, owner, "ppo saves one every --checkpoint-every steps "
+                                "and after the last") if cfg.resume else {}
+    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
+    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
+    scorers.check_spec(cfg.proxy, "proxy")
+    scorers.check_spec(cfg.gold, "gold")
+    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    accelerator.wait_for_everyone()  # every process has looked before the main one claims the directory
+    train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
+    proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
+    gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
 
     # Policy (fp32 weights: the optimizer needs them) and the frozen reference, also fp32: under the same
     # autocast as best-of-n's policy (--precision; models.autocast), so both are one initial policy.
@@ -528,9 +535,6 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
                      f"{cfg.beta / state.proxy_gain_norm:.4g} in raw proxy units)", cfg.quiet or not main)
     if checkpoint is None:
         state.score_scale = None if cfg.whiten_rewards else state.proxy_gain_norm
-    elif cfg.resume:
-        console.note(f"--resume: no checkpoint in {output / CHECKPOINTS}; starting a new run (replacing any earlier "
-                     f"run's files in {output})", cfg.quiet or not main)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     local_batch, local_minibatch = cfg.rollout_batch_size // world, cfg.minibatch_size // world
@@ -538,12 +542,15 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
 
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
     with store_context as store, (results.run_context(store, "ppo", config, cfg.seed, cfg.experiment,
-                                                      run_id=state.run_id) if main else contextlib.nullcontext()) as run_id, \
+                                                      run_id=state.run_id, supersedes=replaced)
+                                  if main else contextlib.nullcontext()) as run_id, \
             contextlib.ExitStack() as on_exit:
         if main:
             state.run_id = run_id
             if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
                 files.clear_outputs(output, RUN_FILES)
+            elif saved_config.get("steps", cfg.steps) != cfg.steps:  # resumed to a new length: one run, one setting
+                store.restamp(run_id, config, {"setting": evaluator.setting})
             files.claim_output(output, "ppo", run_id)
             files.write_json(output / "resolved_config.json", config)
         evaluator.store, evaluator.run_id = store, run_id

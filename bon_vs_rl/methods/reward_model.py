@@ -525,6 +525,14 @@ def check_output(output: Path, overwrite: bool) -> None:
                           f"use as rm:{output}; pass a new --output, or --overwrite to replace it")
 
 
+def describe_owner(output: Path) -> str | None:
+    """The run id of the reward model in `output` (its metadata), or None."""
+    try:
+        return json.loads((output / scorers.RM_METADATA).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def train_rm(cfg: TrainRMConfig) -> Path:
     """Comparisons -> proxy reward model -> held-out evaluation; returns the checkpoint directory."""
     from bon_vs_rl.measurement import sampling
@@ -532,6 +540,9 @@ def train_rm(cfg: TrainRMConfig) -> Path:
 
     output = Path(cfg.output)
     check_output(output, cfg.overwrite)
+    scorers.check_spec(cfg.gold, "gold")  # a bad --gold is found now, not after the policy has loaded
+    # The reward model an --overwrite replaces: its run is marked superseded with this one's row.
+    replaced = [run for run in [describe_owner(output)] if run]
     rank, world, device = sampling.process_group(cfg.device)  # resolves --device (cuda:N) too
     if cfg.train_batch_size % world:
         raise ConfigError(f"train_batch_size: {cfg.train_batch_size} pairs per step do not split over {world} "
@@ -606,7 +617,7 @@ def train_rm(cfg: TrainRMConfig) -> Path:
             "data_reused": data.reused, "data_hash": data.key, "trained_tokens": trained_tokens,
             "sample_count": evaluation["eval_samples"], "prompt_count": evaluation["eval_prompts"],
         }
-        store.add_rows(run_id, [row])
+        store.add_rows(run_id, [row], supersedes=replaced)  # the new model is in place: the old one's run is replaced
 
     if evaluation["member_accuracy"]:
         console.note("member accuracies: " + ", ".join(f"{a:.3f}" for a in evaluation["member_accuracy"]), cfg.quiet)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from bon_vs_rl.config.base import to_dict
+from bon_vs_rl.config.base import check_resume, to_dict
 from bon_vs_rl.config.commands import RLConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, scorers
@@ -157,6 +157,13 @@ def train(cfg: RLConfig) -> str:
                 raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
                                   f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
         saved["run_id"] = json.loads((checkpoint / STATE_FILE.format(rank=0)).read_text())["run_id"]
+    saved_config = check_resume(cfg, checkpoint is not None, owner, "rl saves one every --checkpoint-every steps, "
+                                "none with --checkpoint-every 0") if cfg.resume else {}
+    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
+    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
+    scorers.check_spec(cfg.proxy, "proxy")
+    scorers.check_spec(cfg.gold, "gold")
+    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
@@ -222,17 +229,16 @@ def train(cfg: RLConfig) -> str:
                                                trainer.accelerator)
     if checkpoint is not None:
         console.note(f"resuming run {saved['run_id']} from {checkpoint}", cfg.quiet or not main)
-    elif cfg.resume:
-        console.note(f"--resume: no complete checkpoint in {output / 'trl'}; starting a new run (replacing any "
-                     f"earlier run's files in {output})", cfg.quiet or not main)
 
     store_context = results.ResultsStore(results.resolve_results_path(cfg.results)) if main else contextlib.nullcontext()
     with store_context as store, (results.run_context(store, "rl", config, cfg.seed, cfg.experiment,
-                                                      run_id=saved.get("run_id"))
+                                                      run_id=saved.get("run_id"), supersedes=replaced)
                                   if main else contextlib.nullcontext()) as run_id, contextlib.ExitStack() as on_exit:
         if main:
             if checkpoint is None:  # a new run in this directory (--overwrite): the old run's files go first
                 files.clear_outputs(output, RUN_FILES)
+            elif saved_config.get("steps", cfg.steps) != cfg.steps:  # resumed to a new length: one run, one setting
+                store.restamp(run_id, config, {"setting": evaluator.setting})
             files.claim_output(output, "rl", run_id)
             files.write_json(output / "resolved_config.json", config)
             callback.tracker = tracking.start(cfg.log_with, output, run_id, config, "rl", cfg.experiment, cfg.quiet)

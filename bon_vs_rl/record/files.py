@@ -142,6 +142,14 @@ def output_owner(output: str | os.PathLike, evidence: tuple[str, ...] = ()) -> s
     return None
 
 
+def owner_run_id(output: str | os.PathLike) -> str | None:
+    """The id of the run that owns `output` (its marker), or None: what an --overwrite run supersedes."""
+    try:
+        return str(json.loads((Path(output) / RUN_MARKER).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def claim_output(output: str | os.PathLike, command: str, run_id: str) -> None:
     write_json(Path(output) / RUN_MARKER, {"command": command, "run_id": run_id})
 

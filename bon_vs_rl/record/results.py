@@ -450,14 +450,15 @@ class ResultsStore:
 
     # -- results -------------------------------------------------------------------------------
 
-    def add_rows(self, run_id: str, rows: list[dict]) -> int:
+    def add_rows(self, run_id: str, rows: list[dict], supersedes: list[str] | tuple[str, ...] = ()) -> int:
         """Write `rows` for `run_id` in ONE transaction: all of them land, or none. Returns how many.
 
         Core keys (COLUMNS) become columns; any other key goes to metrics_json. A row's experiment
         defaults to its run's. sqrt_kl is filled from kl when absent (sqrt of max(kl, 0): a negative KL
         estimate is kept as measured, its sqrt is 0). samples_digest is the sha256 of the samples_path
         file as it is now (the writer has just written it), unless the row gives one. A row with the key
-        of an existing row replaces it.
+        of an existing row replaces it. `supersedes`: runs this one replaces (train-rm --overwrite, whose
+        model goes into place at the end), marked so in the same transaction as the rows.
         """
         found = self.conn.execute("SELECT experiment FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if found is None:
@@ -485,8 +486,16 @@ class ResultsStore:
             columns, prepared = [columns[i] for i in keep], [tuple(row[i] for i in keep) for row in prepared]
         # REPLACE deletes the row with the same key (results_key index) and inserts this one.
         sql = f"INSERT OR REPLACE INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        if prepared:
-            self._write(sql, prepared, many=True)
+        replaced = [(run_id, r) for r in dict.fromkeys(supersedes) if r and r != run_id]
+
+        def operation() -> None:
+            with _transaction(self.conn) as conn:
+                conn.executemany(sql, prepared)
+                if replaced:
+                    conn.executemany("UPDATE runs SET superseded_by=? WHERE run_id=?", replaced)
+
+        if prepared or replaced:
+            _retry(operation)
         return len(prepared)
 
     def close(self) -> None:

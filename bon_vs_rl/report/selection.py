@@ -257,7 +257,7 @@ def group_curves(rows: pd.DataFrame) -> tuple[list[Curve], list[str]]:
     # Seeds pool only runs that differ in their seed alone: two runs of one setting with the same seed are two
     # runs (a rerun, or a proxy retrained under the same name by an older bonrl), drawn apart, never "2 seeds".
     if "seed" in data:
-        for key, group in data[setting.notna()].groupby("curve_key"):
+        for _, group in data[setting.notna()].groupby("curve_key"):
             seeds = group.groupby("run_id", sort=True)["seed"].first()
             repeated = seeds[seeds.duplicated(keep=False)]
             if len(repeated):
