@@ -61,12 +61,14 @@ Results go to `results` if given, else $BONRL_RESULTS, else OUTPUT/results.sqlit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +163,10 @@ def stage_config(cfg: C.ExperimentConfig, kind: str, name: str, entry: dict, whe
     if "overwrite" in fields_of(cls):
         # A stage that runs again (its config changed, or --force) replaces its own earlier run: the
         # experiment owns OUTPUT/<stage>, reruns the stages that read it, and reports only this invocation's runs.
+        # It also decides when a stage resumes (resume_interrupted): an entry's own resume has no say.
         values["overwrite"] = True
+    if "resume" in fields_of(cls):
+        values["resume"] = False
     try:
         return resolve(cls, values)
     except ConfigError as exc:
@@ -238,6 +243,7 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
                 stages.append(Stage(name, kind, stage_config(cfg, kind, name, {**entry, "seed": seed}, f"{kind}[{i}]",
                                                              results), needs))
 
+    check_inputs(stages, {s.cfg.output for s in stages if s.kind == "rm"})
     by_name = {s.name: s for s in stages}
     for s in stages:  # in run order, so every stage's needs are hashed before it
         config = {k: v for k, v in to_dict(s.cfg).items() if k not in UNHASHED}
@@ -257,6 +263,30 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
     except ConfigError as exc:
         raise ConfigError(f"report: {exc}") from None
     return stages, report_cfg
+
+
+def check_inputs(stages: list[Stage], made_here: set[str]) -> None:
+    """What each stage will read, checked before the first stage runs: its scorer specs (an rm: proxy that an RM
+    stage of this experiment will write is checked for its form only) and the shared evaluation set against
+    the prompts' held-out split."""
+    from bon_vs_rl.measurement import prompts, scorers
+
+    checked: set[tuple] = set()
+    for stage in stages:
+        proxies = getattr(stage.cfg, "proxy", [])
+        proxies = proxies if isinstance(proxies, list) else [proxies] if proxies else []
+        count = getattr(stage.cfg, "eval_prompts", 0)
+        try:
+            for role, spec in [("gold", stage.cfg.gold), *(("proxy", p) for p in proxies)]:
+                later = spec.startswith("rm:") and spec[3:].partition("@")[0] in made_here  # an RM stage writes it
+                if (role, spec) not in checked:
+                    scorers.check_spec(spec, role, exists=not later)
+                    checked.add((role, spec))
+            if count and not stage.cfg.prompts.startswith("hf:") and (stage.cfg.prompts, count) not in checked:
+                prompts.load_prompts(stage.cfg.prompts, "eval", count)
+                checked.add((stage.cfg.prompts, count))
+        except ConfigError as exc:
+            raise ConfigError(f"stage {stage.name}: {exc}") from None
 
 
 def use_comparisons(entry: dict, needs: list[str], source, rm_stages: dict[str, Stage],
@@ -291,21 +321,32 @@ def replicate_seeds(value, where: str) -> list[int] | None:
 
 
 def forced(stages: list[Stage], force: list[str]) -> set[str]:
-    """--force names: a stage (rm-0), a kind (rm, ppo, ...), `report` or `all`."""
+    """--force names: a stage (rm-0), a kind (rm, ppo, ...), `report` or `all`; NAME+ adds every stage that
+    reads NAME's output, directly or through another stage (rm-0+: rm-0, its rescoring, the RL runs against it).
+    A forced stage alone does not rerun its readers: its config, hence their hashes, did not change."""
     names = {s.name for s in stages}
     out: set[str] = set()
     for item in force:
-        if item == "all":
-            out |= names
-        elif item in names:
-            out.add(item)
-        elif any(n.startswith(f"{item}-seed") for n in names):  # an entry with seeds: all its replicates
-            out |= {n for n in names if n.startswith(f"{item}-seed")}
-        elif item in STAGES and any(s.kind == item for s in stages):
-            out |= {s.name for s in stages if s.kind == item}
-        elif item != "report":  # the report always runs
-            raise ConfigError(f"force: no stage {item!r} in this experiment; stages are "
-                                f"{', '.join(s.name for s in stages)}, report (or a kind: {', '.join(STAGES)}; or all)")
+        base, downstream = (item[:-1], True) if item.endswith("+") else (item, False)
+        if base == "all":
+            picked = set(names)
+        elif base in names:
+            picked = {base}
+        elif any(n.startswith(f"{base}-seed") for n in names):  # an entry with seeds: all its replicates
+            picked = {n for n in names if n.startswith(f"{base}-seed")}
+        elif base in STAGES and any(s.kind == base for s in stages):
+            picked = {s.name for s in stages if s.kind == base}
+        elif base == "report":  # the report always runs
+            picked = set()
+        else:
+            raise ConfigError(f"force: no stage {base!r} in this experiment; stages are "
+                              f"{', '.join(s.name for s in stages)}, report (or a kind: {', '.join(STAGES)}; or all), "
+                              "each optionally with + for the stages that read it")
+        if downstream:
+            for stage in stages:  # in run order: a stage's needs come before it
+                if picked & set(stage.needs):
+                    picked.add(stage.name)
+        out |= picked
     return out
 
 
@@ -339,18 +380,66 @@ def is_complete(stage: Stage, finished: set[str]) -> dict | None:
     return None
 
 
+# Where each checkpointed kind keeps its complete checkpoints: "module:function" of OUTPUT -> list.
+CHECKPOINTS = {"ppo": "bon_vs_rl.methods.ppo:checkpoint_dirs", "distill": "bon_vs_rl.methods.ppo:checkpoint_dirs",
+               "rl": "bon_vs_rl.methods.trl_rl:complete_checkpoints", "dpo": "bon_vs_rl.methods.dpo:complete_checkpoints"}
+
+
+def has_checkpoint(stage: Stage) -> bool:
+    module, function = CHECKPOINTS[stage.kind].split(":")
+    return bool(getattr(importlib.import_module(module), function)(Path(stage.cfg.output)))
+
+
 def resume_interrupted(stage: Stage, fresh: bool, quiet: bool) -> None:
-    """An interrupted PPO, RL, DPO or distill stage with the same config continues from its last checkpoint (`--resume`,
-    which starts afresh when there is none); a forced, changed or finished one starts afresh."""
+    """An interrupted PPO, RL, DPO or distill stage with the same config and a complete checkpoint continues from
+    it (`--resume`, which refuses when there is nothing to resume); a forced, changed or finished one, or one
+    interrupted before its first checkpoint, starts afresh (`--overwrite`: its earlier run is superseded)."""
     started = Path(stage.cfg.output) / STARTED
     try:
         same = json.loads(started.read_text()).get("hash") == stage.hash
     except (OSError, ValueError):
         same = False
-    if same and not fresh:
-        stage.cfg.resume = True
-        console.note(f"stage {stage.name}: was interrupted; resuming from its last checkpoint if it has one", quiet)
+    if same and not fresh and has_checkpoint(stage):
+        stage.cfg.resume, stage.cfg.overwrite = True, False
+        console.note(f"stage {stage.name}: was interrupted; resuming from its last checkpoint", quiet)
     files.write_json(started, {"stage": stage.name, "hash": stage.hash})
+
+
+LOCK = ".bonrl-experiment.lock"
+
+
+@contextlib.contextmanager
+def hold(root: Path) -> Iterator[None]:
+    """One `bonrl experiment` per output folder at a time: an advisory lock (flock) on OUTPUT/.bonrl-experiment.lock,
+    which holds the holder's pid. The OS drops it when the process ends, however it ends, so a killed run
+    leaves nothing to clean up and the next one resumes. A second process is refused (exit 2) naming the pid."""
+    import fcntl
+
+    path = root / LOCK
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "unknown"
+            raise ConfigError(f"output: {root} is in use by another bonrl experiment (pid {pid}); wait for it to "
+                              f"finish, or stop it (kill -INT {pid}) and run this again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def supersede(old: str, new: str, results: str) -> None:
+    """A stage that ran again replaces its earlier run (a changed config, --force): mark it so in the table."""
+    from bon_vs_rl.record import results as R
+
+    with R.ResultsStore(results) as store:
+        store.supersede([old], new)
 
 
 def stage_named(stages: list[Stage], name: str) -> Stage:
@@ -381,14 +470,24 @@ def run_stage(stage: Stage) -> str:
 
 
 def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
-    """Plan and validate every stage, run those not yet complete, then write the report."""
+    """Plan and validate every stage, take the folder's lock, run the stages not yet complete, then write the
+    report."""
+    from bon_vs_rl.measurement import models
+
     cfg, force = args
     stages, report_cfg = plan(cfg)
     rerun = forced(stages, force)
+    models.resolve_device(cfg.device)  # a device this machine lacks: refused before anything is written
     root = Path(cfg.output)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output: {root} is a file; choose a directory for the experiment")
     root.mkdir(parents=True, exist_ok=True)
+    with hold(root):
+        return run_stages(cfg, stages, report_cfg, rerun)
+
+
+def run_stages(cfg: C.ExperimentConfig, stages: list[Stage], report_cfg: C.ReportConfig, rerun: set[str]) -> Path:
+    root = Path(cfg.output)
     files.write_json(root / "resolved_config.json",
                      {"experiment": to_dict(cfg), "results": results_path(cfg),
                       "stages": {s.name: {"hash": s.hash, "needs": s.needs, "config": to_dict(s.cfg)} for s in stages},
@@ -417,10 +516,13 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
         start = time.perf_counter()
         try:
             run_id = run_stage(stage)
-        except BaseException:
-            console.note(f"stage {stage.name} failed; the stages before it are kept: run the same command "
+        except BaseException as exc:
+            what = "was interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            console.note(f"stage {stage.name} {what}; the stages before it are kept: run the same command "
                          "again to resume from it", quiet=False)
             raise
+        if previous and previous.get("run_id") and str(previous["run_id"]) != run_id:
+            supersede(str(previous["run_id"]), run_id, results_path(cfg))  # this stage's earlier run is replaced
         seconds = time.perf_counter() - start
         files.write_json(stage.marker, {"stage": stage.name, "hash": stage.hash, "run_id": run_id,
                                         "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 import toy_gold
 import toy_rewards
-from test_experiment import RESUMED, _record, fake_stages, invoke, write  # noqa: F401  (fake_stages: a fixture)
+from test_experiment import RESUMED, _record, fake_checkpoint, fake_stages, invoke, write  # noqa: F401  (fake_stages: a fixture)
 from typer.testing import CliRunner
 
 from bon_vs_rl import cli, experiment
@@ -256,6 +256,7 @@ def fake_dpo(cfg):
     if cfg.resume:
         RESUMED.append(Path(cfg.output).name)
     method = "dpo" if isinstance(cfg, C.DPOConfig) else "distill"
+    fake_checkpoint(cfg, method)
     return _record(cfg, method, [{"method": method, "step": s, "kl": s / 2, "proxy": cfg.proxy, "policy": cfg.policy,
                                   "gold": cfg.gold, "proxy_mean": s, "proxy_se": 0.1, "gold_mean": s, "gold_se": 0.1}
                                  for s in range(3)])

@@ -74,9 +74,24 @@ def fake_sample(cfg):
     return _record(cfg, "sample", rows)
 
 
+def fake_checkpoint(cfg, kind: str) -> None:
+    """A complete checkpoint where the real command keeps one, written before the stand-in can fail, as the real
+    command writes one before it can be interrupted: the experiment resumes a stage only when there is one."""
+    from bon_vs_rl.methods import dpo, trl_rl
+
+    output = Path(cfg.output)
+    path = {"ppo": output / "checkpoints" / "step-000001" / "state.json",
+            "distill": output / "checkpoints" / "step-000001" / "state.json",
+            "rl": output / "trl" / "checkpoint-1" / trl_rl.STATE_FILE.format(rank=0),
+            "dpo": output / "trl" / "checkpoint-1" / dpo.CHECKPOINT_MARKER}[kind]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+
+
 def fake_ppo(cfg, method="ppo"):
     if getattr(cfg, "resume", False):
         RESUMED.append(Path(cfg.output).name)
+    fake_checkpoint(cfg, "ppo" if method == "ppo" else "rl")
     rows = [{"method": method, "step": s, "kl": s / 2, "beta": cfg.beta, "proxy": cfg.proxy, "policy": cfg.policy,
              "gold": cfg.gold, "proxy_mean": s / 2, "proxy_se": 0.01, "gold_mean": s / 3, "gold_se": 0.01,
              "trained_tokens": 100 * s} for s in range(cfg.steps + 1)]
@@ -488,5 +503,8 @@ def test_a_stage_that_runs_again_replaces_its_own_earlier_run(tmp_path):
     rl = next(s for s in stages if s.kind == "rl")
     experiment.resume_interrupted(rl, fresh=False, quiet=True)  # first start: nothing to resume yet
     assert rl.cfg.resume is False
-    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # the same config started here before
-    assert rl.cfg.resume is True
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # started here before, but saved no checkpoint:
+    assert (rl.cfg.resume, rl.cfg.overwrite) == (False, True)  # it starts again, replacing its earlier run
+    fake_checkpoint(rl.cfg, "rl")
+    experiment.resume_interrupted(rl, fresh=False, quiet=True)  # started here before, with a checkpoint
+    assert (rl.cfg.resume, rl.cfg.overwrite) == (True, False)

@@ -213,6 +213,10 @@ class ComparisonDataConfig:
             raise ConfigError(f"label_noise: {self.label_noise} must be in [0, 1], e.g. 0.25")
 
 
+# The default number of shared evaluation prompts. Given explicitly, more than the held-out split holds is bad
+# input; as the default it means "up to": all of them when there are fewer (prompts.load_prompts).
+EVAL_PROMPTS = 100
+
 RULES = {"> 0": lambda v: v > 0, "≥ 0": lambda v: v >= 0, "≥ 1": lambda v: v >= 1,
          "in [0, 1]": lambda v: 0 <= v <= 1}
 
@@ -427,7 +431,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 @dataclass
 class RLEvalConfig:
     eval_every: int = option(10, "Evaluate every this many RL steps (and at step 0 and the last step).")
-    eval_prompts: int = option(100, "How many held-out eval prompts each evaluation uses (0 = all).")
+    eval_prompts: int = option(EVAL_PROMPTS, "How many held-out eval prompts each evaluation uses (0 = all; more than "
+                               "the held-out split has is refused, except this default, which then takes them all).")
     eval_samples_per_prompt: int = option(4, "Completions sampled per eval prompt at each evaluation.")
     bootstrap: int = option(2000, "Prompt resamples for each evaluation row's 95% intervals (paired gains, KL).")
 

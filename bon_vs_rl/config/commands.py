@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from bon_vs_rl.config.base import (
+    EVAL_PROMPTS,
     CommonConfig,
     ComparisonDataConfig,
     PrecisionConfig,
@@ -74,7 +75,8 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
     n: str = option("1,2,4,8,16,32,64", "Comma-separated best-of-n sizes to estimate, e.g. 1,2,4,8 (in any order; a "
                     "repeated n counts once).", comma_list=True)
     samples_per_prompt: int = option(0, "Samples drawn per prompt (N); 0 means the largest n.")
-    eval_prompts: int = option(100, "How many held-out eval prompts to use (0 = all of the eval split).")
+    eval_prompts: int = option(EVAL_PROMPTS, "How many held-out eval prompts to use (0 = all of the eval split; more "
+                               "than it has is refused, except this default, which then takes them all).")
     bootstrap: int = option(
         2000, "Prompt resamples for the 95% intervals of every row (paired gains over n=1, KL); at least 100."
     )
@@ -564,8 +566,9 @@ class ExperimentConfig:
     cache_dir: str | None = option(None, "Converted-model cache directory.")
     quiet: bool = option(False, "No progress bars.")
     eval_prompts: int = option(
-        100, "The shared evaluation set: the first this many held-out prompts, for best-of-n and every RL run "
-        "(0 = the whole eval split). Every method is measured and compared on exactly these prompts."
+        EVAL_PROMPTS, "The shared evaluation set: the first this many held-out prompts, for best-of-n and every RL "
+        "run (0 = the whole eval split; more than it has is refused, except this default, which then takes them "
+        "all). Every method is measured and compared on exactly these prompts."
     )
     common: dict = option({}, "Settings given to every stage (e.g. policy, gold, prompts, max_new_tokens).")
     # The lists of mappings default to None (= empty) so the generic type coercion leaves their

@@ -19,6 +19,7 @@ import csv
 import json
 from pathlib import Path
 
+from bon_vs_rl.config.base import EVAL_PROMPTS
 from bon_vs_rl.errors import ConfigError
 
 READABLE = ("", ".txt", ".jsonl", ".csv")  # file types --prompts reads (no suffix: text, one prompt per line)
@@ -95,7 +96,7 @@ def load_prompts(spec: str, split: str, limit: int = 0) -> list[str]:
         raise ValueError(f"split must be train, eval or all, not {split!r}")
     if not prompts:
         raise ConfigError(f"prompts: the {split} split of {spec!r} is empty; give at least {EVAL_EVERY} prompts")
-    if split == "eval" and limit > len(prompts):  # fewer than asked would be measured, silently
+    if split == "eval" and limit > len(prompts) and limit != EVAL_PROMPTS:  # fewer would be measured, silently
         raise ConfigError(f"eval_prompts: {limit} is more than the {len(prompts)} held-out prompts of {spec!r}; "
                           f"pass --eval-prompts {len(prompts)} or fewer (0 = all of them)")
     return prompts[:limit] if limit > 0 else prompts
