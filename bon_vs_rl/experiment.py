@@ -49,12 +49,18 @@ of the configs of the stages it reads, e.g. the RM a PPO run optimizes) and its 
 skips a stage whose marker has the same hash and whose run finished in the results table, so an
 interrupted experiment resumes where it stopped, and editing one stage reruns that stage and those
 that depend on it. The marker is removed before a stage starts and written only after it succeeds. An interrupted
-PPO, RL, DPO or distill stage with an unchanged config continues from its last checkpoint (set
+PPO, RL, DPO or distill stage with an unchanged config and a complete checkpoint continues from it (set
 `checkpoint_every` in its entry to have some); other stages start over, replacing their earlier run
-(`overwrite`: the stage directory belongs to the experiment).
+(`overwrite`: the stage directory belongs to the experiment), which is marked superseded in the table.
 `--force NAME` reruns a stage regardless: a stage name (rm-0, samples, bon-rm-0, ppo-1, ...), a kind (rm,
 bon, ppo, rl: all of them) or `all`; forcing a stage does not force the stages after it (their configs did not
-change). The report is always rewritten (it only reads the table).
+change) unless it is written NAME+ (rm-0+: rm-0 and every stage that reads it, directly or not). The report
+is always rewritten (it only reads the table).
+
+One process per folder: `run` holds an advisory lock on OUTPUT/.bonrl-experiment.lock (flock, with the
+holder's pid in it) for the whole run, so a second `bonrl experiment` on the folder exits 2 naming that pid
+instead of taking the first one's live stages for interrupted ones. The OS drops the lock with the process,
+however it ends, so a killed experiment resumes with no lock to clear.
 
 Results go to `results` if given, else $BONRL_RESULTS, else OUTPUT/results.sqlite.
 """
@@ -477,7 +483,8 @@ def run(args: tuple[C.ExperimentConfig, list[str]]) -> Path:
     cfg, force = args
     stages, report_cfg = plan(cfg)
     rerun = forced(stages, force)
-    models.resolve_device(cfg.device)  # a device this machine lacks: refused before anything is written
+    if cfg.device not in ("auto", "cpu"):  # a device this machine lacks: refused before anything is written
+        models.resolve_device(cfg.device)
     root = Path(cfg.output)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output: {root} is a file; choose a directory for the experiment")

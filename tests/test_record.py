@@ -277,6 +277,47 @@ cli.app(sys.argv[1:], prog_name="bonrl")
 """
 
 
+WORKS_IN_A_STAGE = """
+import sys
+from bon_vs_rl import cli, experiment
+
+def working_stage(cfg):
+    print("running", flush=True)
+    total = 0
+    for i in range(10**8):  # seconds of work, interruptible at any point
+        total += i
+    print("finished", flush=True)
+    raise SystemExit(3)
+
+experiment.STAGES["rm"] = (experiment.STAGES["rm"][0], "__main__:working_stage")
+cli.app(sys.argv[1:], prog_name="bonrl")
+"""
+
+
+def test_sigint_stops_an_experiment_started_with_sigint_ignored_and_it_resumes(fake_stages, tmp_path):  # noqa: F811
+    """A script's `bonrl experiment ... &` starts it with SIGINT ignored; SIGINT stops it all the same, in the
+    middle of a stage's work: exit 130, the one 'interrupted' line, no marker; the next run starts there."""
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(STUDY))
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", WORKS_IN_A_STAGE, "experiment", str(study), "--quiet"],
+                                 cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=stderr,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        assert child.stdout.readline() == b"running\n", (tmp_path / "stderr.txt").read_text()
+        child.send_signal(signal.SIGINT)
+        rest = child.stdout.read()
+        child.wait()
+    assert child.returncode == 130 and rest == b""
+    lines = (tmp_path / "stderr.txt").read_text().strip().splitlines()
+    assert lines[-2:] == ["stage rm-0 was interrupted; the stages before it are kept: run the same command again to "
+                          "resume from it", "bonrl: error: interrupted"]
+    assert not (tmp_path / "out" / "rm-0" / ".bonrl-stage.json").exists()
+    resumed = runner.invoke(cli.app, ["experiment", str(study), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert fake_stages[0] == "rm-0" and (tmp_path / "out" / "rm-0" / ".bonrl-stage.json").is_file()
+
+
+@pytest.mark.slow  # 30-60 s on the shared 2-core machine: a real experiment process, its RM training, and a rerun
 def test_sigint_during_reward_model_training_stops_the_experiment_at_once_and_it_resumes(tmp_path):
     """Started the way a script's `bonrl experiment ... &` starts it (SIGINT ignored on entry), interrupted
     at RM training step 2 of 40: exit 130 with the one 'interrupted' line, no step after the signal, no
@@ -307,3 +348,24 @@ def test_sigint_during_reward_model_training_stops_the_experiment_at_once_and_it
     resumed = runner.invoke(cli.app, ["experiment", str(tmp_path / "study.yaml"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert (rm / "bonrl_rm.json").is_file() and (rm / ".bonrl-stage.json").is_file()
+
+
+def test_the_scaling_view_never_describes_a_proxy_by_a_checkpoint_retrained_after_its_curves(tmp_path):
+    """Best-of-n rows record which proxy model they were measured with (proxy_fingerprint). Retrained into the
+    same directory, rm-0 is another model: the scaling view no longer takes its size and accuracy from it."""
+    from bon_vs_rl.measurement import scorers
+    from bon_vs_rl.report import scaling
+
+    rm = tmp_path / "rm-0"
+    rm.mkdir()
+    metadata = {"members": ["."], "train_pairs": 500, "backbone": "minilm", "config": {"pairs": 500},
+                "parameters": {"total": 1000, "non_embedding": 800}, "evaluation": {"accuracy": 0.6},
+                "run_id": "train-rm-1"}
+    (rm / scorers.RM_METADATA).write_text(json.dumps(metadata))
+    spec = f"rm:{rm}"
+    rows = pd.DataFrame({"method": ["bon"], "proxy": [spec], "proxy_fingerprint": [scorers.spec_fingerprint(spec)]})
+    recorded = scaling.recorded_fingerprints(rows, spec)
+    assert scaling.describe(spec, rows.iloc[0:0], recorded).pairs == 500
+    (rm / scorers.RM_METADATA).write_text(json.dumps({**metadata, "train_pairs": 125, "run_id": "train-rm-2"}))
+    retrained = scaling.describe(spec, rows.iloc[0:0], recorded)
+    assert not retrained.sized and "changed after the curves were measured" in retrained.source

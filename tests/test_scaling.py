@@ -154,11 +154,12 @@ def test_scaling_on_refuses_what_it_cannot_show_before_writing(tmp_path):
         "rescore the same samples with bonrl sample --from-samples, or pass --scaling auto")
     assert not (tmp_path / "one").exists()
     # A proxy whose size nothing records: a python: scorer beside the family.
+    # Its rescoring writes a samples file of its own (the family's rows are bound to theirs, which stays as it is).
     frame, metadata = best_of_n.read_samples(tmp_path / "bon" / "samples.parquet")
     frame["python:mine.py:score"] = frame[singles[0]]
-    best_of_n.write_samples(tmp_path / "bon" / "samples.parquet", frame, metadata)
+    best_of_n.write_samples(tmp_path / "bon-mine" / "samples.parquet", frame, metadata)
     rows = [{**row, "method": "bon", "policy": "tiny", "proxy": "python:mine.py:score", "gold": "vader", "seed": 0,
-             "samples_path": str(tmp_path / "bon" / "samples.parquet"), "samples_per_prompt": N}
+             "samples_path": str(tmp_path / "bon-mine" / "samples.parquet"), "samples_per_prompt": N}
             for row in best_of_n.bon_rows(frame, "python:mine.py:score", "vader", NS, N, 200, 0)]
     add_run(path, "sample", rows, "family", "bon")
     unsized = invoke("--results", str(path), "--output", str(tmp_path / "unsized"), "--scaling", "on")

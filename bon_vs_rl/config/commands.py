@@ -83,7 +83,8 @@ class SampleConfig(PrecisionConfig, SamplingConfig, CommonConfig):
     from_samples: str | None = option(
         None,
         "Rescore a samples.parquet from an earlier bonrl sample instead of generating: its prompts, sampling "
-        "settings and seed are used (--policy must name its policy; every n must be <= its N).",
+        "settings and seed are used (--policy must name its policy; every n must be <= its N; a sampling option "
+        "or --eval-prompts that differs from the file's is refused; --seed is ignored).",
     )
     beta: str = option(
         "",

@@ -213,6 +213,7 @@ class Evaluator:
         self.signal_reference = None  # the step-0 samples, summarized: what the warning signs are measured against
         self.setting = setting_id(cfg)
         self.prompt_set = prompt_set_id(self.prompts)
+        self.proxy_fingerprint = scorers.spec_fingerprint(cfg.proxy)  # which proxy model, for the report to check
 
     def _gather(self, items: list) -> list:
         if self.world == 1:
@@ -336,6 +337,7 @@ class Evaluator:
             "beta": float(beta), "policy": cfg.policy, "proxy": cfg.proxy, "gold": cfg.gold, "seed": cfg.seed,
             "samples_path": str(samples_path), "kl_negative": int(negative),
             "setting": self.setting, "prompt_set": self.prompt_set, "bootstrap": cfg.bootstrap,
+            "proxy_fingerprint": self.proxy_fingerprint,
             "eval_seconds": time.perf_counter() - start, **text, **warning, **(extra or {}),
         }
         if self.store is not None:

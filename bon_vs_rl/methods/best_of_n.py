@@ -162,10 +162,11 @@ def check_samples_file(cfg: SampleConfig, metadata: dict, path: str) -> None:
     if cfg.samples_per_prompt and cfg.samples_per_prompt != N:
         raise ConfigError(f"samples_per_prompt: {cfg.samples_per_prompt} differs from the {N} samples per "
                           f"prompt in {path}; drop --samples-per-prompt when rescoring")
-    # A rescore takes the file's prompts, sampling settings and seed: an option that says otherwise would be
-    # ignored in silence, so it is refused (one left at its default, or equal to the file's, is fine).
+    # A rescore takes the file's prompts and sampling settings: an option that says otherwise would be ignored
+    # in silence, so it is refused (one left at its default, or equal to the file's, is fine). --seed is the
+    # documented exception: the file's seed seeds the intervals, so a rescore reproduces the draw's rows.
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    for name in (*SAMPLING_SETTINGS, "seed", "eval_prompts"):
+    for name in (*SAMPLING_SETTINGS, "eval_prompts"):
         given = getattr(cfg, name)
         if name in metadata and given != defaults[name] and given != metadata[name]:
             flag = "--" + name.replace("_", "-")
@@ -527,10 +528,11 @@ def sample(cfg: SampleConfig) -> str:
         }
         rows = []
         for spec in proxies:
+            which = {"proxy": spec, "proxy_fingerprint": scorers.spec_fingerprint(spec)}  # which proxy model
             for row in bon_rows(frame, spec, cfg.gold, ns, N, cfg.bootstrap, seed, second_proxy(spec, proxies)):
-                rows.append({**provenance, "proxy": spec, **row})
+                rows.append({**provenance, **which, **row})
             for row in optimum_rows(frame, spec, cfg.gold, cfg.betas, N, cfg.bootstrap, seed) if cfg.betas else []:
-                rows.append({**provenance, "method": "tilted", "proxy": spec, **row})
+                rows.append({**provenance, "method": "tilted", **which, **row})
         # -- 5. One transaction: every row lands, or none.
         store.add_rows(run_id, rows)
         log_curve(cfg, run_dir, run_id, config, rows)

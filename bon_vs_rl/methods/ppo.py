@@ -76,9 +76,12 @@ the optimizer, the learning-rate schedule, the KL controller, the proxy's normal
 bias), the running reward statistics, the RNG states, the step, the token counters and the run id.
 `--resume` reloads the last one and re-opens the same run in the results table; rows are keyed by
 (run, method, proxy, n, step), so evaluations after the checkpoint are written again with the same
-values and the table ends exactly as after an uninterrupted run. An --output holds
-one run (its id in OUTPUT/bonrl_run.json): a second run into it is refused (exit 2) unless it resumes
-that run (--resume) or replaces its files (--overwrite), so no results row points at another run's samples.
+values and the table ends exactly as after an uninterrupted run. `--resume` refuses (exit 2, before any
+work) when there is no checkpoint and when an option differs from the run's saved config
+(config.base.check_resume); a larger --steps continues the run to the new length, restamped into its config
+and rows. An --output holds one run (its id in OUTPUT/bonrl_run.json): a second run into it is refused
+(exit 2) unless it resumes that run (--resume) or replaces its files (--overwrite, which marks the replaced
+run superseded in the table), so no results row points at another run's samples.
 
 Failures. A NaN or inf in a reward, a KL or a loss stops the run (exit 1) and writes the offending batch
 (prompts, completions, rewards, KL) to OUTPUT/nonfinite-*.parquet, naming the file. Bad input (negative

@@ -104,8 +104,10 @@ def number(value) -> float:
     return out if math.isfinite(out) else math.nan
 
 
-def describe(spec: str, rm_rows: pd.DataFrame) -> Proxy:
-    """A proxy spec's description: from its checkpoint when it is on disk, else from its train-rm row."""
+def describe(spec: str, rm_rows: pd.DataFrame, recorded: set[str] = frozenset()) -> Proxy:
+    """A proxy spec's description: from its checkpoint when it is on disk and is the model the curves' rows
+    were measured with (`recorded`: their proxy_fingerprint; rows from before it was recorded have none), else
+    from its train-rm row."""
     from bon_vs_rl.measurement import scorers
 
     kind, _, target = spec.partition(":")
@@ -113,6 +115,9 @@ def describe(spec: str, rm_rows: pd.DataFrame) -> Proxy:
         return Proxy(spec, spec, "single", source="not a bonrl reward model: size unknown")
     directory, _, aggregation = target.partition("@")
     name = Path(directory).name + (f"@{aggregation}" if aggregation else "")
+    if recorded and scorers.spec_fingerprint(spec) not in recorded:  # retrained since: another model is there now
+        return Proxy(spec, name, "single", directory=directory,
+                     source="its checkpoint changed after the curves were measured: size unknown")
     try:
         info = scorers.describe_rm(target)
         source = "checkpoint"
@@ -142,6 +147,13 @@ def describe(spec: str, rm_rows: pd.DataFrame) -> Proxy:
                  accuracy=number(info.get("accuracy")), source=source)
 
 
+def recorded_fingerprints(rows: pd.DataFrame, spec: str) -> set[str]:
+    """The proxy fingerprints the rows measured against `spec` recorded (none from an older bonrl)."""
+    if "proxy_fingerprint" not in rows or "proxy" not in rows:
+        return set()
+    return {str(v) for v in rows.loc[rows["proxy"].astype(str) == spec, "proxy_fingerprint"].dropna()}
+
+
 def plan(curves: list, rows: pd.DataFrame, cfg) -> list[Family]:
     """The families of the selection (one per policy and gold with at least two proxies whose curves optimize
     them), with their proxies described. --scaling on: a ConfigError, before any work, where there is no such
@@ -158,7 +170,7 @@ def plan(curves: list, rows: pd.DataFrame, cfg) -> list[Family]:
         proxies = list(dict.fromkeys(proxies))
         if len(proxies) < 2:
             continue
-        described = {spec: describe(spec, rm_rows) for spec in proxies}
+        described = {spec: describe(spec, rm_rows, recorded_fingerprints(rows, spec)) for spec in proxies}
         names = [p.name for p in described.values()]
         if len(set(names)) < len(names):  # two checkpoints of one name in different places: the whole spec
             for p in described.values():
