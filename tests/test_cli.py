@@ -419,7 +419,8 @@ def test_the_n_1_gain_is_exactly_zero():
     from bon_vs_rl.methods import best_of_n
 
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(7), 16), "prompt": "p", "tokens": rng.integers(1, 9, 112),
+    frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(7), 16), "prompt": "p", "completion": "a text",
+                          "tokens": rng.integers(1, 9, 112),
                           "logprob": -rng.uniform(1, 9, 112), "proxy": rng.normal(size=112),
                           "gold": rng.normal(size=112) / 3.0})
     first = best_of_n.bon_rows(frame, "proxy", "gold", [1, 4], 16, 200, 0)[0]
@@ -437,6 +438,6 @@ def test_train_rm_with_an_unknown_gold_is_refused_before_any_model_loads(tmp_pat
         monkeypatch.setattr(models, name, no_models)
     result = runner.invoke(cli.app, ["train-rm", "--gold", "bogus", "--output", str(tmp_path / "rm")])
     assert result.exit_code == 2, result.output
-    assert error_lines(result) == ["bonrl: error: gold: unknown scorer 'bogus'; use vader, hf:ID-OR-PATH, rm:PATH or "
-                                   "python:MODULE:FUNCTION (fix --gold)"]
+    assert error_lines(result) == ["bonrl: error: gold: unknown scorer 'bogus'; use vader, vader-fluent, hf:ID-OR-PATH, "
+                                   "rm:PATH or python:MODULE:FUNCTION (fix --gold)"]
     assert not (tmp_path / "rm").exists() and not (tmp_path / "results.sqlite").exists()

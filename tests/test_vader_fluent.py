@@ -5,7 +5,6 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from bon_vs_rl.measurement import scorers, text_stats
-from bon_vs_rl.methods import reward_model
 
 VADER = SentimentIntensityAnalyzer()
 
@@ -102,5 +101,5 @@ def test_text_statistics_per_token_logprobs_and_empty_completions():
 
 
 def test_vader_fluent_labels_are_cached_under_the_formula_version():
-    assert reward_model.spec_fingerprint("vader-fluent") == f"vader-fluent-v{scorers.VADER_FLUENT_VERSION}"
-    assert reward_model.spec_fingerprint("vader") is None
+    assert scorers.spec_fingerprint("vader-fluent") == f"vader-fluent-v{scorers.VADER_FLUENT_VERSION}"
+    assert scorers.spec_fingerprint("vader") is None
