@@ -7,14 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bon_vs_rl import experiment, overopt_view
-from bon_vs_rl import config as C
+from bon_vs_rl import experiment
+from bon_vs_rl.report import overopt as overopt_view
+from bon_vs_rl.config import commands as C
+from bon_vs_rl.config.base import load_yaml, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_overopt_preset_has_three_proxies_rl_past_30_nats_densely_and_a_kl_frontier():
-    cfg = C.resolve(C.ExperimentConfig, C.load_yaml(REPO / "configs" / "cpu-overopt.yaml"))
+    cfg = resolve(C.ExperimentConfig, load_yaml(REPO / "configs" / "cpu-overopt.yaml"))
     stages, _ = experiment.plan(cfg)
     by_kind = {}
     for s in stages:

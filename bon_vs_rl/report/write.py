@@ -50,8 +50,8 @@ import pandas as pd
 from bon_vs_rl.config.base import to_dict
 from bon_vs_rl.config.commands import ReportConfig
 from bon_vs_rl.record import console, files
-from bon_vs_rl.report import hacking, scaling
-from bon_vs_rl.report.figures import figures
+from bon_vs_rl.report import hacking, overopt, scaling
+from bon_vs_rl.report.figures import colours, figures
 from bon_vs_rl.report.measure import (
     Panel,
     check_table,
@@ -295,6 +295,8 @@ def report(cfg: ReportConfig) -> Path:
                 blocks += [("p", f"**{a} vs {b}** — proxy {first['proxy']}, policy {first['policy']}, gold "
                                  f"{first['gold']}, {int(first['prompts'])} prompts"),
                            ("table", pair_table(frame), f"comparison-{i}")]
+        overopt_blocks, overopt_tables = overopt.blocks(panels, tmp, colours(curves))
+        blocks += overopt_blocks
         blocks.append(("h2", "Functional-form fits (Gao et al. 2022, eq. 1-2)"))
         blocks.append(("p", "BoN: R(d) = d(α − β d); RL: R(d) = d(α − β log d); d = sqrt(KL), R = gold "
                        + scale_words + ". Peak: BoN d* = α/2β, RL d* = exp(α/β − 1). Intervals from refitting "
@@ -328,6 +330,8 @@ def report(cfg: ReportConfig) -> Path:
             for name, table in scaling.tables(families).items():
                 table.to_csv(tmp / name, index=False)
         hacking.write_tables(warning, tmp)
+        for name, table in overopt_tables.items():
+            table.to_csv(tmp / name, index=False)
         files.write_json(tmp / "resolved_config.json", to_dict(cfg))
         files.write_text(tmp / "report.md", render_markdown(blocks))
         files.write_text(tmp / "report.html", render_html(blocks, tmp))

@@ -34,7 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bon_vs_rl import text_stats
+from bon_vs_rl.analysis import statistics
+from bon_vs_rl.measurement import bon_estimator, text_stats
+from bon_vs_rl.measurement.evaluate import per_prompt_means
+from bon_vs_rl.methods import best_of_n, tilted
+from bon_vs_rl.report.words import fmt, span
 
 KL_30 = 30.0
 LOG_N_30 = 31.0  # n = e^31: KL = log n − (n − 1)/n = 31 − (1 − e^−31) ≈ 30 nats
@@ -79,7 +83,7 @@ def peaks_table(panels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def peak_sentence(r: pd.Series, span, fmt) -> str:
+def peak_sentence(r: pd.Series) -> str:
     best = f"{r['curve']} on {r['proxy']}: largest gold gain {span(r['best_gold_gain'], r['best_lo'], r['best_hi'])} " \
            f"at KL {fmt(r['best_kl'])}"
     if not math.isfinite(r["fall"]) or r["best_kl"] == r["last_kl"]:
@@ -119,7 +123,7 @@ def gaussian_gold(joint: dict, log_n: float, kl: float) -> tuple[float, float]:
     """(best-of-e^log_n's gold gain, the optimum's at `kl`) for a Gaussian proxy with the joint's ρ, σ_gold:
     E[V | pick] − E[V] = ρ σ_V E[max of n N(0,1)] (regression of gold on proxy), and tilting N(0, σ_U²) by
     exp(u/β) moves U by σ_U sqrt(2 KL), so gold by ρ σ_V sqrt(2 KL)."""
-    from bon_vs_rl.lab import expected_max_normal
+    from bon_vs_rl.methods.lab import expected_max_normal
 
     top = expected_max_normal(int(round(math.exp(log_n))))
     scale = joint["rho"] * joint["sigma_gold"]
@@ -128,8 +132,6 @@ def gaussian_gold(joint: dict, log_n: float, kl: float) -> tuple[float, float]:
 
 def thirty_nats(panels, level: float = 0.95) -> pd.DataFrame:
     """One row per panel with a best-of-n curve or an RL curve: the "30 nats" comparison (module docstring)."""
-    from bon_vs_rl import best_of_n, statistics
-
     a = (1 - level) / 2
     rows = []
     for panel in panels:
@@ -171,7 +173,7 @@ def thirty_nats(panels, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def thirty_nats_lines(frame: pd.DataFrame, span, fmt) -> list[str]:
+def thirty_nats_lines(frame: pd.DataFrame) -> list[str]:
     lines = []
     for _, r in frame.iterrows():
         parts = [f"proxy {r['proxy']}, KL {fmt(r['kl'])} nats"]
@@ -197,9 +199,6 @@ def thirty_nats_lines(frame: pd.DataFrame, span, fmt) -> list[str]:
 def curve_text(c) -> dict[str, np.ndarray] | None:
     """{statistic: [P, K]} for one curve's first run, with its prompt ids [P] under "prompt_id"; None without
     records."""
-    from bon_vs_rl import best_of_n
-    from bon_vs_rl.evaluate import per_prompt_means
-
     run = c.runs[0]
     paths = run["samples_path"] if "samples_path" in run else None
     if paths is None or paths.isna().any() or not all(Path(str(p)).is_file() for p in paths):
@@ -210,10 +209,10 @@ def curve_text(c) -> dict[str, np.ndarray] | None:
         proxy = best_of_n.as_matrix(frame, c.panel[1], N)
         if c.method == "bon":
             ns = [int(n) for n in run["n"]]
-            expect = lambda values: best_of_n.bon.best_of_n_per_prompt(proxy, values, ns)  # noqa: E731
+            expect = lambda values: bon_estimator.best_of_n_per_prompt(proxy, values, ns)  # noqa: E731
         else:
             betas = [float(b) for b in run["beta"]]
-            expect = lambda values: best_of_n.tilted.tilted_per_prompt(proxy, values, betas)  # noqa: E731
+            expect = lambda values: tilted.tilted_per_prompt(proxy, values, betas)  # noqa: E731
         per = best_of_n.text_per_prompt(frame, proxy, N, expect)
         out = {name[len(text_stats.PREFIX):]: v for name, v in per.items()}
         out["prompt_id"] = np.sort(frame["prompt_id"].unique())
@@ -312,8 +311,6 @@ def samples_table(panels, prompts: int = 3) -> pd.DataFrame:
     """Per panel and RL curve: for `prompts` of the shared prompts, best-of-n's pick at the n whose KL is
     closest to RL's at its evaluation nearest best-of-n's largest KL, RL's sample there, RL's at its gold
     peak and at its last evaluation."""
-    from bon_vs_rl import best_of_n
-
     rows = []
     for panel in panels:
         bon = next((c for c in panel.curves if c.is_bon and c.in_analysis), None)
@@ -362,7 +359,7 @@ def samples_table(panels, prompts: int = 3) -> pd.DataFrame:
 # The report's blocks.
 
 
-def blocks(panels, out: Path, colour: dict[str, str], span, fmt) -> tuple[list[tuple], dict[str, pd.DataFrame]]:
+def blocks(panels, out: Path, colour: dict[str, str]) -> tuple[list[tuple], dict[str, pd.DataFrame]]:
     """The report's section ('h2', 'p', 'list', 'table', 'figure' blocks) and its CSV tables by file name."""
     peaks, thirty = peaks_table(panels), thirty_nats(panels)
     text, samples = text_table(panels), samples_table(panels)
@@ -373,7 +370,7 @@ def blocks(panels, out: Path, colour: dict[str, str], span, fmt) -> tuple[list[t
         section += [("p", "Each curve's largest measured gold gain and the fall from its best earlier point to its "
                      "last (the fall's interval is simultaneous over the earlier points; resolved when it excludes "
                      "0). Power: a normal approximation from the interval's lower half-width. Table: peaks.csv."),
-                    ("list", [peak_sentence(r, span, fmt) for _, r in peaks.iterrows()])]
+                    ("list", [peak_sentence(r) for _, r in peaks.iterrows()])]
     if len(thirty):
         section += [("p", "**30 nats** of RL against best-of-e^31 (KL = 31 − (1 − e^−31) ≈ 30 nats): RL's measured "
                      "gold gain at KL 30 (interpolated in sqrt(KL)); best-of-n's fitted form R(d) = d(α − β d) at "
@@ -381,7 +378,7 @@ def blocks(panels, out: Path, colour: dict[str, str], span, fmt) -> tuple[list[t
                      "the reference samples' within-prompt correlation ρ and gold std σ_gold (best-of-n: ρ σ_gold "
                      "E[max of n N(0,1)]; the optimum: ρ σ_gold sqrt(2 KL)) — what gold would do if the proxy's "
                      "error were Gaussian noise. Table: thirty_nats.csv."),
-                    ("list", thirty_nats_lines(thirty, span, fmt))]
+                    ("list", thirty_nats_lines(thirty))]
     if len(text):
         figure = text_figure(text, out, colour)
         section += [("p", "What the text looks like at every point (means over the shared prompts). Table: text.csv.")]
