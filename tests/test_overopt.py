@@ -73,3 +73,54 @@ def test_gaussian_best_of_n_gold_matches_simulation():
     bon_gold, optimum_gold = overopt_view.gaussian_gold({"rho": rho, "sigma_gold": sigma}, math.log(16), 2.0)
     assert bon_gold == pytest.approx(simulated, abs=3e-3)
     assert optimum_gold == pytest.approx(rho * sigma * 2.0)  # sqrt(2 · 2 nats)
+
+
+def tiny_overopt(tmp_path: Path) -> Path:
+    """configs/cpu-overopt.yaml with the smoke preset's tiny models and budgets, its shape kept: three nested
+    proxies, one best-of-n draw rescored by each with the optimum, PPO at β 0 against each, PPO at two β > 0."""
+    import yaml
+
+    study = yaml.safe_load((REPO / "configs" / "cpu-overopt.yaml").read_text())
+    smoke = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    study.update(output=str(tmp_path / "overopt"), eval_prompts=6)
+    study["common"].update(policy="tiny", max_prompt_tokens=24, max_new_tokens=10, precision="fp32")
+    tiny_rm = {k: v for k, v in smoke["train_rm"][0].items() if k not in ("pairs", "data_pairs")}
+    study["train_rm"] = [{**tiny_rm, "pairs": p, "data_pairs": 48} for p in (16, 32, 48)]
+    study["sample"]["n"] = "1,2,4,8"
+    for entry in study["ppo"]:
+        entry.update(steps=4, eval_every=2, rollout_batch_size=4, minibatch_size=2, ppo_epochs=1, train_top_layers=0)
+    (tmp_path / "overopt.yaml").write_text(yaml.safe_dump(study))
+    return tmp_path / "overopt.yaml"
+
+
+@pytest.mark.slow  # five tiny PPO runs, three proxies and a report: ~1 min on an idle 2-core machine
+def test_overopt_preset_on_tiny_models_reports_peaks_30_nats_text_and_samples(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bon_vs_rl import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["experiment", str(tiny_overopt(tmp_path)), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "overopt" / "report"
+    peaks = pd.read_csv(report / "peaks.csv")
+    # every curve of every proxy: best-of-n, the optimum and the β = 0 run on rm-0, rm-1, rm-2; both β > 0 on rm-1
+    assert len(set(peaks["proxy"])) == 3 and len(peaks) == 3 * 3 + 2
+    thirty = pd.read_csv(report / "thirty_nats.csv")
+    assert set(thirty["proxy"]) == set(peaks["proxy"])
+    assert np.isfinite(thirty["gaussian_bon_gold"]).all() and np.allclose(thirty["kl"], 30.0)
+    text = pd.read_csv(report / "text.csv")
+    assert {"tokens", "distinct_1", "distinct_2", "nonword_share", "ref_logprob_per_token"} <= set(text.columns)
+    rl = text[text["curve"].str.startswith("ppo")]
+    assert np.isfinite(rl["logprob_per_token"]).all() and np.isfinite(rl["ref_logprob_per_token"]).all()
+    # step 0 of an RL run is the reference itself: its log-probs per token are the reference's
+    first = rl[rl["step"] == 0]
+    assert np.allclose(first["logprob_per_token"], first["ref_logprob_per_token"], atol=1e-4)
+    samples = pd.read_csv(report / "samples.csv")
+    assert {"best-of-n"} <= set(samples["method"]) and samples["completion"].notna().all()
+    assert "30 nats" in (report / "report.md").read_text(encoding="utf-8")
+    # the rows carry the text statistics too (for gold-free signals computed from the table alone)
+    from bon_vs_rl.record import results as R
+
+    rows = R.load(tmp_path / "overopt" / "results.sqlite")
+    assert rows.loc[rows["method"].isin(["bon", "tilted", "ppo"]), "text_distinct_2"].notna().all()

@@ -83,8 +83,16 @@ def peaks_table(panels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def short(proxy: str) -> str:
+    """rm:runs/x/rm-1 -> rm-1: the proxy's directory, enough to tell a preset's proxies apart in a sentence."""
+    kind, _, target = str(proxy).partition(":")
+    return Path(target).name or proxy if kind == "rm" else str(proxy)
+
+
 def peak_sentence(r: pd.Series) -> str:
-    best = f"{r['curve']} on {r['proxy']}: largest gold gain {span(r['best_gold_gain'], r['best_lo'], r['best_hi'])} " \
+    if not math.isfinite(r["best_gold_gain"]):
+        return f"{r['curve']} on {short(r['proxy'])}: no trusted point (too few effective samples)."
+    best = f"{r['curve']} on {short(r['proxy'])}: largest gold gain {span(r['best_gold_gain'], r['best_lo'], r['best_hi'])} " \
            f"at KL {fmt(r['best_kl'])}"
     if not math.isfinite(r["fall"]) or r["best_kl"] == r["last_kl"]:
         return best + ", at its last point: gold has not turned."
@@ -157,9 +165,9 @@ def thirty_nats(panels, level: float = 0.95) -> pd.DataFrame:
                      for w in result.prompt_w[:200]]
             for k, name in enumerate(("gaussian_bon", "gaussian_optimum")):
                 row[f"{name}_lo"], row[f"{name}_hi"] = np.quantile([x[k] for x in draws], [a, 1 - a]).tolist()
-        for c in panel.curves:
-            if c.is_bon or c.method == "tilted" or not c.in_analysis:
-                continue
+        rls = [c for c in panel.curves if not c.is_bon and c.method != "tilted" and c.in_analysis]
+        # the RL curve that travels furthest (PPO at β = 0): the one the "30 nats" question is about
+        for c in sorted(rls, key=lambda c: -float(np.nanmax(c.points["kl"])))[:1]:
             reps = result.replicates[c.label]
             est = result.points[c.label]
             at = statistics.along_axes(est["kl"], est["gold_gain"], KL_30, "kl", "gold_gain")
@@ -176,7 +184,7 @@ def thirty_nats(panels, level: float = 0.95) -> pd.DataFrame:
 def thirty_nats_lines(frame: pd.DataFrame) -> list[str]:
     lines = []
     for _, r in frame.iterrows():
-        parts = [f"proxy {r['proxy']}, KL {fmt(r['kl'])} nats"]
+        parts = [f"proxy {short(r['proxy'])}, KL {fmt(r['kl'])} nats"]
         if isinstance(r.get("rl_curve"), str):
             if math.isfinite(r["rl_gold"]):
                 parts.append(f"{r['rl_curve']} measured {span(r['rl_gold'], r['rl_gold_lo'], r['rl_gold_hi'])}")
