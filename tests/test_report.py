@@ -197,10 +197,10 @@ def test_report_holds_every_selected_row_and_embeds_its_figures(table, tmp_path)
     path, runs = table
     out = report(path, "--experiment", "synth")
     assert {"report.md", "report.html", "points.csv", "fits.csv", "comparison.csv", "reward_vs_kl.png",
-            "proxy_vs_gold.png", "kl_vs_proxy.png", "length_vs_kl.png", "signals.png",
+            "proxy_vs_gold.png", "kl_vs_proxy.png", "length_vs_kl.png", "signals.png", "text_vs_kl.png",
             "signals.csv"} <= {p.name for p in out.iterdir()}
     html = page(out)
-    assert len(html.images) == 5  # the four figures and the warning signs along each curve
+    assert len(html.images) == 6  # the four figures, the warning signs along each curve, the text statistics
     for src in html.images:  # self-contained: every figure an embedded PNG
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
