@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from bon_vs_rl import experiment
-from bon_vs_rl.report import overopt as overopt_view
 from bon_vs_rl.config import commands as C
 from bon_vs_rl.config.base import load_yaml, resolve
+from bon_vs_rl.report import overopt as overopt_view
 
 REPO = Path(__file__).resolve().parent.parent
 
