@@ -122,5 +122,5 @@ def test_overopt_preset_on_tiny_models_reports_peaks_30_nats_text_and_samples(tm
     # the rows carry the text statistics too (for gold-free signals computed from the table alone)
     from bon_vs_rl.record import results as R
 
-    rows = R.load(tmp_path / "overopt" / "results.sqlite")
+    rows = R.load(tmp_path / "results.sqlite")  # conftest points BONRL_RESULTS here
     assert rows.loc[rows["method"].isin(["bon", "tilted", "ppo"]), "text_distinct_2"].notna().all()
