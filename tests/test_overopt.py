@@ -124,3 +124,8 @@ def test_overopt_preset_on_tiny_models_reports_peaks_30_nats_text_and_samples(tm
 
     rows = R.load(tmp_path / "results.sqlite")  # conftest points BONRL_RESULTS here
     assert rows.loc[rows["method"].isin(["bon", "tilted", "ppo"]), "text_distinct_2"].notna().all()
+
+
+def test_power_reads_as_a_whole_percent_and_saturates_at_99():
+    assert overopt_view.percent(0.662) == "66%"
+    assert overopt_view.percent(0.9999) == "> 99%" and overopt_view.percent(0.001) == "< 1%"

@@ -89,6 +89,11 @@ def short(proxy: str) -> str:
     return Path(target).name or proxy if kind == "rm" else str(proxy)
 
 
+def percent(share: float) -> str:
+    """0.662 -> '66%'; the ends read '> 99%' and '< 1%' (a normal approximation claims no more)."""
+    return "> 99%" if share > 0.99 else "< 1%" if share < 0.01 else f"{100 * share:.0f}%"
+
+
 def peak_sentence(r: pd.Series) -> str:
     if not math.isfinite(r["best_gold_gain"]):
         return f"{r['curve']} on {short(r['proxy'])}: no trusted point (too few effective samples)."
@@ -99,10 +104,10 @@ def peak_sentence(r: pd.Series) -> str:
     fall = f"falls by {span(r['fall'], r['fall_lo'], r['fall_hi'])} to KL {fmt(r['last_kl'])}"
     if r["resolved"]:
         return f"{best}; gold then {fall} — **a resolved rise and fall** (the fall's simultaneous 95% interval " \
-               f"excludes 0; power ≈ {fmt(100 * r['power'], 2)}% for a fall this size on {int(r['prompts'])} prompts)."
+               f"excludes 0; power {percent(r['power'])} for a fall this size on {int(r['prompts'])} prompts)."
     need = r["prompts_for_80pct"]
     hint = f"; ~{int(math.ceil(need))} prompts would give 80% power" if math.isfinite(need) else ""
-    power = f"power ≈ {fmt(100 * r['power'], 2)}% for a fall this size" if math.isfinite(r["power"]) else "no power"
+    power = f"power {percent(r['power'])} for a fall this size" if math.isfinite(r["power"]) else "no power"
     return f"{best}; gold then {fall} — not resolved ({power} on {int(r['prompts'])} prompts{hint})."
 
 
