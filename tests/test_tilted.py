@@ -89,6 +89,29 @@ def test_small_beta_against_large_scores_neither_overflows_nor_loses_the_top_sam
     assert out["gold"][:, 0] == pytest.approx([5.0, 3.0], abs=1e-12)
 
 
+def test_each_prompt_is_shifted_by_its_own_maximum_so_prompts_on_other_scales_stay_finite():
+    """Regression (issue 25, item 1): one exponent shift shared by all prompts underflows every weight of a
+    prompt whose proxy sits far below another's — [[1000, 999, 10], [0, 1, 2]] at β = 0.01 gave prompt 2
+    proxy NaN, KL inf, ESS 0. The weights are invariant to a constant per prompt, so adding one changes
+    nothing, and a prompt alone gives what it gives in a batch."""
+    proxy = np.array([[1000.0, 999.0, 10.0], [0.0, 1.0, 2.0]])
+    gold = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    betas = [0.01, 1.0, 30.0]
+    batch = tilted.tilted_per_prompt(proxy, {"gold": gold}, betas)
+    for name in ("kl", "ess", "gold"):
+        assert np.all(np.isfinite(batch[name])), name
+    # β = 0.01: all weight on each prompt's top sample (1000 and 2): gold 1 and 6, KL log 3, ESS 1.
+    assert batch["gold"][:, 0] == pytest.approx([1.0, 6.0], abs=1e-12)
+    assert batch["kl"][:, 0] == pytest.approx([math.log(3)] * 2, abs=1e-12)
+    for p in range(2):
+        alone = tilted.tilted_per_prompt(proxy[p:p + 1], {"gold": gold[p:p + 1]}, betas)
+        for name in ("kl", "ess", "gold"):
+            np.testing.assert_allclose(batch[name][p], alone[name][0], rtol=1e-12, atol=1e-12, err_msg=name)
+    shifted = tilted.tilted_per_prompt(proxy + np.array([[-3000.0], [5000.0]]), {"gold": gold}, betas)
+    for name in ("kl", "ess", "gold"):
+        np.testing.assert_allclose(shifted[name], batch[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_ess_is_n_for_equal_scores_or_a_huge_beta_and_lies_in_1_to_n():
     rng = np.random.default_rng(4)
     equal = np.full((2, 8), 0.3)
