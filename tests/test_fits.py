@@ -126,6 +126,23 @@ def test_no_peak_when_beta_not_positive(form, points, params):
     assert "no peak" in fit.summary()
 
 
+def test_a_bon_curve_that_falls_from_the_start_peaks_at_the_initial_policy():
+    """Regression (issue 25, item 2): with α < 0 < β the vertex α/2β of R = d(α − β d) lies at d < 0, outside
+    d = sqrt(KL) ≥ 0; fits.py reported "peak at d = −1 (KL 1), R = 0.05", inside the range. On d ≥ 0 the
+    maximum is d = 0: KL 0, gold 0. n = 1..256 of best-of-n, gain = d(−0.1 − 0.05 d)."""
+    n = np.arange(1, 257)
+    kl = np.log(n) - (n - 1) / n
+    d = np.sqrt(kl)
+    fit = fit_gold_vs_kl(kl, d * (-0.1 - 0.05 * d), "bon")
+    assert fit.alpha == pytest.approx(-0.1, abs=1e-9) and fit.beta == pytest.approx(-0.05 * -1, abs=1e-9)
+    assert (fit.peak_d, fit.peak_kl, fit.peak_reward) == (0.0, 0.0, 0.0)
+    assert fit.predict(np.array([fit.peak_d])) == pytest.approx([0.0]) and np.all(fit.predict(d[1:]) < 0)
+    assert "d=-1" not in fit.summary() and "falls from the initial policy" in fit.summary()
+    # A vertex at d > 0 is untouched: α = 0.1 gives d* = 1, R* = 0.05.
+    rising = fit_gold_vs_kl(kl, d * (0.1 - 0.05 * d), "bon")
+    assert (rising.peak_d, rising.peak_reward) == (pytest.approx(1.0), pytest.approx(0.05))
+
+
 # --------------------------------------------------------------------------------------------------
 # Standard errors
 # --------------------------------------------------------------------------------------------------

@@ -783,6 +783,42 @@ def test_measured_peak_by_hand():
     assert findings.fitted_peak_status({"peak_kl_lo": 1.0, "peak_kl_hi": 9.0}, 5.0) == "extrapolated"
 
 
+def test_a_bon_fit_falling_from_the_start_peaks_at_kl_zero_in_every_replicate():
+    """Regression (issue 25, item 2): `_peaks` put a best-of-n curve with α < 0 < β at its vertex d = α/2β < 0,
+    "peak KL" d² > 0 and gold α²/4β > 0, and the scaling view called it "inside". On d ≥ 0 its maximum is the
+    initial policy: KL 0, gold 0."""
+    d = np.sqrt(SCALING_KL)
+    falling, rising = d * (-0.1 - 0.05 * d), d * (0.1 - 0.05 * d)
+    one = st.fit_replicates(SCALING_KL, falling, "bon")
+    assert float(one["alpha"]) == pytest.approx(-0.1) and float(one["beta"]) == pytest.approx(0.05)
+    assert (float(one["peak_kl"]), float(one["peak_gold"])) == (0.0, 0.0)
+    both = st.fit_replicates(np.stack([SCALING_KL] * 2), np.stack([falling, rising]), "bon")
+    np.testing.assert_allclose(both["peak_kl"], [0.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(both["peak_gold"], [0.0, 0.05], atol=1e-12)
+    assert findings.fitted_peak_status({"peak_kl": 0.0, "peak_kl_lo": 0.0, "peak_kl_hi": 0.0}, 4.5) == "at the start"
+
+
+def test_an_open_fitted_peak_says_why_it_is_open():
+    """"Open" (no finite upper bound) has three causes, which the report names: refits that failed (NaN), no
+    peak (β ≤ 0: gold still rising), and a peak so far out that exp(α/β − 1) overflows (RL)."""
+    d = np.sqrt(SCALING_KL)
+    fine = d * (1.0 - 0.3 * d)
+    gains = np.stack([fine, d * (0.5 + 0.1 * d), np.full_like(d, np.nan), fine])  # ok, rising, failed, ok
+    reps = st.fit_replicates(np.stack([SCALING_KL] * 4), gains, "bon")
+    assert np.isinf(reps["peak_kl"][1]) and np.isnan(reps["peak_kl"][2])
+    shares = findings.peak_shares(reps)
+    assert shares == {"failed": 0.25, "no_peak": 0.25, "overflow": 0.0}
+    rl = st.fit_replicates(np.array([1.0, 4.0, 9.0]), np.array([1.0, 2.0, 3.0]) * (800.0 - 1.0 * np.log([1.0, 2.0, 3.0])),
+                           "rl")  # α/β = 800: exp(799) overflows
+    assert float(rl["beta"]) > 0 and np.isinf(rl["peak_kl"])
+    assert findings.peak_shares({k: np.atleast_1d(v) for k, v in rl.items()})["overflow"] == 1.0
+    fit = {"peak_kl_lo": 1.0, "peak_kl_hi": math.inf, **shares}
+    assert findings.fitted_peak_status(fit, 5.0) == "open"
+    assert findings.open_reason(fit) == "the refit failed in 25% of resamples; no peak (β ≤ 0, gold still rising) in 25%"
+    assert findings.open_reason({"failed": 0.0, "no_peak": 0.0, "overflow": 0.1}) == \
+        "a peak too far out to compute (exp(α/β − 1) overflows) in 10% of resamples"
+
+
 def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members():
     rng = np.random.default_rng(8)
     baseline, curves = proxy_family([0.5, 0.4, 0.6, 0.55], 60, rng)

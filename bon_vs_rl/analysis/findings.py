@@ -3,6 +3,7 @@ and the comparisons across proxies and between points.
 
     analyse                             every curve of a panel: points, fits, matched comparisons (`Analysis`)
     measured_peak, fitted_peak_status   the largest measured gold gain and the fall after it; a fit's peak
+    peak_shares, open_reason            why a fitted peak's interval is open (failed / no peak / overflow)
     trend                               a coefficient against log data size across proxies, two intervals
     compare_proxies                     one proxy's curve against another's (or its members' average), paired
     compare_points                      one curve's point against another's (distilled policy vs BoN at n)
@@ -51,7 +52,8 @@ class Analysis:
     points:      label -> {quantity: [K], quantity_lo, quantity_hi} for QUANTITIES
     fits:        label -> {alpha, beta, peak_kl, peak_gold (point estimates, from the unweighted fit of
                  gold_gain against KL), each with _lo/_hi, no_peak (share of replicates with β ≤ 0),
-                 failed (share of replicates where the fit was not possible)}
+                 failed (share of replicates where the fit was not possible), overflow (share whose RL
+                 peak is too far out for a float): `peak_shares`}
     comparisons: one row per pair and quantity (COMPARISONS): curve_a, curve_b (labels), quantity,
                  target, a/a_lo/a_hi, b/b_lo/b_hi, diff/diff_lo/diff_hi (a - b), verdict (of a against
                  b), prompts_needed, better ("higher" or "lower": which way of the quantity is ahead)
@@ -148,8 +150,7 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
         fit_reps = fit_replicates(trusted_reps["kl"], trusted_reps["gold_gain"], c.form)
         for k, r in fit_reps.items():
             fit[f"{k}_lo"], fit[f"{k}_hi"] = (float(v) for v in interval(r, level))
-        fit["no_peak"] = float(np.mean(fit_reps["beta"] <= 0))
-        fit["failed"] = float(np.mean(np.isnan(fit_reps["alpha"])))
+        fit.update(peak_shares(fit_reps))  # no_peak, failed, overflow: why a peak interval may be open
         result.fits[c.label] = {"form": c.form, **fit}
         result.fit_replicates[c.label] = fit_reps
         result.peaks[c.label] = measured_peak(trusted_est, trusted_reps, level)
@@ -249,12 +250,36 @@ def measured_peak(est: dict[str, np.ndarray], reps: dict[str, np.ndarray], level
 
 def fitted_peak_status(fit: dict, kl_max: float) -> str:
     """Where a fitted peak (Gao et al.'s form, `analyse`'s fits) stands against the measured range [0, kl_max]:
+    "at the start" — its interval is [0, 0]: every resample's gold falls from the initial policy on (α ≤ 0 < β);
     "inside" — its 95% interval is bounded and lies within the measured KL; "extrapolated" — bounded, but
-    (partly) beyond it; "open" — the interval is open above (β ≤ 0, no peak, in more than 2.5% of resamples)."""
+    (partly) beyond it; "open" — the interval has no finite upper end (`open_reason` says why)."""
     lo, hi = fit.get("peak_kl_lo", math.nan), fit.get("peak_kl_hi", math.nan)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "open"
+    if hi == 0:
+        return "at the start"
     return "inside" if hi <= kl_max else "extrapolated"
+
+
+def peak_shares(fit_reps: dict) -> dict[str, float]:
+    """Why refitted peaks are not finite numbers, as shares of the replicates of `fit_replicates`: failed (the
+    fit was not possible: NaN), no_peak (β ≤ 0: gold still rising), overflow (β > 0, but the RL peak
+    exp(α/β − 1) is too far out for a float: inf)."""
+    beta, peak_kl = np.asarray(fit_reps["beta"], dtype=np.float64), np.asarray(fit_reps["peak_kl"], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return {"failed": float(np.mean(np.isnan(beta))), "no_peak": float(np.mean(beta <= 0)),
+                "overflow": float(np.mean((beta > 0) & np.isinf(peak_kl)))}
+
+
+def open_reason(fit: dict) -> str:
+    """Words for why a fitted peak's interval is open above, from `peak_shares`' keys in `fit` (largest first)."""
+    words = {"failed": "the refit failed", "no_peak": "no peak (β ≤ 0, gold still rising)",
+             "overflow": "a peak too far out to compute (exp(α/β − 1) overflows)"}
+    parts = sorted(((fit.get(k, 0.0), k) for k in words if fit.get(k, 0.0) > 0), key=lambda x: -x[0])
+    if not parts:
+        return "the resamples' peaks are unbounded"
+    text = [f"{words[k]} in {share:.0%}" + (" of resamples" if i == 0 else "") for i, (share, k) in enumerate(parts)]
+    return "; ".join(text)
 
 
 # --------------------------------------------------------------------------------------------------

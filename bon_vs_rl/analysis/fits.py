@@ -16,10 +16,12 @@ prompts are not, and `statistics.fit_replicates` (refits on resampled prompts) g
 
 The fitted maximum (the point where optimizing the proxy harder starts to cost gold reward):
 
-    best-of-n:  d* = α / (2β),          R* = α² / (4β)                          (β > 0)
+    best-of-n:  d* = α / (2β),          R* = α² / (4β)                          (β > 0, α > 0)
     RL:         d* = exp(α/β - 1),      R* = β d*                               (β > 0)
 
-With β ≤ 0 there is no maximum: the gold reward is still rising. A peak outside [d_min, d_max] is an
+With β ≤ 0 there is no maximum: the gold reward is still rising. A best-of-n fit with α ≤ 0 < β has its
+vertex at d ≤ 0, outside d = sqrt(KL) ≥ 0: there gold falls from the start and the maximum on d ≥ 0 is the
+initial policy, d* = 0, R* = 0. A peak outside [d_min, d_max] is an
 extrapolation, and the RL peak in particular (exponential in α/β) is often far outside the data.
 
 `fit_and_predict` refits on the points with KL ≤ kl_max and scores the held-out larger-KL points:
@@ -82,6 +84,8 @@ def _peak(form: str, alpha: float, beta: float) -> tuple[float | None, float | N
     if not beta > 0:
         return None, None
     if form == "bon":
+        if alpha <= 0:  # the vertex α/2β is at d ≤ 0; on d = sqrt(KL) ≥ 0 gold only falls: the maximum is d = 0
+            return 0.0, 0.0
         # dR/dd = α - 2βd = 0
         return alpha / (2 * beta), alpha * alpha / (4 * beta)
     # dR/dd = α - β(log d + 1) = 0, and R(d*) = d*(α - β(α/β - 1)) = β d*
@@ -110,7 +114,7 @@ class Fit:
     n_points: int  # points used in the fit
     d_min: float  # measured range of d: anything outside it is extrapolation
     d_max: float
-    peak_d: float | None  # fitted maximum; None when β ≤ 0 (no peak: reward still rising)
+    peak_d: float | None  # fitted maximum on d ≥ 0; None when β ≤ 0 (no peak: reward still rising); 0 when gold only falls
     peak_reward: float | None
     n_dropped: int = 0  # points dropped for non-finite values or negative KL
     weighted: bool = False  # True when weighted by 1/gold_se²
@@ -147,6 +151,8 @@ class Fit:
         )
         if self.peak_d is None:
             return text + "; no peak (reward still rising)"
+        if self.peak_d == 0:
+            return text + "; peak at d=0: gold falls from the initial policy on (α ≤ 0)"
         where = "" if self.peak_in_range else ", extrapolated"
         return (
             text + f"; peak at d={self.peak_d:.3g} (KL {self.peak_kl:.3g}), R={self.peak_reward:.3g}{where}"

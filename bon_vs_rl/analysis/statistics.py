@@ -383,7 +383,8 @@ def fit_replicates(kl: ArrayLike, gain: ArrayLike, form: str, *, weights: ArrayL
     the design, so it changes nothing here; it only used to count as a residual degree of freedom in
     fits.py's standard errors, which these refits replace. peak_kl = d*² with d* = α/2β (bon) or
     exp(α/β - 1) (rl); inf where β ≤ 0 (no peak: gold still rising) or where exp overflows;
-    peak_gold = α²/4β (bon) or β d* (rl), inf where β ≤ 0.
+    peak_gold = α²/4β (bon) or β d* (rl), inf where β ≤ 0. A bon fit with α ≤ 0 < β falls from the start:
+    its maximum on d ≥ 0 is the initial policy, peak_kl = peak_gold = 0 (fits._peak).
     """
     if form not in FORMS:
         raise ValueError(f"unknown functional form {form!r}; expected one of {FORMS}")
@@ -417,9 +418,9 @@ def _peaks(form: str, alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, 
     rising = beta <= 0
     safe_beta = np.where(rising | np.isnan(beta), 1.0, beta)
     with np.errstate(over="ignore", invalid="ignore"):
-        if form == "bon":
-            d_star = alpha / (2 * safe_beta)
-            peak_gold = alpha * alpha / (4 * safe_beta)
+        if form == "bon":  # a vertex at d ≤ 0 (α ≤ 0) is outside d ≥ 0: the maximum there is d = 0, gold 0
+            d_star = np.maximum(alpha / (2 * safe_beta), 0.0)
+            peak_gold = np.where(alpha > 0, alpha * alpha / (4 * safe_beta), 0.0)
         else:
             d_star = np.exp(alpha / safe_beta - 1)  # overflows to inf for a peak astronomically far out
             peak_gold = safe_beta * d_star

@@ -261,7 +261,9 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
         row.update({name: fit.get(name, math.nan), f"{name}_lo": fit.get(f"{name}_lo", math.nan),
                     f"{name}_hi": fit.get(f"{name}_hi", math.nan)})
     row["peak_status"] = findings.fitted_peak_status(fit, kl_max)
+    row["peak_open_reason"] = findings.open_reason(fit) if row["peak_status"] == "open" else ""
     row["no_peak_share"] = fit.get("no_peak", math.nan)
+    row["failed_share"], row["overflow_share"] = fit.get("failed", math.nan), fit.get("overflow", math.nan)
     row.update({"best_gold": peak["best"], "best_gold_lo": peak["best_lo"], "best_gold_hi": peak["best_hi"],
                 "best_kl": peak["best_kl"], "best_at": None if best is None else best.get(c.order),
                 "fall": peak["fall"], "fall_lo": peak["fall_lo"], "fall_hi": peak["fall_hi"],
@@ -391,7 +393,8 @@ def summary(family: Family) -> list[str]:
             fall = (f"the fall after it, {span(r['fall'], r['fall_lo'], r['fall_hi'])}, is not resolved (no peak "
                     "shown)")
         fitted = {"inside": "inside the measured range", "extrapolated": "beyond the measured range",
-                  "open": "open above: no peak in some resamples"}[r["peak_status"]]
+                  "at the start": "at the initial policy: gold falls from the start (α ≤ 0)",
+                  "open": f"open above: {r['peak_open_reason']}"}[r["peak_status"]]
         lines.append(f"{where}, {r['curve']}: {best}; {fall}. The {r['form']} form's peak: KL "
                      f"{span(r['peak_kl'], r['peak_kl_lo'], r['peak_kl_hi'])} ({fitted}); α "
                      f"{span(r['alpha'], r['alpha_lo'], r['alpha_hi'])}, β {span(r['beta'], r['beta_lo'], r['beta_hi'])}.")

@@ -113,7 +113,9 @@ def summary(panels: list[Panel]) -> list[str]:
                     f"{span(last['proxy_gain'], last['proxy_gain_lo'], last['proxy_gain_hi'])} and the gold gain "
                     f"{span(last['scaled'], last['scaled_lo'], last['scaled_hi'])}; the largest measured gold gain is "
                     f"{span(best['scaled'], best['scaled_lo'], best['scaled_hi'])} at KL {fmt(best['kl'])}.")
-            if c.fit is not None and c.fit.peak_kl is not None:
+            if c.fit is not None and c.fit.peak_kl == 0:
+                text += f" The {c.form} form's maximum is the initial policy: gold falls from the start (α ≤ 0)."
+            elif c.fit is not None and c.fit.peak_kl is not None:
                 f = c.fit_interval
                 text += (f" The {c.form} form puts its peak at KL "
                          f"{span(c.fit.peak_kl, f.get('peak_kl_lo', math.nan), f.get('peak_kl_hi', math.nan))}"
