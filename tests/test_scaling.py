@@ -177,3 +177,41 @@ def test_scaling_on_refuses_what_it_cannot_show_before_writing(tmp_path):
     bad = invoke("--results", str(path), "--output", str(tmp_path / "bad"), "--scaling", "maybe")
     assert bad.exit_code == 2 and bad.stderr.strip() == "bonrl: error: scaling: 'maybe'; use auto, on or off, e.g. " \
                                                         "--scaling on"
+
+
+def fake_family(curve: str, form: str, betas: list[float], alphas: list[float]):
+    """A family of single proxies at 125, 250, ... pairs whose `curve` has the given fitted α and β, with
+    replicates scattered about them: just what `scaling.trends` reads."""
+    from types import SimpleNamespace
+
+    from bon_vs_rl.report import scaling
+
+    rng = np.random.default_rng(0)
+    proxies, panels = {}, []
+    for i, (alpha, beta) in enumerate(zip(alphas, betas)):
+        spec = f"rm:rm-{i}"
+        proxies[spec] = scaling.Proxy(spec, f"rm-{i}", "single", pairs=125 * 2**i, label_noise=0.0, backbone="minilm",
+                                      parameters=2e7, parameters_non_embedding=1e7)
+        fits = {curve: {"form": form, "alpha": alpha, "beta": beta}}
+        reps = {curve: {"alpha": alpha + 0.01 * rng.standard_normal(200), "beta": beta + 0.01 * rng.standard_normal(200)}}
+        panels.append(SimpleNamespace(key=("tiny", spec, "vader"), analysis=SimpleNamespace(fits=fits, fit_replicates=reps)))
+    family = scaling.Family(("tiny", "vader"), proxies, panels=panels, rows=[{"curve": curve}])
+    return family
+
+
+def test_no_trend_from_two_proxies_or_from_convex_rl_fits():
+    """Regression (issue 25, item 4): the report stated PPO's α trend from two proxies with one seed each (no
+    scatter about the line, so no t interval) whose RL fits had β < 0 (convex: α is not Gao et al.'s coefficient
+    there). A trend now needs three proxies, and an RL curve a positive β for each of them; a note says why not."""
+    from bon_vs_rl.report import scaling
+
+    two = fake_family("PPO β 0", "rl", [0.1, 0.1], [0.2, 0.3])
+    assert scaling.trends(two) == []
+    assert any("from 2 proxies (rm-0, rm-1): a trend needs at least 3" in n for n in two.notes), two.notes
+    convex = fake_family("PPO β 0", "rl", [0.1, -0.05, 0.1], [0.2, 0.3, 0.4])
+    assert scaling.trends(convex) == []
+    assert any("the RL fit of rm-1 has β ≤ 0" in n for n in convex.notes), convex.notes
+    peaked = fake_family("PPO β 0", "rl", [0.1, 0.1, 0.1], [0.2, 0.3, 0.4])
+    assert [(t["coefficient"], t["proxies"]) for t in scaling.trends(peaked)] == [("alpha", 3), ("beta", 3)]
+    bon = fake_family("BoN", "bon", [-0.05, 0.1, 0.1], [0.2, 0.3, 0.4])  # the gate on β is for the RL form only
+    assert len(scaling.trends(bon)) == 2 and not bon.notes

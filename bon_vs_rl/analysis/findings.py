@@ -301,17 +301,22 @@ def trend(x: ArrayLike, values: ArrayLike, replicates: ArrayLike, level: float =
     x: [J] (e.g. log pairs); values: [J] the proxies' point estimates; replicates: [B, J] the same proxies
     refitted on each of B prompt resamples, shared by all of them (analyse(prompt_w=...)), so the slope's
     replicate b is the slope through the J coefficients of resample b:
-      slope_lo, slope_hi      its percentile interval: how precisely these J proxies were measured on these
-                              prompts. A proxy is one training run; another seed or data order would land it
-                              elsewhere, which no resampling of prompts can see.
+      slope_lo, slope_hi      its percentile interval: how precisely these J trained proxies were measured on
+                              these prompts, each proxy held fixed. A proxy is one training run; another seed or
+                              data order would land it elsewhere, which no resampling of prompts can see.
       slope_t_lo, slope_t_hi  the t interval from the proxies' own scatter about the line, on J − 2 degrees
-                              of freedom: it counts that training luck as well (and measurement noise, once
-                              more); NaN with J ≤ 2, where the line goes through every point.
+                              of freedom (and measurement noise, once more); NaN with J ≤ 2, where the line goes
+                              through every point. It counts training luck only as far as that luck is
+                              independent from proxy to proxy: proxies trained on nested subsets of one labelled
+                              draw share it, and shared luck partly looks like slope.
+    Neither interval covers redrawing the labelled pairs (a new draw of comparisons to train every proxy on).
     Coverage of both, by simulation (tests/test_statistics.py, 400 studies of 5 proxies on 40 prompts,
-    `python -m pytest -s tests/test_statistics.py -k trend` prints it): with every proxy on the line the
-    percentile interval covers the true slope 94% of the time (the t interval 94%); when each proxy also lands
-    off the line by its own training luck (sd 0.06, about the prompt SE of one α) the percentile interval
-    covers 85% and the t interval 95%. Report both; a trend across proxies is resolved when both are.
+    `python -m pytest -s tests/test_statistics.py -k training_scatter` prints it): with every proxy on the line
+    the percentile interval covers the true slope 94% of the time (the t interval 95%); when each proxy also
+    lands off the line by its own independent training luck (sd 0.06, about the prompt SE of one α) the
+    percentile interval covers 86.5% and the t interval 96%. With luck shared through nested subsets of one
+    draw (sd 0.25 at 125 pairs, shrinking as 1/sqrt(pairs)) the t interval covers 86% (the percentile 52.5%);
+    the same sds drawn independently, 94% (52%). Report both; a trend across proxies is resolved when both are.
     `verdict` / `verdict_t`: "rises" | "falls" | "unresolved" by each interval.
     """
     x = np.asarray(x, dtype=np.float64)

@@ -41,6 +41,9 @@ import pandas as pd
 from bon_vs_rl.errors import ConfigError
 
 SCALED_METHODS = ("bon", "ppo", "rloo", "grpo")  # the methods that optimize the proxy itself
+# A trend needs at least this many proxies: with two the line goes through both points, so there is no scatter
+# about it and no t interval, and the prompt-resample interval alone cannot see a proxy's own training luck.
+MIN_TREND_PROXIES = 3
 COEFFICIENTS = ("alpha", "beta")
 MARKERS = {"single": "o", "mean": "s", "min": "D", "mean-std": "P", "member": "^", "noisy": "X"}
 
@@ -273,7 +276,9 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
 
 def trends(family: Family) -> list[dict]:
     """α and β against log(pairs) among the single proxies of one backbone and label noise, and against
-    log(non-embedding parameters) among those of one data size and noise; one trend per curve."""
+    log(non-embedding parameters) among those of one data size and noise; one trend per curve. None (a note
+    instead) from fewer than MIN_TREND_PROXIES proxies, or for an RL curve where some proxy's fitted β ≤ 0: its
+    curve d(α − β log d) is then convex, outside Gao et al.'s peaked regime, and α is not their coefficient."""
     from bon_vs_rl.analysis import findings
 
     analyses = {p.key[1]: p.analysis for p in family.panels}
@@ -289,6 +294,19 @@ def trends(family: Family) -> list[dict]:
                 xs = np.log([getattr(p, x_name) for p in members])
                 if len(members) < 2 or np.ptp(xs) == 0:
                     continue
+                names = ", ".join(p.name for p in members)
+                if len(members) < MIN_TREND_PROXIES:
+                    family.notes.append(f"scaling ({family.key[0]}, {family.key[1]}): no {curve} trend against log "
+                                        f"{x_word} from {len(members)} proxies ({names}): a trend needs at least "
+                                        f"{MIN_TREND_PROXIES}, so that their scatter about the line gives a t interval.")
+                    continue
+                convex = [p.name for p in members if analyses[p.spec].fits[curve]["form"] == "rl"
+                          and not analyses[p.spec].fits[curve]["beta"] > 0]
+                if convex:
+                    family.notes.append(f"scaling ({family.key[0]}, {family.key[1]}): no {curve} trend against log "
+                                        f"{x_word}: the RL fit of {', '.join(convex)} has β ≤ 0 (a convex curve, outside "
+                                        "Gao et al.'s peaked regime), where α is not their coefficient.")
+                    continue
                 for coefficient in COEFFICIENTS:
                     values = np.array([analyses[p.spec].fits[curve][coefficient] for p in members])
                     reps = np.stack([analyses[p.spec].fit_replicates[curve][coefficient] for p in members], axis=1)
@@ -300,7 +318,7 @@ def trends(family: Family) -> list[dict]:
                             else f"{first.pairs:g} pairs, label noise {first.label_noise:g}")
                     out.append({"policy": family.key[0], "gold": family.key[1], "curve": curve,
                                 "coefficient": coefficient, "against": f"log {x_word}", "held_fixed": held,
-                                "proxy_names": ", ".join(p.name for p in members),
+                                "proxy_names": names,
                                 "x_min": float(np.exp(xs.min())), "x_max": float(np.exp(xs.max())), **t})
     return out
 
@@ -608,8 +626,11 @@ def blocks(families: list[Family], made: list[tuple[str, str]]) -> list[tuple]:
                          "fall after it are read off the measured points (the fall's interval is simultaneous over the "
                          "earlier points: a plateau is not called a peak); α, β and the fitted peak come from Gao et "
                          "al.'s forms. A trend's slope is given per doubling, with two intervals: prompt resamples (these "
-                         "proxies, these prompts) and the t interval from the proxies' scatter about the line (which also "
-                         "counts each proxy's own training luck). Tables: scaling.csv, scaling_trends.csv, "
+                         "trained proxies, each held fixed, measured on these prompts) and the t interval from the "
+                         "proxies' scatter about the line, which adds each proxy's own training luck only as far as that "
+                         "luck is independent across proxies (proxies trained on nested subsets of one labelled draw share "
+                         "it, and the t interval can then be too narrow). Neither covers redrawing the labelled pairs. A "
+                         f"trend needs at least {MIN_TREND_PROXIES} proxies. Tables: scaling.csv, scaling_trends.csv, "
                          "proxy_comparisons.csv.")]
     for i, family in enumerate(measured):
         rows, trend_rows, comparison_rows = readable(family)
