@@ -276,6 +276,14 @@ def test_matched_kl_comparison_interpolates_both_curves_and_calls_a_resolved_win
     assert row["verdict"] == "ahead" and row["diff_lo"] > 0
     summary = " ".join(page(out).items)
     assert "BoN is ahead of ppo β=0.2" in summary and f"{row['diff']:.3g} [{row['diff_lo']:.3g}" in summary
+    # Twelve comparisons of one panel, each a 95% interval with no multiplicity correction: the report counts
+    # the ones it prints (a row with no common range prints none) and says what that many mean together.
+    shown = comparison[np.isfinite(comparison["diff_lo"]) | np.isfinite(comparison["diff_hi"])]
+    resolved = int((shown["verdict"] != "unresolved").sum())
+    assert 0 < resolved < len(shown) <= 12
+    assert (f"Panel policy tiny, proxy rm:a, gold vader prints {len(shown)} difference interval(s) at 95% "
+            f"({resolved} resolved), each with no correction for multiplicity: were no difference real, about "
+            f"{len(shown) / 20:.1f} of them would still exclude 0 by chance") in summary
 
 
 def test_gold_at_a_matched_proxy_gain_is_the_regressional_share_for_best_of_n(table, tmp_path):

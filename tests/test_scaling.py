@@ -131,6 +131,11 @@ def test_the_ensemble_reads_its_checkpoint_and_is_compared_with_its_members_pair
     last = points[points["n"] == 64].set_index("proxy")["gold_gain"]
     assert at_kl["diff"] == pytest.approx(last[f"rm:{ensemble}@min"] - last[f"rm:{ensemble}@member-0"])
     assert at_kl["diff_lo"] <= at_kl["diff"] <= at_kl["diff_hi"]
+    # How many such intervals the view prints (no multiplicity correction): said beside the table.
+    shown = comparisons[np.isfinite(comparisons["diff_lo"]) | np.isfinite(comparisons["diff_hi"])]
+    assert len(shown) == 8
+    assert "The proxy comparisons of policy tiny, gold vader prints 8 difference interval(s) at 95%" in \
+        (out / "report.md").read_text()
 
 
 def test_the_scaling_section_and_figures_are_in_the_report(family):

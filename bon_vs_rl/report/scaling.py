@@ -617,6 +617,8 @@ def readable(family: Family) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def blocks(families: list[Family], made: list[tuple[str, str]]) -> list[tuple]:
     """The report's section for the scaling view (write.render_markdown / render_html blocks)."""
+    from bon_vs_rl.report.words import multiplicity_note
+
     measured = [f for f in families if f.measured]
     if not measured:
         return []
@@ -641,5 +643,7 @@ def blocks(families: list[Family], made: list[tuple[str, str]]) -> list[tuple]:
         if len(trend_rows):
             out.append(("table", trend_rows, f"scaling-trends-{i}"))
         if len(comparison_rows):
+            out.append(("p", multiplicity_note(pd.DataFrame(family.comparisons),
+                                               f"The proxy comparisons of policy {family.key[0]}, gold {family.key[1]}")))
             out.append(("table", comparison_rows, f"proxy-comparisons-{i}"))
     return out

@@ -1,5 +1,5 @@
 """Numbers in words, for the report and its scaling view alike: `fmt` (a number), `span` (a value with its
-95% interval) and the phrase for each compared quantity."""
+95% interval), the phrase for each compared quantity, and `multiplicity_note` (how many intervals a table prints)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,16 @@ QUANTITY_WORDS = {
 
 def sentence_case(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def multiplicity_note(frame, what: str) -> str:
+    """How many difference intervals `frame` (one row per comparison) prints, and what that many 95% intervals
+    mean together: no correction for multiplicity is made, so by chance alone about one in twenty would exclude
+    0 if no difference were real. Rows with no common range (target NaN) print no interval and are not counted."""
+    shown = frame[np.isfinite(frame["target"].to_numpy(dtype=float)) | frame["quantity"].isin(
+        ["gold_at_point", "kl_at_point"])] if len(frame) else frame
+    shown = shown[np.isfinite(shown["diff_lo"].to_numpy(dtype=float)) | np.isfinite(shown["diff_hi"].to_numpy(dtype=float))]
+    count, resolved = len(shown), int((shown["verdict"] != "unresolved").sum())
+    return (f"{what} prints {count} difference interval(s) at 95% ({resolved} resolved), each with no correction "
+            f"for multiplicity: were no difference real, about {count / 20:.1f} of them would still exclude 0 by chance, "
+            "so read a lone narrow verdict among many with that in mind.")

@@ -63,7 +63,7 @@ from bon_vs_rl.report.measure import (
     trusted_points,
 )
 from bon_vs_rl.report.selection import FILTERS, Curve, group_curves, name_curves, run_outputs, select_rows
-from bon_vs_rl.report.words import QUANTITY_WORDS, fmt, sentence_case, span
+from bon_vs_rl.report.words import QUANTITY_WORDS, fmt, multiplicity_note, sentence_case, span
 
 
 def verdict_sentence(r: pd.Series) -> str:
@@ -292,6 +292,8 @@ def report(cfg: ReportConfig) -> Path:
                         "measured points; optimum points with too few effective samples are left out. "
                         "A curve is called ahead only where the 95% interval of the difference excludes 0. "
                         "All rows: comparison.csv.")]
+            blocks.append(("list", [multiplicity_note(frame, f"Panel policy {k[0]}, proxy {k[1]}, gold {k[2]}")
+                                    for k, frame in comparisons.groupby(["policy", "proxy", "gold"], sort=False)]))
             for i, ((a, b), frame) in enumerate(comparisons.groupby(["curve_a", "curve_b"], sort=False)):
                 first = frame.iloc[0]
                 blocks += [("p", f"**{a} vs {b}** — proxy {first['proxy']}, policy {first['policy']}, gold "
