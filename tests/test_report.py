@@ -251,6 +251,11 @@ def test_fits_recover_the_rl_form_with_intervals_that_cover_it(table, tmp_path):
         assert ppo[name] == pytest.approx(truth, rel=0.2)
     peak_kl = math.exp(2 * (RL["alpha"] / RL["beta"] - 1))  # d* = exp(α/β − 1)
     assert ppo["peak_kl_lo"] <= peak_kl <= ppo["peak_kl_hi"]
+    # The points lie on the RL form with noise: the fit misses them by about their own SE, and says so.
+    assert 0.3 < ppo["rmse_over_se"] < 2 and 0.5 < ppo["r2"] <= 1
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Every fit is unweighted least squares" in md
+    assert f"{ppo['rmse_over_se']:.2g}× their own SE" in md
     # A curve of two points is refused, and the report says so.
     assert not (fitted["proxy"] == "rm:b").any()
     assert "needs at least 3" in " ".join(page(tmp_path / "rep").items)

@@ -832,6 +832,32 @@ def test_an_open_fitted_peak_says_why_it_is_open():
         "a peak too far out to compute (exp(α/β − 1) overflows) in 10% of resamples"
 
 
+def test_goodness_of_fit_is_small_on_the_form_and_large_off_it():
+    """`fit_quality` against numpy's lstsq on the KL > 0 points: rmse, R², and the rmse against the points' own
+    prompt-resample SE, near 1 for a curve on Gao et al.'s form with noise, far above 1 for a curve of another
+    shape (flat to n = 16, then a jump), through `analyse` as the report reads it."""
+    rng = np.random.default_rng(21)
+    d = np.sqrt(SCALING_KL)
+    on_form = r_bon(d, 0.5, 0.08)
+    kinked = np.where(np.arange(d.size) > 4, 0.6, 0.0)
+    ratios = {}
+    for name, gains in (("on the form", on_form), ("kinked", kinked)):
+        baseline, curve = measured_curve(gains, 60, rng, noise=0.3)
+        result = findings.analyse([curve], baseline, B=400, seed=1)
+        fit, point = result.fits["c"], result.points["c"]
+        pos = point["kl"] > 0
+        x = np.column_stack([np.sqrt(point["kl"][pos]), -point["kl"][pos]])
+        (alpha, beta), *_ = np.linalg.lstsq(x, point["gold_gain"][pos], rcond=None)
+        resid = point["gold_gain"][pos] - x @ [alpha, beta]
+        assert fit["rmse"] == pytest.approx(math.sqrt(np.mean(resid**2)), rel=1e-9)
+        spread = np.sum((point["gold_gain"][pos] - point["gold_gain"][pos].mean()) ** 2)
+        assert fit["r2"] == pytest.approx(1 - resid @ resid / spread, rel=1e-9)
+        se = np.sqrt(np.mean(result.replicates["c"]["gold_gain"][:, pos].var(axis=0, ddof=1)))
+        assert fit["se_ratio"] == pytest.approx(fit["rmse"] / se, rel=1e-9) and fit["fit_points"] == pos.sum()
+        ratios[name] = fit["se_ratio"]
+    assert ratios["on the form"] < 1.5 < 3 < ratios["kinked"], ratios
+
+
 def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members():
     rng = np.random.default_rng(8)
     baseline, curves = proxy_family([0.5, 0.4, 0.6, 0.55], 60, rng)

@@ -33,6 +33,7 @@ from bon_vs_rl.analysis.statistics import (
     along_axes,
     curve_estimate,
     curve_replicates,
+    fit_quality,
     fit_replicates,
     interval,
     resample_weights,
@@ -53,7 +54,8 @@ class Analysis:
     fits:        label -> {alpha, beta, peak_kl, peak_gold (point estimates, from the unweighted fit of
                  gold_gain against KL), each with _lo/_hi, no_peak (share of replicates with β ≤ 0),
                  failed (share of replicates where the fit was not possible), overflow (share whose RL
-                 peak is too far out for a float): `peak_shares`}
+                 peak is too far out for a float): `peak_shares`; rmse, r2, se_ratio, fit_points:
+                 statistics.fit_quality}
     comparisons: one row per pair and quantity (COMPARISONS): curve_a, curve_b (labels), quantity,
                  target, a/a_lo/a_hi, b/b_lo/b_hi, diff/diff_lo/diff_hi (a - b), verdict (of a against
                  b), prompts_needed, better ("higher" or "lower": which way of the quantity is ahead)
@@ -151,6 +153,8 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
         for k, r in fit_reps.items():
             fit[f"{k}_lo"], fit[f"{k}_hi"] = (float(v) for v in interval(r, level))
         fit.update(peak_shares(fit_reps))  # no_peak, failed, overflow: why a peak interval may be open
+        fit.update(fit_quality(trusted_est["kl"], trusted_est["gold_gain"], trusted_reps["gold_gain"], c.form,
+                               fit["alpha"], fit["beta"]))
         result.fits[c.label] = {"form": c.form, **fit}
         result.fit_replicates[c.label] = fit_reps
         result.peaks[c.label] = measured_peak(trusted_est, trusted_reps, level)

@@ -48,6 +48,7 @@ Functions (B replicates, P prompts, K points along a curve):
     interval                            percentile interval, with a stated rule for NaN replicates
     paired_gain_interval                a results row's gain over the initial policy with its interval
     fit_replicates                      Gao et al. eq. 1-2 refitted on every replicate at once
+    fit_quality                         a fit's goodness of fit: rmse, R², rmse against the points' own SE
     along                               value where a curve first reaches a level (vectorised)
     compare_curves                      matched comparisons between two curves, paired
     verdict                             "ahead" / "behind" / "unresolved" (+ prompts that would resolve it)
@@ -411,6 +412,30 @@ def fit_replicates(kl: ArrayLike, gain: ArrayLike, form: str, *, weights: ArrayL
     alpha, beta = np.where(usable, alpha, np.nan), np.where(usable, beta, np.nan)
     peak_kl, peak_gold = _peaks(form, alpha, beta)
     return {"alpha": alpha, "beta": beta, "peak_kl": peak_kl, "peak_gold": peak_gold}
+
+
+def fit_quality(kl: ArrayLike, gain: ArrayLike, gain_reps: ArrayLike, form: str, alpha: float, beta: float) -> dict:
+    """How well R(d) = d(α − β d) (bon) or d(α − β log d) (rl) fits one curve's points, over those with KL > 0
+    (a d = 0 point lies on every curve): rmse of the residuals; r2 = 1 − Σ residual² / Σ (gain − mean gain)²;
+    se_ratio = rmse / sqrt(mean SE²), with each point's SE the standard deviation of its prompt-resample
+    replicates (gain_reps [B, K]). se_ratio near 1: the form misses the points by about their own noise; well
+    above 1: by more, a shape the form does not have. Descriptive, not a test: points of one curve share
+    prompts (and, for best-of-n, one draw), so their residuals are correlated."""
+    kl, gain = np.asarray(kl, dtype=np.float64), np.asarray(gain, dtype=np.float64)
+    reps = np.asarray(gain_reps, dtype=np.float64)
+    ok = np.isfinite(kl) & np.isfinite(gain) & (kl > 0) & np.all(np.isfinite(reps), axis=0)
+    out = {"rmse": math.nan, "r2": math.nan, "se_ratio": math.nan, "fit_points": int(ok.sum())}
+    if not ok.any() or not (math.isfinite(alpha) and math.isfinite(beta)):
+        return out
+    d = np.sqrt(kl[ok])
+    predicted = d * (alpha - beta * (d if form == "bon" else np.log(d)))
+    resid = gain[ok] - predicted
+    rmse = float(np.sqrt(np.mean(resid**2)))
+    spread = float(np.sum((gain[ok] - gain[ok].mean()) ** 2))
+    se = float(np.sqrt(np.mean(reps[:, ok].var(axis=0, ddof=1)))) if reps.shape[0] > 1 else math.nan
+    out.update(rmse=rmse, r2=1.0 - float(resid @ resid) / spread if spread > 0 else math.nan,
+               se_ratio=rmse / se if se > 0 else math.nan)
+    return out
 
 
 def _peaks(form: str, alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

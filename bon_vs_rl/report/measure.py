@@ -240,7 +240,9 @@ def fits_table(curves: list[Curve]) -> pd.DataFrame:
             "rmse": f.rmse, "points": f.n_points, "d_min": f.d_min, "d_max": f.d_max,
             "peak_kl": f.peak_kl, "peak_kl_lo": i.get("peak_kl_lo", math.nan), "peak_kl_hi": i.get("peak_kl_hi", math.nan),
             "peak_gold": f.peak_reward, "peak_in_range": f.peak_in_range,
-            "no_peak_share": i.get("no_peak", math.nan),
+            "no_peak_share": i.get("no_peak", math.nan), "failed_share": i.get("failed", math.nan),
+            "overflow_share": i.get("overflow", math.nan),
+            "r2": i.get("r2", math.nan), "rmse_over_se": i.get("se_ratio", math.nan),
         })
     return pd.DataFrame(rows)
 

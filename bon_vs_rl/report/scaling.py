@@ -266,6 +266,8 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
     row["peak_status"] = findings.fitted_peak_status(fit, kl_max)
     row["peak_open_reason"] = findings.open_reason(fit) if row["peak_status"] == "open" else ""
     row["no_peak_share"] = fit.get("no_peak", math.nan)
+    row.update({"fit_rmse": fit.get("rmse", math.nan), "fit_r2": fit.get("r2", math.nan),
+                "fit_rmse_over_se": fit.get("se_ratio", math.nan)})
     row["failed_share"], row["overflow_share"] = fit.get("failed", math.nan), fit.get("overflow", math.nan)
     row.update({"best_gold": peak["best"], "best_gold_lo": peak["best_lo"], "best_gold_hi": peak["best_hi"],
                 "best_kl": peak["best_kl"], "best_at": None if best is None else best.get(c.order),
@@ -415,7 +417,8 @@ def summary(family: Family) -> list[str]:
                   "open": f"open above: {r['peak_open_reason']}"}[r["peak_status"]]
         lines.append(f"{where}, {r['curve']}: {best}; {fall}. The {r['form']} form's peak: KL "
                      f"{span(r['peak_kl'], r['peak_kl_lo'], r['peak_kl_hi'])} ({fitted}); α "
-                     f"{span(r['alpha'], r['alpha_lo'], r['alpha_hi'])}, β {span(r['beta'], r['beta_lo'], r['beta_hi'])}.")
+                     f"{span(r['alpha'], r['alpha_lo'], r['alpha_hi'])}, β {span(r['beta'], r['beta_lo'], r['beta_hi'])}; "
+                     f"fit rmse {fmt(r['fit_rmse'])}, {fmt(r['fit_rmse_over_se'], 2)}× the points' SE.")
     for r in family.comparisons:
         what = ("gold gain at KL " + fmt(r["target"]) if r["quantity"] == "gold_at_kl"
                 else f"KL to reach gold gain {fmt(r['target'])}")

@@ -122,6 +122,10 @@ def summary(panels: list[Panel]) -> list[str]:
                          f"{'' if c.fit.peak_in_range else ' (beyond the measured range: an extrapolation)'}.")
             elif c.fit is not None:
                 text += f" The {c.form} form has no peak: gold is still rising."
+            quality = (c.fit_interval or {}).get("se_ratio", math.nan)
+            if c.fit is not None and math.isfinite(quality):
+                text += (f" The form's fit (unweighted) misses the points by rmse {fmt(c.fit_interval['rmse'])}, "
+                         f"{fmt(quality, 2)}× their own SE (R² {fmt(c.fit_interval['r2'], 2)}).")
             if shaky:
                 text += (f" ({shaky} further point(s) rest on too few effective samples: drawn hollow, left out of "
                          "fits and comparisons.)")
@@ -303,9 +307,17 @@ def report(cfg: ReportConfig) -> Path:
         blocks += overopt_blocks
         blocks.append(("h2", "Functional-form fits (Gao et al. 2022, eq. 1-2)"))
         blocks.append(("p", "BoN: R(d) = d(α − β d); RL: R(d) = d(α − β log d); d = sqrt(KL), R = gold "
-                       + scale_words + ". Peak: BoN d* = α/2β, RL d* = exp(α/β − 1). Intervals from refitting "
-                       "every prompt resample (a d = 0 point adds no degree of freedom); no_peak_share is the "
-                       "share of resamples with β ≤ 0 (no peak), which is why a peak interval may be open above."))
+                       + scale_words + ". Peak: BoN d* = α/2β (the initial policy when α ≤ 0), RL d* = exp(α/β − 1). "
+                       "Intervals from refitting every prompt resample (a d = 0 point adds no degree of freedom); "
+                       "a peak interval is open above where some resamples have no peak (no_peak_share: β ≤ 0), a "
+                       "failed refit (failed_share) or an RL peak too far out to compute (overflow_share). Every fit "
+                       "is unweighted least squares: the points of one curve share prompts (best-of-n's all come from "
+                       "one draw), so weights 1/SE² would not make them independent, and since a best-of-n point's SE "
+                       "grows many-fold from small to large n they would let the first few n set the curve and mute the "
+                       "large-KL points where overoptimization shows; refitting every prompt resample counts the "
+                       "correlation whatever the weights. Goodness of fit over the points with KL > 0: rmse, r2, and "
+                       "rmse_over_se, the rmse against the points' own prompt-resample SE (near 1: the form misses by "
+                       "about the points' noise; well above 1: the curve has a shape the form lacks)."))
         if len(fit_frame):
             blocks.append(("table", fit_frame, "fits"))
         if refusals:
