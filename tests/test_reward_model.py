@@ -19,6 +19,7 @@ import toy_gold
 from typer.testing import CliRunner
 
 from bon_vs_rl import cli
+from bon_vs_rl.analysis import statistics
 from bon_vs_rl.config import commands as C
 from bon_vs_rl.config.base import resolve
 from bon_vs_rl.errors import ConfigError
@@ -92,6 +93,19 @@ def test_tiny_backbone_learns_the_toy_gold_on_held_out_prompts(trained):
     assert row["proxy"] == f"rm:{trained.output}" and row["backbone"] == "tiny" and row["gold"] == TOY_GOLD
     assert row["pairs"] == 200 and row["eval_pairs"] == 150 and row["label_noise"] == 0
     assert row["trained_tokens"] > 0 and row["train_seconds"] > 0 and row["data_seconds"] > 0
+    # The accuracy's interval resamples the held-out prompts: recomputed from the saved scores, with each pair's
+    # prompt read from the comparison data itself.
+    heldout = json.loads((trained.output / scorers.HELDOUT_SCORES).read_text())
+    scores, index = np.asarray(heldout["members"][0]), np.asarray(heldout["pairs"])
+    correct = (scores[index[:, 0]] > scores[index[:, 1]]) + 0.5 * (scores[index[:, 0]] == scores[index[:, 1]])
+    assert correct.mean() == pytest.approx(row["accuracy"])
+    pairs = pd.read_parquet(Path(trained.meta["data_path"]) / "pairs.parquet")
+    prompts = pairs[pairs.split == "eval"]["prompt_id"].to_numpy()
+    assert len(set(prompts)) < len(prompts)  # several pairs per prompt: resampling prompts is not resampling pairs
+    lo, hi = statistics.accuracy_interval(correct, prompts, B=2000, rng=0)
+    assert (row["accuracy_lo"], row["accuracy_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert row["accuracy_lo"] < row["accuracy"] < row["accuracy_hi"]
+    assert (evaluation["accuracy_lo"], evaluation["accuracy_hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def test_comparison_data_is_saved_with_gold_labels_and_held_out_prompts(trained):

@@ -62,13 +62,16 @@ def family_table(tmp_path: Path) -> tuple[Path, list[str], Path]:
                                                                      "non_embedding": PARAMETERS["parameters_non_embedding"]},
         "evaluation": {"accuracy": 0.6, "member_accuracy": [0.58, 0.57]}}))
     (ensemble / scorers.HELDOUT_SCORES).write_text(json.dumps({
-        "members": [[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]], "gold": [0, 0, 0], "pairs": [[0, 1], [2, 1], [0, 2]]}))
+        "members": [[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]], "gold": [0, 0, 0], "pairs": [[0, 1], [2, 1], [0, 2]],
+        "pair_prompts": [0, 0, 1]}))
     samples = tmp_path / "bon" / "samples.parquet"
     best_of_n.write_samples(samples, frame, {"format": best_of_n.SAMPLES_FORMAT, "policy": "tiny",
                                              "samples_per_prompt": N, "seed": 0})
     for i, (spec, pairs) in enumerate(zip(singles, PAIRS)):
         add_run(path, "train-rm", [{"method": "rm", "policy": "tiny", "gold": "vader", "proxy": spec, "pairs": pairs,
                                     "label_noise": 0.0, "backbone": "minilm", "ensemble": 1, "accuracy": 0.5 + 0.05 * i,
+                                    # rm-3's row is from before train-rm recorded the accuracy's interval
+                                    **({"accuracy_lo": 0.45 + 0.05 * i, "accuracy_hi": 0.55 + 0.05 * i} if i < 3 else {}),
                                     **PARAMETERS}], "family", f"rm-{i}")
     for spec in singles + ensemble_specs:
         rows = [{**row, "method": "bon", "policy": "tiny", "proxy": spec, "gold": "vader", "seed": 0,
@@ -118,6 +121,17 @@ def test_the_ensemble_reads_its_checkpoint_and_is_compared_with_its_members_pair
     assert scaled.loc["ens@mean", "accuracy"] == pytest.approx(2 / 3)
     assert scaled.loc["ens@min", "accuracy"] == pytest.approx(2.5 / 3)
     assert scaled.loc["ens@member-0", "accuracy"] == pytest.approx(2 / 3)
+    # Its interval resamples the held-out prompts: @min's pairs score [1, 0.5, 1] on prompts [0, 0, 1], so a
+    # resample with counts (c0, c1) has accuracy (1.5 c0 + c1) / (2 c0 + c1) (2,000 resamples, seed 0).
+    counts = np.random.default_rng(0).multinomial(2, [0.5, 0.5], size=2000).astype(float)
+    lo, hi = np.quantile((1.5 * counts[:, 0] + counts[:, 1]) / (2 * counts[:, 0] + counts[:, 1]), [0.025, 0.975])
+    assert (scaled.loc["ens@min", "accuracy_lo"], scaled.loc["ens@min", "accuracy_hi"]) == (pytest.approx(lo),
+                                                                                            pytest.approx(hi))
+    # A train-rm row's interval is carried over; an old row without one shows the point value alone.
+    assert scaled.loc["rm-1", ["accuracy_lo", "accuracy_hi"]].tolist() == [pytest.approx(0.5), pytest.approx(0.6)]
+    assert np.isnan(scaled.loc["rm-3", "accuracy_lo"])
+    table = page(out).frame("scaling-0").drop_duplicates("proxy").set_index("proxy")["accuracy"]
+    assert table["rm-1"] == "0.55 [0.5, 0.6]" and table["rm-3"] == "0.65"
     comparisons = pd.read_csv(out / "proxy_comparisons.csv")
     # Each reading against its members' average, and against the single proxy trained on the same 500 pairs.
     assert set(comparisons["comparison"]) == {"ens@mean vs the average of its 1 member(s)",

@@ -858,6 +858,33 @@ def test_goodness_of_fit_is_small_on_the_form_and_large_off_it():
     assert ratios["on the form"] < 1.5 < 3 < ratios["kinked"], ratios
 
 
+def test_accuracy_interval_resamples_prompts_and_covers_the_population_accuracy():
+    """Held-out pairs come five to a prompt, and prompts differ in how hard their pairs are (each prompt's own
+    accuracy ~ Beta(2.6, 1.4), mean 0.65). Over 400 held-out sets of 80 prompts the prompt-resampled interval
+    covers 0.65 at its nominal 95%. One pair per prompt: the plain bootstrap of pairs, by hand."""
+    rng = np.random.default_rng(31)
+    G, per, hits = 80, 5, 0
+    prompts = np.repeat(np.arange(G), per)
+    for _ in range(R):
+        p = rng.beta(2.6, 1.4, G)
+        correct = (rng.random((G, per)) < p[:, None]).astype(float).ravel()
+        lo, hi = st.accuracy_interval(correct, prompts, B=B, rng=rng)
+        hits += lo <= 0.65 <= hi
+    print("accuracy interval covers", hits / R)
+    assert COVERS[0] <= hits / R <= COVERS[1]
+    correct = np.array([1.0, 0.0, 0.5, 1.0])
+    counts = st.resample_weights(4, 300, 5)
+    expected = st.interval(counts @ correct / 4)
+    assert st.accuracy_interval(correct, ["a", "b", "c", "d"], B=300, rng=5) == (pytest.approx(float(expected[0])),
+                                                                                pytest.approx(float(expected[1])))
+    assert all(math.isnan(v) for v in st.accuracy_interval([], []))
+    # Two pairs of prompt "a" (both right) and one of "b" (wrong): a replicate counts a's pairs together.
+    counts = st.resample_weights(2, 300, 7)
+    expected = st.interval(2 * counts[:, 0] / (2 * counts[:, 0] + counts[:, 1]))
+    assert st.accuracy_interval([1.0, 1.0, 0.0], ["a", "a", "b"], B=300, rng=7) == (
+        pytest.approx(float(expected[0])), pytest.approx(float(expected[1])))
+
+
 def test_compare_proxies_pairs_curves_of_different_proxies_and_averages_members():
     rng = np.random.default_rng(8)
     baseline, curves = proxy_family([0.5, 0.4, 0.6, 0.55], 60, rng)

@@ -47,6 +47,7 @@ Functions (B replicates, P prompts, K points along a curve):
     curve_estimate, curve_replicates    kl, proxy, gold and the paired gains, [K] and [B, K]
     interval                            percentile interval, with a stated rule for NaN replicates
     paired_gain_interval                a results row's gain over the initial policy with its interval
+    accuracy_interval                   a reward model's held-out accuracy, prompts resampled
     fit_replicates                      Gao et al. eq. 1-2 refitted on every replicate at once
     fit_quality                         a fit's goodness of fit: rmse, R², rmse against the points' own SE
     along                               value where a curve first reaches a level (vectorised)
@@ -365,6 +366,29 @@ def paired_gain_interval(values: ArrayLike, baseline: ArrayLike | None, B: int =
     if scalar:
         out = {name: float(value[0]) for name, value in out.items()}
     return out
+
+
+def accuracy_interval(correct: ArrayLike, prompts: ArrayLike, B: int = 2000, rng=0,
+                      level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of a reward model's held-out pairwise accuracy, resampling prompts.
+
+    correct: [pairs] each pair's score (1 ordered as the gold does, 0.5 a proxy tie, 0 wrong); prompts: [pairs]
+    the prompt each pair was drawn from. Pairs of one prompt share its completions and its difficulty, so the
+    prompt is the unit resampled (as everywhere in this module): a replicate weights each prompt by its
+    bootstrap count, accuracy_b = Σ_g c_bg·(correct pairs of g) / Σ_g c_bg·(pairs of g). With one pair per
+    prompt this is the plain bootstrap of pairs. (NaN, NaN) for no pairs.
+    """
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    groups = np.asarray(prompts).ravel()
+    if correct.shape != groups.shape:
+        raise ValueError(f"correct and prompts differ in length: {correct.size} vs {groups.size}")
+    if not correct.size:
+        return math.nan, math.nan
+    _, index = np.unique(groups, return_inverse=True)
+    sums, sizes = np.bincount(index, weights=correct), np.bincount(index).astype(np.float64)
+    counts = resample_weights(sums.size, B, rng)
+    lo, hi = interval((counts @ sums) / (counts @ sizes), level)
+    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------------------------------------

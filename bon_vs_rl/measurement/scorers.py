@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -289,24 +290,45 @@ def rm_scorer(spec: str, target: str, device, role: str = "proxy", shared: dict 
     return Scorer(spec, score, batch_size=32, parts=parts, combine=combine)
 
 
+def pair_scores(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray) -> np.ndarray:
+    """Each pair's contribution to the accuracy: 1 when the proxy orders it as the gold does, 0.5 a proxy tie, 0."""
+    proxy_chosen, proxy_rejected = np.asarray(proxy_chosen), np.asarray(proxy_rejected)
+    return (proxy_chosen > proxy_rejected) + 0.5 * (proxy_chosen == proxy_rejected)
+
+
 def pairwise_accuracy(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray) -> float:
     """Fraction of pairs the proxy orders as the gold does; a proxy tie counts one half."""
     if len(proxy_chosen) == 0:
         return float("nan")
-    return float(np.mean((proxy_chosen > proxy_rejected) + 0.5 * (proxy_chosen == proxy_rejected)))
+    return float(np.mean(pair_scores(proxy_chosen, proxy_rejected)))
+
+
+def accuracy_with_interval(proxy_chosen: np.ndarray, proxy_rejected: np.ndarray, prompts) -> dict:
+    """accuracy, accuracy_lo, accuracy_hi: the held-out accuracy with its 95% interval from resampling the
+    held-out prompts (statistics.accuracy_interval, 2,000 resamples, seed 0: the same scores always give the
+    same interval). Without the pairs' prompts (a checkpoint from before they were saved) the interval is NaN."""
+    from bon_vs_rl.analysis import statistics
+
+    accuracy = pairwise_accuracy(proxy_chosen, proxy_rejected)
+    if prompts is None:
+        return {"accuracy": accuracy, "accuracy_lo": math.nan, "accuracy_hi": math.nan}
+    lo, hi = statistics.accuracy_interval(pair_scores(proxy_chosen, proxy_rejected), prompts)
+    return {"accuracy": accuracy, "accuracy_lo": lo, "accuracy_hi": hi}
 
 
 def describe_rm(target: str, role: str = "proxy") -> dict:
     """What the scaling view needs to know of an `rm:` proxy, from its checkpoint directory alone (no model
     is loaded): the pairs it was trained on (label_noise: the share flipped), its backbone and parameter
     counts (models.parameter_count), members, and the held-out accuracy of exactly this aggregation,
-    recomputed from the member scores train-rm saved (HELDOUT_SCORES) with `aggregate`. A value that the
-    checkpoint does not hold is None."""
+    recomputed from the member scores train-rm saved (HELDOUT_SCORES) with `aggregate`, with its interval over
+    resampled held-out prompts where the checkpoint saved each pair's prompt (accuracy_with_interval). A value
+    that the checkpoint does not hold is None (an interval it cannot give: NaN)."""
     path, kind, value, metadata = split_rm_target(target, role)
     config = metadata.get("config", {})
     members = metadata.get("members", ["."])
     evaluation = metadata.get("evaluation", {})
     accuracy = evaluation.get("accuracy") if kind == "mean" else None
+    bounds = (evaluation.get("accuracy_lo"), evaluation.get("accuracy_hi")) if kind == "mean" else (None, None)
     if kind == "member" and len(evaluation.get("member_accuracy", [])) > int(value):
         accuracy = evaluation["member_accuracy"][int(value)]
     heldout_file = path / HELDOUT_SCORES
@@ -314,7 +336,8 @@ def describe_rm(target: str, role: str = "proxy") -> dict:
         heldout = json.loads(heldout_file.read_text())
         scores = aggregate(np.asarray(heldout["members"], dtype=np.float64), kind, value)
         pairs = np.asarray(heldout["pairs"], dtype=np.int64).reshape(-1, 2)
-        accuracy = pairwise_accuracy(scores[pairs[:, 0]], scores[pairs[:, 1]])
+        measured = accuracy_with_interval(scores[pairs[:, 0]], scores[pairs[:, 1]], heldout.get("pair_prompts"))
+        accuracy, bounds = measured["accuracy"], (measured["accuracy_lo"], measured["accuracy_hi"])
     parameters = metadata.get("parameters")
     if parameters is None:  # a checkpoint from before parameters were recorded: count them from its files
         from bon_vs_rl.measurement.models import parameter_count
@@ -327,7 +350,7 @@ def describe_rm(target: str, role: str = "proxy") -> dict:
         "backbone": metadata.get("backbone", config.get("backbone")),
         "parameters": None if parameters is None else parameters.get("total"),
         "parameters_non_embedding": None if parameters is None else parameters.get("non_embedding"),
-        "accuracy": accuracy,
+        "accuracy": accuracy, "accuracy_lo": bounds[0], "accuracy_hi": bounds[1],
     }
 
 

@@ -31,13 +31,14 @@ errors are what overoptimization exploits, so it is trained on train prompts and
 2. Training. AutoModelForSequenceClassification with one output on the backbone, Bradley–Terry loss
    −log σ(r_chosen − r_rejected) (Ouyang et al. 2022 eq. 1), with TRL's RewardTrainer.
 3. Evaluation. On held-out pairs from held-out prompts: accuracy against the gold labels (a proxy tie
-   counts one half); on every held-out sample: Pearson and Spearman correlation of proxy with gold.
+   counts one half), with its 95% interval over resampled held-out prompts (accuracy_lo, accuracy_hi; 400
+   pairs put its SE near 0.025); on every held-out sample: Pearson and Spearman correlation of proxy with gold.
    One row, method `rm`, goes to the results table; the same numbers are printed as a table.
 4. Output. `--output` becomes a checkpoint directory loadable as `rm:<dir>` (and, for one model, by
    `AutoModelForSequenceClassification.from_pretrained(dir)`): weights, tokenizer, `bonrl_rm.json`
    (members, max_length, backbone, parameter counts, the resolved config, the evaluation, the data
-   hash), `heldout_scores.json` (every member's score on every held-out sample, and the held-out pairs,
-   so the accuracy of any aggregation, @min or @mean-<λ>std, is recomputed without loading a model:
+   hash), `heldout_scores.json` (every member's score on every held-out sample, the held-out pairs and
+   each pair's prompt, so the accuracy (and its interval) of any aggregation, @min or @mean-<λ>std, is recomputed without loading a model:
    scorers.describe_rm) and `resolved_config.json`. An ensemble keeps its members in `member-0`, `member-1`, ... trained with
    seeds seed, seed+1, ... on the same data. The directory is filled in a temporary sibling and renamed
    into place only after evaluation succeeds, so a crash never leaves a directory that looks complete.
@@ -491,12 +492,17 @@ def evaluate(checkpoint: Path, members: list[str], max_length: int, data: Compar
     proxy[1:, held_out.index] = scores
     chosen, rejected = pairs["chosen_sample"].to_numpy(), pairs["rejected_sample"].to_numpy()
     accuracy = [pairwise_accuracy(p[chosen], p[rejected]) for p in proxy]
+    # 400 held-out pairs put the accuracy's SE near 0.025: it gets an interval over resampled held-out prompts.
+    prompts = pairs["prompt_id"].to_numpy()
+    measured = scorers.accuracy_with_interval(proxy[0][chosen], proxy[0][rejected], prompts)
     pearson, spearman = correlations(proxy[0, held_out.index], held_out["gold"].to_numpy())
     position = {sample: i for i, sample in enumerate(held_out.index)}  # held-out sample -> its column in `scores`
     heldout_scores = {"members": scores.tolist(), "gold": held_out["gold"].tolist(),
-                      "pairs": [[position[c], position[r]] for c, r in zip(chosen.tolist(), rejected.tolist())]}
+                      "pairs": [[position[c], position[r]] for c, r in zip(chosen.tolist(), rejected.tolist())],
+                      "pair_prompts": prompts.tolist()}
     return {
-        "accuracy": accuracy[0], "pearson": pearson, "spearman": spearman, "heldout_scores": heldout_scores,
+        "accuracy": accuracy[0], "accuracy_lo": measured["accuracy_lo"], "accuracy_hi": measured["accuracy_hi"],
+        "pearson": pearson, "spearman": spearman, "heldout_scores": heldout_scores,
         "member_accuracy": accuracy[1:] if len(members) > 1 else [],
         "eval_pairs": len(pairs), "eval_samples": len(held_out), "eval_prompts": int(held_out["prompt_id"].nunique()),
         "proxy_mean": float(proxy[0, held_out.index].mean()), "proxy_std": float(proxy[0, held_out.index].std()),
@@ -607,7 +613,8 @@ def train_rm(cfg: TrainRMConfig) -> Path:
 
         row = {
             "method": "rm", "policy": cfg.policy, "gold": cfg.gold, "proxy": f"rm:{cfg.output}", "seed": cfg.seed,
-            "accuracy": evaluation["accuracy"], "pearson": evaluation["pearson"], "spearman": evaluation["spearman"],
+            "accuracy": evaluation["accuracy"], "accuracy_lo": evaluation["accuracy_lo"],
+            "accuracy_hi": evaluation["accuracy_hi"], "pearson": evaluation["pearson"], "spearman": evaluation["spearman"],
             "pairs": len(train_pairs), "data_pairs": drawn_pairs(cfg), "eval_pairs": evaluation["eval_pairs"],
             "label_noise": cfg.label_noise,
             "parameters": (parameters or {}).get("total"),

@@ -65,6 +65,8 @@ class Proxy:
     parameters: float = math.nan
     parameters_non_embedding: float = math.nan
     accuracy: float = math.nan
+    accuracy_lo: float = math.nan  # its 95% interval over resampled held-out prompts (NaN: not recorded)
+    accuracy_hi: float = math.nan
     source: str = ""  # where the description came from
 
     @property
@@ -137,7 +139,9 @@ def describe(spec: str, rm_rows: pd.DataFrame, recorded: set[str] = frozenset())
                 "members": members, "pairs": row.get("pairs"), "label_noise": row.get("label_noise"),
                 "backbone": row.get("backbone"), "parameters": row.get("parameters"),
                 "parameters_non_embedding": row.get("parameters_non_embedding"),
-                "accuracy": row.get("accuracy") if not aggregation or aggregation == "mean" else None}
+                "accuracy": row.get("accuracy") if not aggregation or aggregation == "mean" else None,
+                "accuracy_lo": row.get("accuracy_lo") if not aggregation or aggregation == "mean" else None,
+                "accuracy_hi": row.get("accuracy_hi") if not aggregation or aggregation == "mean" else None}
         source = "train-rm row"
     members = int(info.get("members") or 1)
     agg = info.get("aggregation") or "mean"
@@ -147,7 +151,8 @@ def describe(spec: str, rm_rows: pd.DataFrame, recorded: set[str] = frozenset())
                  backbone=None if info.get("backbone") is None else str(info.get("backbone")),
                  parameters=number(info.get("parameters")),
                  parameters_non_embedding=number(info.get("parameters_non_embedding")),
-                 accuracy=number(info.get("accuracy")), source=source)
+                 accuracy=number(info.get("accuracy")), accuracy_lo=number(info.get("accuracy_lo")),
+                 accuracy_hi=number(info.get("accuracy_hi")), source=source)
 
 
 def recorded_fingerprints(rows: pd.DataFrame, spec: str) -> set[str]:
@@ -259,6 +264,7 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
            "aggregation": proxy.aggregation, "member": proxy.member, "members": proxy.members, "pairs": proxy.pairs,
            "label_noise": proxy.label_noise, "backbone": proxy.backbone, "parameters": proxy.parameters,
            "parameters_non_embedding": proxy.parameters_non_embedding, "accuracy": proxy.accuracy,
+           "accuracy_lo": proxy.accuracy_lo, "accuracy_hi": proxy.accuracy_hi,
            "curve": c.label, "method": c.method, "form": c.form, "prompts": len(panel.prompt_ids), "kl_max": kl_max}
     for name in ("alpha", "beta", "peak_kl", "peak_gold"):
         row.update({name: fit.get(name, math.nan), f"{name}_lo": fit.get(f"{name}_lo", math.nan),
@@ -398,8 +404,9 @@ def summary(family: Family) -> list[str]:
                      f"{t['proxy_names']}): slope {slope} per doubling of {x} (prompt resamples; t interval across the "
                      f"{t['proxies']} proxies {t_span}) — it {settled}.")
     for r in family.rows:
-        where = f"{r['name']} ({fmt(r['pairs'])} pairs" + (f", accuracy {r['accuracy']:.3f}" if math.isfinite(r['accuracy'])
-                                                           else "") + ")"
+        where = f"{r['name']} ({fmt(r['pairs'])} pairs" + (
+            f", held-out accuracy {span(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'])}"
+            if math.isfinite(r['accuracy']) else "") + ")"
         at = "" if r["best_at"] is None or not math.isfinite(number(r["best_at"])) else \
             (f" (n = {int(r['best_at'])})" if r["method"] == "bon" else f" (step {int(r['best_at'])})")
         best = (f"its largest gold gain is {span(r['best_gold'], r['best_gold_lo'], r['best_gold_hi'])} at KL "
@@ -592,7 +599,8 @@ def readable(family: Family) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
     rows = pd.DataFrame([{
         "proxy": r["name"], "curve": r["curve"], "pairs": fmt(r["pairs"]), "noise": fmt(r["label_noise"]),
-        "params (non-emb.)": fmt(r["parameters_non_embedding"]), "accuracy": fmt(r["accuracy"]),
+        "params (non-emb.)": fmt(r["parameters_non_embedding"]),
+        "accuracy": span(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"]),
         "α": span(r["alpha"], r["alpha_lo"], r["alpha_hi"]), "β": span(r["beta"], r["beta_lo"], r["beta_hi"]),
         "fitted peak KL": span(r["peak_kl"], r["peak_kl_lo"], r["peak_kl_hi"]),
         "best gold": span(r["best_gold"], r["best_gold_lo"], r["best_gold_hi"]), "at KL": fmt(r["best_kl"]),

@@ -229,7 +229,8 @@ def points_table(curves: list[Curve]) -> pd.DataFrame:
 def rm_table(rows: pd.DataFrame) -> pd.DataFrame:
     rm = rows[rows["method"] == "rm"]
     keep = [c for c in ("run_id", "proxy", "backbone", "pairs", "data_pairs", "label_noise", "ensemble",
-                        "parameters_non_embedding", "accuracy", "pearson", "spearman", "trained_tokens") if c in rm]
+                        "parameters_non_embedding", "accuracy", "accuracy_lo", "accuracy_hi", "pearson", "spearman",
+                        "trained_tokens") if c in rm]
     return rm[keep].reset_index(drop=True)
 
 
