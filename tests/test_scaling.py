@@ -106,8 +106,14 @@ def test_the_scaling_view_recovers_a_slope_of_alpha_in_log_pairs_within_its_inte
     # Each proxy's α interval holds its own truth, unit α · c_j.
     for (_, row), c in zip(bon.iterrows(), CORRELATION):
         assert row["alpha_lo"] < unit_alpha() * c < row["alpha_hi"], (row["name"], unit_alpha() * c)
-    # Regressional Goodhart only (no proxy error in the tail): gold never falls, so no peak is resolved.
+    # Regressional Goodhart only (no proxy error in the tail): gold never falls, so no peak is resolved, and
+    # each such row says how large a fall its own prompts could have resolved (peak_power).
     assert not scaled["peak_resolved"].any()
+    assert (0 < scaled["power_fall_50"]).all() and (scaled["power_fall_50"] < scaled["power_fall_80"]).all()
+    items = " ".join(page(out).items)
+    r = scaled[scaled["proxy"] == singles[0]].iloc[0]
+    assert (f"(power at these {P} prompts: a true fall of {r['power_fall_50']:.2g} from the best point to the last "
+            f"would be resolved half the time, {r['power_fall_80']:.2g} four times in five)") in items
 
 
 def test_the_ensemble_reads_its_checkpoint_and_is_compared_with_its_members_paired(family):

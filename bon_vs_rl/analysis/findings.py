@@ -4,6 +4,7 @@ and the comparisons across proxies and between points.
     analyse                             every curve of a panel: points, fits, matched comparisons (`Analysis`)
     measured_peak, fitted_peak_status   the largest measured gold gain and the fall after it; a fit's peak
     peak_shares, open_reason            why a fitted peak's interval is open (failed / no peak / overflow)
+    peak_power                          the fall `measured_peak` would resolve at this sample size (simulated)
     trend                               a coefficient against log data size across proxies, two intervals
     compare_proxies                     one proxy's curve against another's (or its members' average), paired
     compare_points                      one curve's point against another's (distilled policy vs BoN at n)
@@ -65,6 +66,7 @@ class Analysis:
     peaks:       label -> `measured_peak` of the curve: its largest measured gold gain and the fall after it
     walks:       label -> (estimate, replicates) as comparisons walk the curve (CurveSamples.for_comparison)
     prompt_w:    [B, P] the prompt resamples every statistic here was computed on
+    inputs, baseline: the CurveSamples (label -> curve) and Baseline analysed (e.g. for `peak_power`)
     """
 
     level: float
@@ -79,6 +81,14 @@ class Analysis:
     peaks: dict = field(default_factory=dict)
     walks: dict = field(default_factory=dict)
     prompt_w: np.ndarray | None = None
+    inputs: dict = field(default_factory=dict)
+    baseline: Baseline | None = None
+
+    def peak_power(self, label: str, **kwargs) -> dict:
+        """`peak_power` of one curve: its seed-averaged per-prompt gold gains at its trusted points."""
+        curve = self.inputs[label]
+        gain = curve.gold.mean(axis=0) - self.baseline.gold[:, None]
+        return peak_power(gain[:, curve.trusted], curve.kl.mean(axis=(0, 1))[curve.trusted], **kwargs)
 
 
 def _largest_reached(candidates: np.ndarray, est: list[dict], reps: list[dict], x: str, need: float) -> float:
@@ -133,7 +143,8 @@ def analyse(curves: list[CurveSamples], baseline: Baseline, *, B: int = 2000, se
         prompt_w = drawn
     elif np.shape(prompt_w) != (B, P):
         raise ValueError(f"prompt_w must have shape [B, P] = [{B}, {P}], got {np.shape(prompt_w)}")
-    result = Analysis(level=level, prompts=P, B=B, prompt_w=np.asarray(prompt_w, dtype=np.float64))
+    result = Analysis(level=level, prompts=P, B=B, prompt_w=np.asarray(prompt_w, dtype=np.float64),
+                      inputs={c.label: c for c in curves}, baseline=baseline)
     est, reps = {}, {}
     for c in curves:
         est[c.label] = curve_estimate(c, baseline)
@@ -207,14 +218,17 @@ def measured_peak(est: dict[str, np.ndarray], reps: dict[str, np.ndarray], level
         fall = max over the earlier points k of (gold_gain[k] − gold_gain[last])
     (last: the largest n, the last step; negative when the last point is the highest). A maximum over
     points picks up noise, so a curve that rises to a plateau would look as if it fell whenever one of its
-    tied points came out high: a plain percentile interval called 16% of such plateaus "falling" in the
-    simulation of tests/test_statistics.py. `fall`'s interval is therefore simultaneous over the earlier
+    tied points came out high: a plain percentile interval called 16% of such plateaus "falling" (independent
+    noise at every point, 40 prompts). `fall`'s interval is therefore simultaneous over the earlier
     points (max-type bootstrap): with D*_k the replicate's fall from point k minus the estimate's,
     fall_lo = fall − q(1 − a; max_k D*_k) and fall_hi = fall + q(1 − a; max_k −D*_k), a = (1 − level)/2,
     which holds for every earlier point at once and so for their maximum. `resolved` (gold really fell after
-    its peak) when fall_lo > 0. Measured (400 studies of 40 prompts, per-point SE 0.047): 1.5% of plateaus
-    called resolved; a fall of 0.2 (3 SDs of a two-point difference) found in 78% of studies, its interval
-    covering the true fall 98.5% of the time (simultaneous: conservative).
+    its peak) when fall_lo > 0. Measured on best-of-n as it is drawn (tests/test_statistics.py, slow tier:
+    400 studies of one draw of 256 samples on each of 76 prompts, every n estimated from that draw, so the
+    estimates are correlated across n and the last point's SE, ~0.05, is ~20 times n = 2's): 1.5% of plateaus
+    called resolved; a true fall of 0.12 found in 54% of studies and of 0.27 in 99%; the fall's interval
+    covers the true fall 96-98.5% of the time (simultaneous: conservative) and best's the true best 92-94%.
+    How large a fall a given curve could resolve: `peak_power`.
     best_replicates, fall_replicates: the [B] replicates (fall's uncentered, for comparisons).
     """
     gold, kl = np.asarray(est["gold_gain"], dtype=np.float64), np.asarray(est["kl"], dtype=np.float64)
@@ -249,6 +263,55 @@ def measured_peak(est: dict[str, np.ndarray], reps: dict[str, np.ndarray], level
         out.update(fall=fall, fall_lo=float(fall - above), fall_hi=float(fall + below),
                    fall_replicates=np.max(rep_falls, axis=1))
         out["resolved"] = bool(out["fall_lo"] > 0)
+    return out
+
+
+def peak_power(gain: ArrayLike, kl: ArrayLike, *, studies: int = 400, B: int = 500, seed: int = 0,
+               level: float = LEVEL, fall: float = 0.0) -> dict:
+    """How large a fall after the peak `measured_peak` would resolve at this curve's own sample size: the power
+    of "no resolved peak", simulated from the curve's own per-prompt estimates.
+
+    gain: [P, K] per-prompt gold gains (over the paired baseline) at the curve's K trusted points; kl: [K].
+    Best-of-n's per-prompt estimates at every n come from one draw, so they are correlated across n and their
+    spread grows many-fold with n; resampling whole prompts (rows of `gain`) keeps both. The simulated world
+    is this curve with its last point moved to the highest earlier mean (no fall: a plateau at the top), and
+    a fall of δ lowers that last point by δ. Each of `studies` studies draws P prompts with replacement from
+    that world and runs `measured_peak` on them with B prompt resamples. Lowering the last point by δ adds δ
+    to the fall from every earlier point, in the estimate and in every resample alike, so it adds exactly δ to
+    the simultaneous lower bound: a study resolves a fall of δ when δ > −fall_lo of its plateau, and one set
+    of plateau studies gives the whole power curve (`resolved_above`: those thresholds, sorted).
+    Returns fall_50 and fall_80 (the true falls resolved in half and four in five of the studies),
+    false_peak (the plateau's own share called resolved: should stay below (1 − level)/2), studies, prompts.
+    `fall` plants that fall in the world instead of none (the thresholds then drop by exactly `fall`, and
+    false_peak is the share of studies that resolve it: the power at that fall, computed the long way).
+    Seeds: pass a seed-averaged `gain`; the seed spread is then left out (the power is optimistic for RL
+    settings of several seeds). NaN values with fewer than two finite points.
+    """
+    gain, kl = np.asarray(gain, dtype=np.float64), np.asarray(kl, dtype=np.float64)
+    if gain.ndim != 2 or gain.shape[1] != kl.size:
+        raise ValueError(f"peak_power needs gain [P, K] and kl [K]; got {gain.shape} and {kl.shape}")
+    ok = np.isfinite(kl) & np.all(np.isfinite(gain), axis=0)
+    gain, kl = gain[:, ok], kl[ok]
+    P, K = gain.shape
+    out = {"fall_50": math.nan, "fall_80": math.nan, "false_peak": math.nan, "studies": studies, "prompts": P,
+           "resolved_above": np.full(studies, np.nan)}
+    if K < 2 or P < 2:
+        return out
+    world = gain.copy()
+    means = world.mean(axis=0)
+    world[:, -1] += means[:-1].max() - means[-1] - fall  # the last point `fall` below the highest earlier mean
+    gen = np.random.default_rng(seed)
+    # One set of inner resample counts serves every study: it is drawn independently of the data, so reusing
+    # it correlates the studies' Monte Carlo error a little but biases nothing, and saves a multinomial each.
+    inner = resample_weights(P, B, gen) / P
+    thresholds = np.empty(studies)
+    for s in range(studies):
+        x = world[gen.integers(0, P, P)]
+        est, reps = {"kl": kl, "gold_gain": x.mean(axis=0)}, {"gold_gain": inner @ x}
+        thresholds[s] = -measured_peak(est, reps, level)["fall_lo"]
+    thresholds.sort()
+    out.update(fall_50=float(np.quantile(thresholds, 0.5)), fall_80=float(np.quantile(thresholds, 0.8)),
+               false_peak=float(np.mean(thresholds < 0)), resolved_above=thresholds)
     return out
 
 

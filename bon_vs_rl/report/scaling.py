@@ -279,6 +279,9 @@ def proxy_row(proxy: Proxy, panel, c) -> dict:
                 "best_kl": peak["best_kl"], "best_at": None if best is None else best.get(c.order),
                 "fall": peak["fall"], "fall_lo": peak["fall_lo"], "fall_hi": peak["fall_hi"],
                 "peak_resolved": peak["resolved"]})
+    # No resolved peak says little without the fall it could have found: simulated from this curve's own prompts.
+    power = panel.analysis.peak_power(c.label) if not peak["resolved"] else {}
+    row.update({"power_fall_50": power.get("fall_50", math.nan), "power_fall_80": power.get("fall_80", math.nan)})
     return row
 
 
@@ -411,14 +414,17 @@ def summary(family: Family) -> list[str]:
             (f" (n = {int(r['best_at'])})" if r["method"] == "bon" else f" (step {int(r['best_at'])})")
         best = (f"its largest gold gain is {span(r['best_gold'], r['best_gold_lo'], r['best_gold_hi'])} at KL "
                 f"{fmt(r['best_kl'])}{at}")
+        power = (f" (power at these {r['prompts']} prompts: a true fall of {fmt(r['power_fall_50'], 2)} from the best "
+                 f"point to the last would be resolved half the time, {fmt(r['power_fall_80'], 2)} four times in five)"
+                 if math.isfinite(r.get("power_fall_50", math.nan)) else "")
         if r["peak_resolved"]:
             fall = (f"then gold falls by {span(r['fall'], r['fall_lo'], r['fall_hi'])} to KL {fmt(r['kl_max'])}: **a "
                     "resolved gold peak**")
         elif math.isfinite(r["fall"]) and r["fall"] <= 0:
-            fall = f"its last point (KL {fmt(r['kl_max'])}) is its highest: no peak yet"
+            fall = f"its last point (KL {fmt(r['kl_max'])}) is its highest: no peak yet{power}"
         else:
             fall = (f"the fall after it, {span(r['fall'], r['fall_lo'], r['fall_hi'])}, is not resolved (no peak "
-                    "shown)")
+                    f"shown){power}")
         fitted = {"inside": "inside the measured range", "extrapolated": "beyond the measured range",
                   "at the start": "at the initial policy: gold falls from the start (α ≤ 0)",
                   "open": f"open above: {r['peak_open_reason']}"}[r["peak_status"]]
@@ -604,7 +610,8 @@ def readable(family: Family) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         "α": span(r["alpha"], r["alpha_lo"], r["alpha_hi"]), "β": span(r["beta"], r["beta_lo"], r["beta_hi"]),
         "fitted peak KL": span(r["peak_kl"], r["peak_kl_lo"], r["peak_kl_hi"]),
         "best gold": span(r["best_gold"], r["best_gold_lo"], r["best_gold_hi"]), "at KL": fmt(r["best_kl"]),
-        "fall after it": span(r["fall"], r["fall_lo"], r["fall_hi"]), "peak": "resolved" if r["peak_resolved"] else "—",
+        "fall after it": span(r["fall"], r["fall_lo"], r["fall_hi"]),
+        "peak": "resolved" if r["peak_resolved"] else f"not resolved; 80% power from a fall of {fmt(r['power_fall_80'], 2)}",
     } for r in family.rows])
     trend_rows = pd.DataFrame([{
         "curve": t["curve"], "coefficient": t["coefficient"], "against": t["against"], "held fixed": t["held_fixed"],
