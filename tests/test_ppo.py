@@ -393,6 +393,96 @@ def test_lora_trains_the_adapters_and_value_head_only(tmp_path):
     assert saved["value_head"]["weight"].abs().max() > 0
 
 
+def test_ppo_step_gives_gae_score_minus_beta_kl_and_no_value_past_a_completions_end(toy_policy, tmp_path,
+                                                                                     monkeypatch):
+    """How ppo_step builds GAE's inputs, checked against a computation of its own at step 2 (after one update,
+    so π ≠ π_ref): each completion's rewards sum to score − β·Σ_t (log π(y_t) − log π_ref(y_t)), with both
+    log-probs recomputed here by a plain forward pass and the score by the proxy function itself, and the
+    values GAE bootstraps from are 0 past each completion's end (otherwise the last token would borrow the
+    value of padding)."""
+    seen: dict = {}
+    step_fn, pack_fn, gae_fn, score_fn = ppo.ppo_step, ppo.pack_completions, ppo.gae, ppo.score_or_stop
+
+    def ppo_step(cfg, step, accelerator, model, optimizer, tokenizer, reference, *args, **kwargs):
+        seen.update(cfg=cfg, step=step, model=model, reference=reference, completions=None)
+        return step_fn(cfg, step, accelerator, model, optimizer, tokenizer, reference, *args, **kwargs)
+
+    def pack(*args, **kwargs):
+        seen["batch"] = pack_fn(*args, **kwargs)
+        return seen["batch"]
+
+    def score(scorer, prompts, completions):
+        if seen.get("completions") is None:  # the proxy is scored first
+            seen["prompts"], seen["completions"] = list(prompts), list(completions)
+        return score_fn(scorer, prompts, completions)
+
+    def gae(rewards, values, mask, gamma, lam):
+        if seen["step"] == 2:  # before this step's update: the model is the rollout's policy
+            batch, temperature = seen["batch"], seen["cfg"].temperature
+            lm = getattr(seen["model"], "module", seen["model"]).lm
+            width = batch.completion_ids.shape[1]
+
+            def logprobs(model):
+                with torch.no_grad():
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids).logits.double()
+                logits = logits[:, batch.prompt_width - 1:batch.prompt_width - 1 + width] / temperature
+                picked = torch.log_softmax(logits, -1).gather(-1, batch.completion_ids[..., None]).squeeze(-1)
+                return picked * batch.completion_mask
+
+            kl = (logprobs(lm) - logprobs(seen["reference"])).sum(1)
+            proxy = torch.tensor(toy_rewards.good_fraction(seen["prompts"], seen["completions"]), dtype=torch.float64)
+            seen.update(rewards=rewards.clone(), values=values.clone(), mask=mask.clone(), kl=kl, proxy=proxy)
+        return gae_fn(rewards, values, mask, gamma, lam)
+
+    # The toy policy with EOS made likelier (~4% a token instead of ~0.2%): a third of the completions end early.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy, tokenizer = AutoModelForCausalLM.from_pretrained(toy_policy), AutoTokenizer.from_pretrained(toy_policy)
+    with torch.no_grad():
+        policy.lm_head.weight[tokenizer.eos_token_id, 0] = 10.5 / policy.config.hidden_size**0.5
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    for name, fn in (("ppo_step", ppo_step), ("pack_completions", pack), ("score_or_stop", score), ("gae", gae)):
+        monkeypatch.setattr(ppo, name, fn)
+    beta = 0.5
+    run_ppo(**ppo_args(str(tmp_path / "policy"), tmp_path / "out", tmp_path / "results.sqlite", steps=2, eval_every=2,
+                       beta=beta,
+                       normalize_proxy=False, ppo_epochs=1, eval_prompts=2, eval_samples_per_prompt=1))
+    mask = seen["mask"]
+    assert (mask.sum(1) < mask.shape[1]).any()  # some completions end early: there is a past-the-end to check
+    assert seen["kl"].abs().max() > 0.05  # the policy moved: the sign of the KL penalty matters here
+    expected = seen["proxy"] - beta * seen["kl"]
+    np.testing.assert_allclose(seen["rewards"].double().sum(1).numpy(), expected.numpy(), atol=1e-3)
+    assert torch.all(seen["values"][mask == 0] == 0) and torch.all(seen["rewards"][mask == 0] == 0)
+    assert seen["values"][mask == 1].abs().max() > 0  # the value head was trained at step 1
+
+
+def test_approx_kl_is_the_k3_estimate_over_each_minibatchs_tokens(toy_policy, tmp_path, monkeypatch):
+    """ppo/approx_kl is documented as k3 = mean_t (r_t − 1) − log r_t, r_t = π_new/π_old per token (Schulman
+    2020; CleanRL), averaged over minibatches: recomputed here from every minibatch's log-probs. Two epochs of
+    two minibatches, so every minibatch after the first meets a moved policy (r ≠ 1)."""
+    calls = []
+    loss_fn = ppo.clipped_policy_loss
+
+    def recording(new_logprobs, old_logprobs, advantages, mask, clip_range):
+        calls.append((new_logprobs.detach().double(), old_logprobs.detach().double(), mask.double()))
+        return loss_fn(new_logprobs, old_logprobs, advantages, mask, clip_range)
+
+    monkeypatch.setattr(ppo, "clipped_policy_loss", recording)
+    _, _, (step,) = run_ppo(**ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=1,
+                                       eval_every=1, ppo_epochs=2, eval_prompts=2, eval_samples_per_prompt=1))
+    assert len(calls) == 4
+    k3, k1 = [], []
+    for new, old, mask in calls:
+        log_r = (new - old) * mask
+        k3.append(float(((torch.exp(log_r) - 1 - log_r) * mask).sum() / mask.sum()))
+        k1.append(float((-log_r * mask).sum() / mask.sum()))
+    assert max(k3) > 1e-4  # the policy moved within the step: the estimators differ
+    assert step["ppo/approx_kl"] == pytest.approx(np.mean(k3), rel=1e-4)
+    assert step["ppo/approx_kl"] != pytest.approx(np.mean(k1), rel=1e-2)
+
+
 def test_pack_completions_masks_by_token_count_not_pad_id():
     """SmolLM2's pad id is its EOS id: a completion's own EOS must stay in the mask."""
     eos = pad = 2
@@ -637,17 +727,24 @@ def test_proxy_is_normalized_on_reference_samples_and_rows_carry_gain_bias_and_r
     assert state["proxy_gain_norm"] == pytest.approx(gain, rel=1e-9)
 
 
-def test_without_normalization_the_score_is_the_raw_proxy_and_whitening_records_its_raw_beta(toy_policy, tmp_path):
+def test_without_normalization_the_score_is_the_raw_proxy_and_whitening_records_its_raw_beta(toy_policy, tmp_path,
+                                                                                              proxy_calls):
     args = ppo_args(toy_policy, tmp_path / "out", tmp_path / "results.sqlite", steps=1, eval_every=1, beta=0.3,
                     normalize_proxy=False, whiten_rewards=True)
     _, rows, (step,) = run_ppo(**args)
     assert rows["proxy_gain_norm"].tolist() == [1.0, 1.0] and rows["proxy_bias_norm"].tolist() == [0.0, 0.0]
-    # Whitening divides the score by the running std of the proxy (here: of the first rollout), so β acts on
-    # the raw proxy as β·std. Before any rollout there is no std: the step-0 row has no raw β.
+    # Whitening divides the score by the running std of the proxy (here: of the first rollout, the one proxy
+    # call on train prompts; sample std, ddof 1), so β acts on the raw proxy as β·std. Before any rollout
+    # there is no std: the step-0 row has no raw β.
+    from bon_vs_rl.measurement import prompts as prompt_sets
+
+    train = set(prompt_sets.load_prompts("builtin", "train"))
+    (rollout,) = [scores for prompts, _, scores in proxy_calls if set(prompts) <= train]
+    assert len(rollout) == 16 and rollout.std() > 0
     assert pd.isna(rows["beta_raw"].iloc[0])
-    assert rows["beta_raw"].iloc[1] == pytest.approx(step["ppo/beta_raw"])
+    assert step["ppo/beta_raw"] == pytest.approx(0.3 * rollout.std(ddof=1), rel=1e-6)
+    assert rows["beta_raw"].iloc[1] == pytest.approx(0.3 * rollout.std(ddof=1), rel=1e-6)
     assert step["reward/proxy_used"] == pytest.approx(0.0, abs=1e-5)  # whitened over this one batch
-    assert step["ppo/beta_raw"] > 0 and np.isfinite(step["ppo/beta_raw"])
 
 
 def test_a_proxy_with_no_spread_on_reference_samples_exits_2_before_any_file(toy_policy, tmp_path):
