@@ -37,10 +37,28 @@ def offline_trackers(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every TRL trainer a run builds, recorded (its β is what TRL's loss uses)."""
+    import trl
+
+    built = []
+    for name in ("RLOOTrainer", "GRPOTrainer"):
+        base = getattr(trl, name)
+        recording = type(name, (base,), {"__init__": lambda self, *a, _base=base, **k: (_base.__init__(self, *a, **k),
+                                                                                         built.append(self))[0]})
+        monkeypatch.setattr(trl, name, recording)
+    return built
+
+
 @pytest.mark.parametrize(("algo", "tracker"), [("rloo", "wandb"), ("grpo", "mlflow")])
-def test_trl_trainer_writes_the_shared_evaluation_rows(algo, tracker, toy_policy, tmp_path, loading_bars_on):
+def test_trl_trainer_writes_the_shared_evaluation_rows(algo, tracker, toy_policy, tmp_path, loading_bars_on, trainers):
     result = runner.invoke(cli.app, rl_args(algo, toy_policy, tmp_path / "out", "--log-with", tracker))
     assert result.exit_code == 0, result.output
+    # --beta reaches TRL's trainer (its KL coefficient), not only our rows.
+    (trainer,) = trainers
+    assert type(trainer).__name__ == ("RLOOTrainer" if algo == "rloo" else "GRPOTrainer")
+    assert trainer.args.beta == 0.1 and trainer.beta == 0.1
     assert "Loading weights" not in result.output  # --quiet: no per-load bars from transformers
     rows = R.load(tmp_path / "results.sqlite").sort_values("step").reset_index(drop=True)
     assert rows["method"].tolist() == [algo] * 3 and rows["step"].tolist() == [0, 1, 2]
@@ -67,6 +85,34 @@ def test_trl_trainer_writes_the_shared_evaluation_rows(algo, tracker, toy_policy
     for step in (0, 1, 2):
         assert logged[(step, "eval/gold_mean")] == pytest.approx(rows["gold_mean"].iloc[step])
     assert {(1, "train/loss"), (2, "train/loss")} <= set(logged)
+
+
+def test_trls_reward_is_the_proxy_itself_in_order(tmp_path):
+    """TRL maximizes what the reward function returns: the proxy's scores, unchanged (a sign flip here would
+    train the policy away from the proxy), and the completion tokens counted."""
+    from bon_vs_rl.measurement import scorers
+
+    proxy = scorers.load_scorer(REWARD, "cpu", role="proxy")
+    counter = trl_rl.TokenCounter()
+    reward = trl_rl.make_reward_function(proxy, counter, tmp_path)
+    completions = [" good good bad", " bad", " good the"]
+    assert reward(["p"] * 3, completions, completion_ids=[[1, 2, 3], [4], [5, 6]]) == pytest.approx(
+        toy_rewards.good_fraction(None, completions))
+    assert toy_rewards.good_fraction(None, completions) == pytest.approx([2 / 3, 0.0, 0.5])
+    assert counter.tokens == 6 and counter.batches == 1
+
+
+@pytest.mark.slow  # ~20-35 s: six RLOO steps of 16 completions on the toy policy
+def test_rloo_raises_the_proxy_on_the_toy_task(toy_policy, tmp_path):
+    """The end-to-end check of the reward's sign: RLOO against the "good" fraction must raise it (0.16 at step 0,
+    0.34 at step 6 at this seed; a negated reward drives it towards 0)."""
+    args = rl_args("rloo", toy_policy, tmp_path / "out", "--steps", "6", "--eval-every", "6", "--beta", "0",
+                   "--rollout-batch-size", "16", "--learning-rate", "2e-2", "--eval-prompts", "8",
+                   "--eval-samples-per-prompt", "4")
+    assert runner.invoke(cli.app, args).exit_code == 0
+    rows = R.load(tmp_path / "results.sqlite").sort_values("step")
+    start, end = rows.iloc[0], rows.iloc[-1]
+    assert end["proxy_mean"] - start["proxy_mean"] > 2 * np.hypot(start["proxy_se"], end["proxy_se"]), rows
 
 
 @pytest.mark.slow  # 4-6 s each: with the others marked so, `make test` keeps a 2x margin on 3 min
