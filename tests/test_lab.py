@@ -136,6 +136,39 @@ def test_exact_kl_stays_below_the_analytic_bound_and_n_e30_is_the_top_outcome():
     assert bon.kl_bon_exact(population.p, 100) == pytest.approx(population.best_of_n(100)["kl"], abs=1e-12)
 
 
+def test_bon_rows_gold_gap_is_the_optimums_gold_minus_best_of_ns_at_equal_kl(gaussian_populations):
+    """A bon row's gold_gap = the optimum's gold − best-of-n's gold at best-of-n's KL, with the optimum found here
+    by bisection on β over plain softmax weights (not lab.optimum_at_kl); and optimum_gold_limit is the Gaussian
+    K → ∞ optimum at the limit's KL: KL = σ²/(2β²) gives β = σ/sqrt(2 KL) and gold 1/β (gaussian_limit_tilted,
+    whose closed form tests above check), which the 200,000-outcome populations approach."""
+    population = gaussian_populations[0]
+    u, v = population.raw_proxy, population.raw_gold
+
+    def optimum(beta):
+        w = np.exp((u - u.max()) / beta)
+        w /= w.sum()
+        return float(np.sum(w * np.log(np.maximum(w * len(u), 1e-300)))), float(w @ v)
+
+    rows = lab.bon_rows(population, [1, 4, 64], scale=1.0, gaussian=True)
+    for row in rows[1:]:
+        lo, hi = math.log(1e-3), math.log(1e3)  # KL falls as β grows
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if optimum(math.exp(mid))[0] > row["kl"] else (lo, mid)
+        kl, gold = optimum(math.exp((lo + hi) / 2))
+        assert kl == pytest.approx(row["kl"], rel=1e-6)
+        assert row["optimum_gold"] == pytest.approx(gold, rel=1e-6)
+        assert row["gold_gap"] == pytest.approx(gold - row["gold_mean"], rel=1e-6, abs=1e-9)
+        assert row["gold_gap"] > 0  # the optimum keeps more gold than best-of-n at equal KL
+        beta = math.sqrt(2.0) / math.sqrt(2 * row["kl_limit"])
+        limit = lab.gaussian_limit_tilted(beta, 1.0)
+        assert limit["kl"] == pytest.approx(row["kl_limit"], rel=1e-12)
+        assert row["optimum_gold_limit"] == pytest.approx(limit["gold"], rel=1e-12)
+    assert rows[0]["gold_gap"] == pytest.approx(0.0, abs=1e-12) and rows[0]["optimum_gold_limit"] == 0.0
+    within_4_se([lab.bon_rows(p, [64], 1.0, True)[0]["optimum_gold"] for p in gaussian_populations],
+                rows[-1]["optimum_gold_limit"], largest_se=0.02)
+
+
 @pytest.mark.parametrize("error", ["normal", "student-t", "lognormal", "hack"])
 def test_the_optimum_at_best_of_ns_kl_has_that_kl_and_at_least_its_proxy(error):
     """π_β maximizes E[proxy] − β KL, so at the KL of best-of-n it has at least best-of-n's proxy (for
