@@ -171,6 +171,25 @@ def test_table_bootstrap_is_seeded_and_brackets_the_mean():
         assert np.all((width > 0.7) & (width < 1.3)), (name, width)
 
 
+def test_a_bootstrap_resample_draws_exactly_p_prompts():
+    """Each resample is P prompts drawn with replacement: a count row sums to P, so a column that is the same
+    for every prompt has a resampled mean equal to that value in every resample (interval of zero width), in
+    best-of-n's table and in the tilted optimum's rows that share its resamples."""
+    from bon_vs_rl.analysis import statistics
+    from bon_vs_rl.methods import tilted
+
+    counts = statistics.resample_weights(37, 300, 0)
+    assert np.all(counts.sum(axis=1) == 37) and np.all(counts >= 0) and np.all(counts == np.round(counts))
+    assert counts.mean() == pytest.approx(1.0) and counts.std() > 0.5  # each prompt drawn once on average
+    proxy = np.random.default_rng(2).normal(size=(37, 8))
+    constant = {"gold": np.full((37, 8), 0.7)}
+    table = best_of_n_table(proxy, constant, [1, 2, 8], bootstrap=300, rng=0)
+    np.testing.assert_allclose(table["gold_lo"], 0.7, rtol=1e-12)
+    np.testing.assert_allclose(table["gold_hi"], 0.7, rtol=1e-12)
+    (row,) = tilted.tilted_rows(proxy, constant, [1.0], bootstrap=300, seed=0)
+    assert (row["gold_lo"], row["gold_hi"]) == (pytest.approx(0.7, rel=1e-12), pytest.approx(0.7, rel=1e-12))
+
+
 def test_table_single_prompt_has_nan_standard_error():
     proxy, columns = tied_data(1, 8, seed=6)
     table = best_of_n_table(proxy, columns, [1, 8])

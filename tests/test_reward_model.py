@@ -410,9 +410,17 @@ def test_a_data_size_sweep_trains_on_nested_subsets_of_one_draw_with_exact_noise
     assert subsets[2000]["chosen"].tolist() == [f"c{i}" for i in range(2000)]  # all of it: the draw as sampled
     assert subsets[100]["prompt_id"].nunique() > 50  # a random subset, not the first 17 prompts' pairs
     assert not subsets[500]["flipped"].any()  # no label noise asked for: the labels as the gold gave them
-    # Another training seed, the same data seed: the same subset.
+    # Another training seed, the same data seed: the same subset, and with label noise the same pairs flipped
+    # (the flips follow the data seed alone, so proxies of one draw differ only in what they were told to).
     again = reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, seed=3, data_seed=0))
     assert set(again["chosen"]) == chosen[500]
+    flips = [set(reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, seed=seed, data_seed=0,
+                                                                   label_noise=0.25)).query("flipped")["chosen"].str[1:])
+             for seed in (0, 3, 11)]
+    assert len(flips[0]) == 125 and flips[0] == flips[1] == flips[2]
+    other_draw = reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, data_seed=1,
+                                                                   label_noise=0.25))
+    assert set(other_draw.query("flipped")["chosen"].str[1:]) != flips[0]
     # Label noise flips exactly round(0.25 · pairs) of the subset trained on, and only their labels.
     noisy = reward_model.training_pairs(data, C.TrainRMConfig(pairs=500, data_pairs=2000, label_noise=0.25))
     assert int(noisy["flipped"].sum()) == 125
