@@ -99,6 +99,12 @@ def test_the_scaling_view_recovers_a_slope_of_alpha_in_log_pairs_within_its_inte
     assert alpha["slope_lo"] < truth < alpha["slope_hi"], (truth, alpha.to_dict())
     assert alpha["slope"] == pytest.approx(truth, rel=0.35) and alpha["verdict"] == "rises"
     assert alpha["proxies"] == 4 and alpha["held_fixed"] == "backbone minilm, label noise 0"
+    # The report states the slope per doubling of the pairs: slope · ln 2, with both intervals, from this row.
+    doubling = {k: alpha[k] * math.log(2) for k in ("slope", "slope_lo", "slope_hi", "slope_t_lo", "slope_t_hi")}
+    said = (f"slope {doubling['slope']:.3g} [{doubling['slope_lo']:.3g}, {doubling['slope_hi']:.3g}] per doubling of "
+            f"pairs (prompt resamples; t interval across the 4 proxies {doubling['slope']:.3g} "
+            f"[{doubling['slope_t_lo']:.3g}, {doubling['slope_t_hi']:.3g}])")
+    assert said in " ".join(page(out).items), said
     scaled = pd.read_csv(out / "scaling.csv")
     bon = scaled[scaled["proxy"].isin(singles)].set_index("proxy").loc[singles]
     np.testing.assert_allclose(bon["pairs"], PAIRS)

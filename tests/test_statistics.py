@@ -710,6 +710,29 @@ def test_trend_recovers_a_slope_in_log_pairs_within_its_interval():
         findings.trend([1.0, 1.0], [0.1, 0.2], np.zeros((10, 2)))
 
 
+def test_trends_t_interval_is_scipys_linregress_on_j_minus_2_degrees_of_freedom():
+    """The t interval of a trend is the textbook one: scipy's linregress slope ± t(0.975; J − 2) × its standard
+    error, for J = 5 and J = 3 proxies; the prompt-resample interval is the percentile interval of the slopes
+    through each resample's coefficients (numpy's polyfit, one resample at a time)."""
+    rng = np.random.default_rng(12)
+    for J in (5, 3):
+        x = np.log(PAIRS[:J])
+        values = 0.1 + 0.08 * x + rng.normal(0, 0.05, J)
+        reps = values + rng.normal(0, 0.03, (300, J))
+        result = findings.trend(x, values, reps)
+        fit = stats.linregress(x, values)
+        half = stats.t.ppf(0.975, J - 2) * fit.stderr
+        assert result["slope"] == pytest.approx(fit.slope, rel=1e-12)
+        assert result["intercept"] == pytest.approx(fit.intercept, rel=1e-12)
+        assert (result["slope_t_lo"], result["slope_t_hi"]) == (pytest.approx(fit.slope - half, rel=1e-10),
+                                                                pytest.approx(fit.slope + half, rel=1e-10))
+        slopes = [np.polyfit(x, r, 1)[0] for r in reps]
+        assert (result["slope_lo"], result["slope_hi"]) == (pytest.approx(np.quantile(slopes, 0.025), rel=1e-9),
+                                                            pytest.approx(np.quantile(slopes, 0.975), rel=1e-9))
+    two = findings.trend(np.log(PAIRS[:2]), np.array([0.3, 0.5]), np.full((10, 2), 0.4))
+    assert math.isnan(two["slope_t_lo"]) and math.isnan(two["slope_t_hi"]) and two["verdict_t"] == "unresolved"
+
+
 def test_trend_intervals_cover_the_slope_with_and_without_training_scatter():
     """400 studies of 5 proxies on 40 prompts. Without training scatter (every proxy exactly on the line) the
     percentile interval covers the slope at its nominal 95%. When each proxy also lands off the line by its
