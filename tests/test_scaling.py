@@ -50,6 +50,8 @@ def family_table(tmp_path: Path) -> tuple[Path, list[str], Path]:
                           "vader": (0.2 + OFFSETS[:P, None] + GOLD_STD * z).ravel()})
     for spec, c in zip(singles, CORRELATION):
         frame[spec] = (z + math.sqrt(1 / c**2 - 1) * rng.standard_normal((P, N))).ravel()
+    noisy = f"rm:{tmp_path / 'gone' / 'rm-noisy'}"  # rm-2's 500 pairs with a quarter of the labels flipped
+    frame[noisy] = (z + math.sqrt(1 / 0.3**2 - 1) * rng.standard_normal((P, N))).ravel()
     ensemble = tmp_path / "ens"
     members = np.stack([(z + 1.5 * rng.standard_normal((P, N))).ravel() for _ in range(2)])
     ensemble_specs = [f"rm:{ensemble}@mean", f"rm:{ensemble}@min", f"rm:{ensemble}@member-0"]
@@ -73,7 +75,10 @@ def family_table(tmp_path: Path) -> tuple[Path, list[str], Path]:
                                     # rm-3's row is from before train-rm recorded the accuracy's interval
                                     **({"accuracy_lo": 0.45 + 0.05 * i, "accuracy_hi": 0.55 + 0.05 * i} if i < 3 else {}),
                                     **PARAMETERS}], "family", f"rm-{i}")
-    for spec in singles + ensemble_specs:
+    add_run(path, "train-rm", [{"method": "rm", "policy": "tiny", "gold": "vader", "proxy": noisy, "pairs": 500,
+                                "label_noise": 0.25, "backbone": "minilm", "ensemble": 1, "accuracy": 0.52,
+                                **PARAMETERS}], "family", "rm-noisy")
+    for spec in singles + [noisy] + ensemble_specs:
         rows = [{**row, "method": "bon", "policy": "tiny", "proxy": spec, "gold": "vader", "seed": 0,
                  "samples_path": str(samples), "samples_per_prompt": N, "prompt_count": P, "setting": f"bon-{spec}"}
                 for row in best_of_n.bon_rows(frame, spec, "vader", NS, N, 200, 0)]
@@ -149,7 +154,8 @@ def test_the_ensemble_reads_its_checkpoint_and_is_compared_with_its_members_pair
     assert set(comparisons["comparison"]) == {"ens@mean vs the average of its 1 member(s)",
                                               "ens@min vs the average of its 1 member(s)",
                                               "ens@mean vs rm-2, one model on the same 500 pairs",
-                                              "ens@min vs rm-2, one model on the same 500 pairs"}
+                                              "ens@min vs rm-2, one model on the same 500 pairs",
+                                              "rm-noisy (25% of labels flipped) vs rm-2 (clean, same 500 pairs)"}
     at_kl = comparisons[(comparisons["curve_a"] == "ens@min") & (comparisons["quantity"] == "gold_at_kl")].iloc[0]
     assert at_kl["target"] == pytest.approx(float(kl_bon_analytic(np.array([64]))[0]))
     # The same draw, rescored: the difference at n = 64 is the paired one, recomputed from points.csv.
@@ -157,10 +163,18 @@ def test_the_ensemble_reads_its_checkpoint_and_is_compared_with_its_members_pair
     last = points[points["n"] == 64].set_index("proxy")["gold_gain"]
     assert at_kl["diff"] == pytest.approx(last[f"rm:{ensemble}@min"] - last[f"rm:{ensemble}@member-0"])
     assert at_kl["diff_lo"] <= at_kl["diff"] <= at_kl["diff_hi"]
+    # The noisy proxy against the clean one of its data size (not against itself or another noisy one): paired
+    # at n = 64, and its weaker correlation with the gold (0.3 against 0.55) shows as a resolved loss.
+    noise = comparisons[comparisons["comparison"].str.startswith("rm-noisy")]
+    noise_at_kl = noise[noise["quantity"] == "gold_at_kl"].iloc[0]
+    assert (noise_at_kl["curve_a"], noise_at_kl["curve_b"]) == ("rm-noisy", "rm-2")
+    assert noise_at_kl["diff"] == pytest.approx(last[[s for s in last.index if s.endswith("rm-noisy")][0]]
+                                                - last[[s for s in last.index if s.endswith("/rm-2")][0]])
+    assert noise_at_kl["verdict"] == "behind" and noise_at_kl["diff_hi"] < 0
     # How many such intervals the view prints (no multiplicity correction): said beside the table.
     shown = comparisons[np.isfinite(comparisons["diff_lo"]) | np.isfinite(comparisons["diff_hi"])]
-    assert len(shown) == 8
-    assert "The proxy comparisons of policy tiny, gold vader prints 8 difference interval(s) at 95%" in \
+    assert len(shown) == 10
+    assert "The proxy comparisons of policy tiny, gold vader prints 10 difference interval(s) at 95%" in \
         (out / "report.md").read_text()
 
 

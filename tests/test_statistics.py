@@ -930,6 +930,10 @@ def test_an_open_fitted_peak_says_why_it_is_open():
     assert np.isinf(reps["peak_kl"][1]) and np.isnan(reps["peak_kl"][2])
     shares = findings.peak_shares(reps)
     assert shares == {"failed": 0.25, "no_peak": 0.25, "overflow": 0.0}
+    # β = 0 exactly is a straight line: no peak either (fits._peak: "β ≤ 0").
+    by_hand = findings.peak_shares({"beta": np.array([0.0, 0.2, np.nan, -0.1]),
+                                    "peak_kl": np.array([np.inf, 1.0, np.nan, np.inf])})
+    assert by_hand == {"failed": 0.25, "no_peak": 0.5, "overflow": 0.0}
     rl = st.fit_replicates(np.array([1.0, 4.0, 9.0]), np.array([1.0, 2.0, 3.0]) * (800.0 - 1.0 * np.log([1.0, 2.0, 3.0])),
                            "rl")  # α/β = 800: exp(799) overflows
     assert float(rl["beta"]) > 0 and np.isinf(rl["peak_kl"])

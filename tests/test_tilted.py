@@ -144,6 +144,13 @@ def test_rows_average_prompts_flag_low_ess_and_share_best_of_ns_bootstrap_resamp
         means = counts @ per_prompt["gold"][:, k] / 12
         assert (row["gold_lo"], row["gold_hi"]) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
     assert [r["low_ess"] for r in rows] == [1, 1, 0]  # ESS at β = 0.1, 1, 10: ~1, ~15, ~40 of 40
+    # The flag follows the mean ESS (LOW_ESS was measured on it): one prompt collapsing onto its top sample
+    # (ESS 1) among eleven with equal scores (ESS 40) leaves the mean at 36.75, not flagged.
+    mixed = np.zeros((12, 40))
+    mixed[0] = np.linspace(0.0, 100.0, 40)
+    (row,) = tilted.tilted_rows(mixed, {"gold": gold}, [0.1])
+    assert row["ess_min"] == pytest.approx(1.0, abs=1e-6) and row["ess"] == pytest.approx(36.75, abs=1e-6)
+    assert row["low_ess"] == 0
 
 
 @pytest.mark.parametrize("args, message", [
