@@ -743,24 +743,14 @@ def test_trend_intervals_cover_the_slope_with_and_without_training_scatter():
     """400 studies of 5 proxies on 40 prompts. Without training scatter (every proxy exactly on the line) the
     percentile interval covers the slope at its nominal 95%. When each proxy also lands off the line by its
     own training luck (sd 0.06, about the prompt noise's SE of one α), the prompt resamples cannot see it:
-    the percentile interval covers less, and the t interval from the proxies' scatter is the one that covers.
-    That holds only while the luck is independent across proxies. Proxies trained on nested subsets of one
-    labelled draw (cpu-scaling.yaml) share it: proxy j's luck is the mean of the first pairs_j of 2,000 per-pair
-    draws (sd 0.25 at 125 pairs, shrinking as 1/sqrt(pairs)). Shared luck moves neighbours together, so part of
-    it looks like slope and the scatter about the line understates it: the t interval under-covers there, while
-    the same sds drawn independently keep it at its nominal level."""
+    the percentile interval covers less, and the t interval from the proxies' scatter is the one that covers."""
     slope, intercept, repeats, P = 0.1, -0.1, 400, 40
     rng = np.random.default_rng(11)
-    cases = ("no scatter", "scatter", "nested luck", "independent luck")
-    hits = {f"{kind}, {case}": 0 for case in cases for kind in ("percentile", "t")}
+    hits = {"percentile, no scatter": 0, "t, no scatter": 0, "percentile, scatter": 0, "t, scatter": 0}
     for _ in range(repeats):
         line = intercept + slope * LOG_PAIRS
-        per_pair = rng.standard_normal(PAIRS[-1])
-        luck = {"no scatter": 0.0, "scatter": rng.normal(0, 0.06, 5),
-                "nested luck": 0.25 * math.sqrt(PAIRS[0]) * np.array([per_pair[:n].mean() for n in PAIRS]),
-                "independent luck": 0.25 * np.sqrt(PAIRS[0] / PAIRS) * rng.standard_normal(5)}
-        for case in cases:
-            result = quick_trend(line + luck[case], P, rng)
+        for case, alphas in (("no scatter", line), ("scatter", line + rng.normal(0, 0.06, 5))):
+            result = quick_trend(alphas, P, rng)
             hits[f"percentile, {case}"] += covered(result["slope_lo"], result["slope_hi"], slope)
             hits[f"t, {case}"] += covered(result["slope_t_lo"], result["slope_t_hi"], slope)
     rate = {k: v / repeats for k, v in hits.items()}
@@ -768,9 +758,33 @@ def test_trend_intervals_cover_the_slope_with_and_without_training_scatter():
     assert COVERS[0] <= rate["percentile, no scatter"] <= COVERS[1], rate
     assert rate["t, no scatter"] >= COVERS[0] and rate["t, scatter"] >= COVERS[0], rate
     assert rate["percentile, scatter"] < rate["t, scatter"] - 0.05, rate
-    assert rate["t, independent luck"] >= COVERS[0] and rate["t, nested luck"] < COVERS[0], rate
-    assert rate["t, nested luck"] < rate["t, independent luck"] - 0.05, rate
-    assert rate["percentile, nested luck"] < rate["t, nested luck"], rate
+
+
+@pytest.mark.slow  # ~10 s idle: 800 more studies
+def test_the_t_interval_under_covers_when_proxies_share_their_training_luck():
+    """The t interval counts training luck only while it is independent across proxies. Proxies trained on
+    nested subsets of one labelled draw (cpu-scaling.yaml) share it: proxy j's luck is the mean of the first
+    pairs_j of 2,000 per-pair draws (sd 0.25 at 125 pairs, shrinking as 1/sqrt(pairs)). Shared luck moves
+    neighbours together, so part of it looks like slope and the scatter about the line understates it: over
+    400 studies the t interval covers 77% here (77-86% over four seeds), while the same sds drawn independently
+    keep it at 95% (93-95%)."""
+    slope, intercept, repeats, P = 0.1, -0.1, 400, 40
+    rng = np.random.default_rng(11)
+    hits = {f"{kind}, {case}": 0 for case in ("nested", "independent") for kind in ("percentile", "t")}
+    for _ in range(repeats):
+        line = intercept + slope * LOG_PAIRS
+        per_pair = rng.standard_normal(PAIRS[-1])
+        luck = {"nested": 0.25 * math.sqrt(PAIRS[0]) * np.array([per_pair[:n].mean() for n in PAIRS]),
+                "independent": 0.25 * np.sqrt(PAIRS[0] / PAIRS) * rng.standard_normal(5)}
+        for case in ("nested", "independent"):
+            result = quick_trend(line + luck[case], P, rng)
+            hits[f"percentile, {case}"] += covered(result["slope_lo"], result["slope_hi"], slope)
+            hits[f"t, {case}"] += covered(result["slope_t_lo"], result["slope_t_hi"], slope)
+    rate = {k: v / repeats for k, v in hits.items()}
+    print("trend slope coverage with shared luck", rate)
+    assert rate["t, independent"] >= COVERS[0] and rate["t, nested"] < COVERS[0], rate
+    assert rate["t, nested"] < rate["t, independent"] - 0.05, rate
+    assert rate["percentile, nested"] < rate["t, nested"], rate
 
 
 def measured_curve(gains, P, rng, noise=0.3):
