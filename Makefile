@@ -50,11 +50,16 @@ $(VLLM_STAMP): pyproject.toml Makefile
 TEST_WORKERS ?= 2
 
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow and not vllm" -n $(TEST_WORKERS)
 
 # pytest exits 5 when no test is selected: not a failure for this tier, whatever is marked slow.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q -m "slow and not vllm" || [ $$? -eq 5 ]
+
+# The vLLM tier (tests/test_vllm_engine.py, marker vllm) in .venv-vllm; one process, one torch thread: the
+# engine's worker takes the other core. A missing or broken vLLM fails these tests: they never skip.
+test-vllm: setup-vllm
+	OMP_NUM_THREADS=1 $(VLLM_BIN)/python -m pytest -q -m vllm -p no:xdist -s
 
 lint: setup
 	$(BIN)/ruff check bon_vs_rl tests scripts
@@ -72,6 +77,10 @@ overopt: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_bon_estimator.py
+
+# Tokens/s of --engine vllm against --engine hf, as a ratio in one run (scripts/bench_engines.py).
+bench-engines: setup-vllm
+	$(VLLM_BIN)/python scripts/bench_engines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
