@@ -52,57 +52,63 @@ def main() -> None:
 
     import torch
 
-    from bon_vs_rl import models, sampling, vllm_engine
-    from bon_vs_rl import prompts as prompt_sets
-    from bon_vs_rl.config import SamplingConfig
+    from bon_vs_rl.config.base import SamplingConfig
+    from bon_vs_rl.measurement import prompts as prompt_sets
 
     torch.set_num_threads(args.threads)
-    cpu = torch.device("cpu")
     prompts = prompt_sets.load_prompts("builtin", "eval", args.prompts)
     cfg = SamplingConfig(engine="vllm", max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     print(f"{len(prompts)} prompts x N={args.n} x {args.max_new_tokens} new tokens, {args.precision}, "
           f"{args.threads} thread(s) each; {os.cpu_count()} CPU cores (shared: see the docstring)", flush=True)
     print(f"{'model':<14} {'method':<12} {'tokens':>7} {'tok/s':>8} {'vs hf':>6}  runs (tok/s)", flush=True)
     for spec in args.models.split(","):
-        model, tokenizer = models.load_policy(spec, cpu)
-        start = time.perf_counter()
-        engine = vllm_engine.VLLMSampler(models.resolve_model_path(spec), cfg, cpu, args.precision, quiet=True)
-        started = time.perf_counter() - start
-        encoded = sampling.encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-        eos = sampling.eos_token_ids(model, tokenizer)
+        bench_model(spec, args, prompts, cfg)
 
-        def hf(seed):
-            with models.autocast(cpu, args.precision):
-                samples = sampling.generate(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
-            return int(samples.token_count.sum())
 
-        def vllm(seed):
-            with models.autocast(cpu, args.precision):
-                samples = engine(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
-            return int(samples.token_count.sum())
+def bench_model(spec: str, args, prompts: list[str], cfg) -> None:
+    import torch
 
-        def proposal(seed):
-            ids, _ = engine.propose(encoded, args.n, cfg, [seed + 7919 * i for i in range(len(prompts))], eos)
-            return sum(len(c) for rows in ids for c in rows)
+    from bon_vs_rl.measurement import models, sampling, vllm_engine
 
-        methods = {"hf": hf, "vllm": vllm, "vllm engine": proposal}
-        for method in methods.values():  # warm-up: first calls allocate caches and pick kernels
-            method(10_000)
-        rates: dict[str, list[float]] = {name: [] for name in methods}
-        tokens: dict[str, int] = {}
-        for repeat in range(args.repeats):
-            for name, method in methods.items():
-                start = time.perf_counter()
-                tokens[name] = method(repeat)
-                rates[name].append(tokens[name] / (time.perf_counter() - start))
-        engine.close()
-        base = statistics.median(rates["hf"])
-        for name in methods:
-            rate = statistics.median(rates[name])
-            runs = " ".join(f"{r:.0f}" for r in rates[name])
-            print(f"{spec:<14} {name:<12} {tokens[name]:>7} {rate:>8.0f} {rate / base:>5.2f}x  {runs}", flush=True)
-        print(f"{spec:<14} vllm engine start: {started:.0f} s (once per stage)", flush=True)
+    cpu = torch.device("cpu")
+    model, tokenizer = models.load_policy(spec, cpu)
+    start = time.perf_counter()
+    engine = vllm_engine.VLLMSampler(models.resolve_model_path(spec), cfg, cpu, args.precision, quiet=True)
+    started = time.perf_counter() - start
+    encoded = sampling.encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    eos = sampling.eos_token_ids(model, tokenizer)
 
+    def hf(seed):
+        with models.autocast(cpu, args.precision):
+            samples = sampling.generate(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
+        return int(samples.token_count.sum())
+
+    def vllm(seed):
+        with models.autocast(cpu, args.precision):
+            samples = engine(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
+        return int(samples.token_count.sum())
+
+    def proposal(seed):
+        ids, _ = engine.propose(encoded, args.n, cfg, [seed + 7919 * i for i in range(len(prompts))], eos)
+        return sum(len(c) for rows in ids for c in rows)
+
+    methods = {"hf": hf, "vllm": vllm, "vllm engine": proposal}
+    for method in methods.values():  # warm-up: first calls allocate caches and pick kernels
+        method(10_000)
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    tokens: dict[str, int] = {}
+    for repeat in range(args.repeats):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            tokens[name] = method(repeat)
+            rates[name].append(tokens[name] / (time.perf_counter() - start))
+    engine.close()
+    base = statistics.median(rates["hf"])
+    for name in methods:
+        rate = statistics.median(rates[name])
+        runs = " ".join(f"{r:.0f}" for r in rates[name])
+        print(f"{spec:<14} {name:<12} {tokens[name]:>7} {rate:>8.0f} {rate / base:>5.2f}x  {runs}", flush=True)
+    print(f"{spec:<14} vllm engine start: {started:.0f} s (once per stage)", flush=True)
 
 if __name__ == "__main__":  # vLLM starts worker processes
     main()

@@ -1,7 +1,7 @@
-"""--engine hf|vllm|auto without vLLM: what `make test` can check of the engine choice (vllm_engine.py).
+"""--engine hf|vllm|auto without vLLM: what `make test` can check of the engine choice (config/base.py).
 
 The vLLM engine itself is tested in tests/test_vllm_engine.py, in a tier of its own (`make test-vllm`,
-marker `vllm`), in the venv that `make setup-vllm` builds. Here vLLM is made absent (`installed` -> False)
+marker `vllm`), in the venv that `make setup-vllm` builds. Here vLLM is made absent (`vllm_installed` -> False)
 whether or not it is installed, so these tests mean the same in both venvs.
 """
 
@@ -9,8 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bon_vs_rl import cli, reward_model, vllm_engine
-from bon_vs_rl.config import ConfigError, SampleConfig, TrainRMConfig, resolve
+from bon_vs_rl import cli
+from bon_vs_rl.config import base
+from bon_vs_rl.config.base import resolve
+from bon_vs_rl.config.commands import SampleConfig, TrainRMConfig
+from bon_vs_rl.errors import ConfigError
+from bon_vs_rl.methods import reward_model
 
 runner = CliRunner()
 
@@ -27,7 +31,7 @@ STAGES = {
 
 @pytest.fixture
 def no_vllm(monkeypatch):
-    monkeypatch.setattr(vllm_engine, "installed", lambda: False)
+    monkeypatch.setattr(base, "vllm_installed", lambda: False)
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -42,9 +46,9 @@ def test_engine_vllm_without_vllm_exits_2_naming_the_install_command(stage, no_v
 
 
 def test_auto_engine_is_vllm_where_installed_and_hf_elsewhere(monkeypatch):
-    monkeypatch.setattr(vllm_engine, "installed", lambda: False)
+    monkeypatch.setattr(base, "vllm_installed", lambda: False)
     assert resolve(SampleConfig, {"engine": "auto"}).engine == "hf"
-    monkeypatch.setattr(vllm_engine, "installed", lambda: True)
+    monkeypatch.setattr(base, "vllm_installed", lambda: True)
     assert resolve(SampleConfig, {"engine": "auto"}).engine == "vllm"  # the stored config says what ran
     assert resolve(SampleConfig, {}).engine == "hf"  # the default stays the transformers sampler
 
@@ -56,14 +60,14 @@ def test_auto_engine_is_vllm_where_installed_and_hf_elsewhere(monkeypatch):
     ({"engine": "vllm", "vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization: 1.5 must be in (0, 1]"),
 ])
 def test_bad_engine_options_are_refused_naming_the_flag(values, message, monkeypatch):
-    monkeypatch.setattr(vllm_engine, "installed", lambda: True)
+    monkeypatch.setattr(base, "vllm_installed", lambda: True)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
         resolve(SampleConfig, values)
 
 
 def test_vllm_under_a_launcher_is_refused(monkeypatch):
     """Several bonrl processes would each start an engine; vLLM scales itself (tensor parallel, Ray)."""
-    monkeypatch.setattr(vllm_engine, "installed", lambda: True)
+    monkeypatch.setattr(base, "vllm_installed", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="engine: vllm under torchrun/accelerate launch is not supported"):
         resolve(SampleConfig, {"engine": "vllm"})
@@ -71,7 +75,7 @@ def test_vllm_under_a_launcher_is_refused(monkeypatch):
 
 def test_comparison_data_of_the_hf_engine_keeps_its_cache_key_and_vllm_data_gets_another(monkeypatch):
     """Data cached before engines existed is still found (hf); vLLM's draws are other data (vllm)."""
-    monkeypatch.setattr(vllm_engine, "installed", lambda: True)
+    monkeypatch.setattr(base, "vllm_installed", lambda: True)
     prompts = (["a", "b"], ["c"])
     hf = reward_model.data_settings(resolve(TrainRMConfig, {"policy": "tiny"}), *prompts, device=torch.device("cpu"))
     vllm = reward_model.data_settings(resolve(TrainRMConfig, {"policy": "tiny", "engine": "vllm"}), *prompts,
@@ -82,9 +86,9 @@ def test_comparison_data_of_the_hf_engine_keeps_its_cache_key_and_vllm_data_gets
 
 def test_replicates_on_either_engine_are_one_setting(monkeypatch):
     """The report pools replicate seeds by setting: the engine changes the draws, not what is measured."""
-    from bon_vs_rl.evaluate import setting_id
+    from bon_vs_rl.measurement.evaluate import setting_id
 
-    monkeypatch.setattr(vllm_engine, "installed", lambda: True)
+    monkeypatch.setattr(base, "vllm_installed", lambda: True)
     hf, vllm = resolve(SampleConfig, {"seed": 1}), resolve(SampleConfig, {"seed": 2, "engine": "vllm"})
     assert setting_id(hf) == setting_id(vllm)
     assert setting_id(hf) != setting_id(resolve(SampleConfig, {"max_new_tokens": 7}))

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import toy_scorers
 import torch
+import toy_scorers
 
-from bon_vs_rl import models, sampling, vllm_engine
-from bon_vs_rl import prompts as prompt_sets
-from bon_vs_rl.config import SamplingConfig
-from bon_vs_rl.evaluate import pack_completions, token_logprobs
+from bon_vs_rl.config.base import SamplingConfig
+from bon_vs_rl.measurement import models, sampling, vllm_engine
+from bon_vs_rl.measurement import prompts as prompt_sets
+from bon_vs_rl.measurement.evaluate import pack_completions, token_logprobs
 
 pytestmark = pytest.mark.vllm
 
@@ -260,7 +260,7 @@ def test_ppo_evaluates_through_vllm_with_the_models_exact_kl(toy_policy, tmp_pat
     from typer.testing import CliRunner
 
     from bon_vs_rl import cli
-    from bon_vs_rl import results as R
+    from bon_vs_rl.record import results as R
 
     policy = tmp_path / "toy64"
     toy_scorers.build_fixed_policy(policy, models.smollm2_tokenizer_dir(), {" good": 9.0, " bad": 9.0}, 8.0, hidden=64)

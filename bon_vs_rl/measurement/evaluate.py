@@ -220,17 +220,19 @@ class Evaluator:
 
     def sampler(self, policy):
         if self.sample is None:
-            from bon_vs_rl.measurement import models
+            from bon_vs_rl.measurement import models, vllm_engine
 
             device = next(policy.parameters()).device
-            self.sample = sampling.sampler(self.cfg, models.resolve_model_path(self.cfg.policy, self.cfg.cache_dir),
-                                           device, getattr(self.cfg, "precision", "auto"), sync_weights=True,
-                                           quiet=self.cfg.quiet or self.rank != 0)
+            self.sample = vllm_engine.sampler(self.cfg, models.resolve_model_path(self.cfg.policy, self.cfg.cache_dir),
+                                              device, getattr(self.cfg, "precision", "auto"), sync_weights=True,
+                                              quiet=self.cfg.quiet or self.rank != 0)
         return self.sample
 
     def close(self) -> None:
         """Stop the vLLM engine, if this run started one."""
-        sampling.close(self.sample)
+        from bon_vs_rl.measurement import vllm_engine
+
+        vllm_engine.close(self.sample)
 
     def _gather(self, items: list) -> list:
         if self.world == 1:

@@ -16,8 +16,8 @@ The log-probability recorded is that of the distribution sampled from: logits / 
 any top-k/top-p truncation (with the defaults this is exactly log π(y|x)).
 scripts/bench_sampler.py times this sampler against a plain `generate(num_return_sequences=N)` loop.
 
-The engine (`--engine hf|vllm`, `sampler`): this loop, or vLLM proposing the tokens and the transformers
-model re-scoring them (`vllm_engine.py`). Both return the same records, `Samples`.
+The engine (`--engine hf|vllm`, `vllm_engine.sampler`): this loop, or vLLM proposing the tokens and the
+transformers model re-scoring them (`vllm_engine.py`). Both return the same records, `Samples`.
 
 Random numbers: the sampler works through the prompts in batches of `prompts_per_batch` prompts, and
 each batch draws from its own stream, seeded by (seed, the index of its first prompt). So a process
@@ -257,29 +257,6 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
 
 
 # ----------------------------------------------------------------------------------------------
-# The sampling engine: this module's sampler, or vLLM proposing tokens that the model scores.
-
-
-def sampler(cfg: SamplingConfig, model_dir: str, device, precision: str = "auto", sync_weights: bool = False,
-            quiet: bool = False) -> Callable[..., Samples]:
-    """The engine `cfg.engine` names, called like `generate`: `generate` itself (hf), or a started
-    `vllm_engine.VLLMSampler` over the model in `model_dir` (vllm; `sync_weights` for a policy in training).
-    Either returns the same records (`Samples`), log-probs computed by the transformers model."""
-    if cfg.engine == "hf":
-        return generate
-    from bon_vs_rl.measurement import vllm_engine
-
-    return vllm_engine.VLLMSampler(model_dir, cfg, device, precision, seed=getattr(cfg, "seed", 0),
-                                   sync_weights=sync_weights, quiet=quiet)
-
-
-def close(sample: Callable[..., Samples]) -> None:
-    """Stop a sampler's engine, if it has one (vLLM's worker processes and key/value cache)."""
-    if hasattr(sample, "close"):
-        sample.close()
-
-
-# ----------------------------------------------------------------------------------------------
 # Several processes (torchrun, accelerate launch): best-of-n and comparison data split their prompts.
 
 
@@ -316,7 +293,7 @@ def generate_share(model, tokenizer, prompts: list[str], ids: list[int], samples
                    sample: Callable[..., Samples] = generate):
     """The saved-samples frame (`Samples.to_frame`) of prompts[i] for every i in `ids` (a `shard`), with
     prompt_id = i: what one process sampling all the prompts would have drawn for them. `sample`: the
-    engine (`sampler`)."""
+    engine (`vllm_engine.sampler`)."""
     samples = sample(model, tokenizer, [prompts[i] for i in ids], samples_per_prompt, cfg, seed=seed, quiet=quiet,
                      description=description, prompt_ids=ids)
     frame = samples.to_frame()

@@ -8,7 +8,7 @@ seed=..., quiet=..., description=..., prompt_ids=...) -> sampling.Samples`. With
    an RL, DPO or distillation evaluation first reloads the engine's weights from the policy being trained,
    `sync_weights`, then resets its prefix cache, whose keys and values the old weights computed);
 2. re-scores every sampled token with the transformers model itself, under the caller's autocast
-   (`evaluate.token_logprobs`, one forward pass over prompt + completion), so `Samples.logprob` — and every
+   (`rescore`: one forward pass over prompt + completion, packed as RL's log-prob passes pack them), so `Samples.logprob` — and every
    estimate built on it: best-of-n's Beirami KL, the tilted optimum's weights, RL's exact KL — comes from
    the training model's arithmetic, not from the engine's kernels. The engine only proposes tokens; the
    records (token ids, EOS, counts, log π under the policy) have exactly the hf sampler's form.
@@ -37,8 +37,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,25 @@ from bon_vs_rl.errors import ConfigError
 
 _LIVE: VLLMSampler | None = None  # the engine this process runs (at most one)
 REQUEST_SIZE = 256  # samples per vLLM request; sample j's seed does not depend on it (module docstring)
+
+
+def sampler(cfg, model_dir: str, device, precision: str = "auto", sync_weights: bool = False,
+            quiet: bool = False) -> Callable[..., Any]:
+    """The engine `cfg.engine` names, called like `sampling.generate`: that function itself (hf), or a started
+    `VLLMSampler` over the model in `model_dir` (vllm; `sync_weights` for a policy in training). Either
+    returns the same records (`sampling.Samples`), log-probs computed by the transformers model."""
+    from bon_vs_rl.measurement import sampling
+
+    if cfg.engine == "hf":
+        return sampling.generate
+    return VLLMSampler(model_dir, cfg, device, precision, seed=getattr(cfg, "seed", 0), sync_weights=sync_weights,
+                       quiet=quiet)
+
+
+def close(sample) -> None:
+    """Stop a sampler's engine, if it has one (vLLM's worker processes and key/value cache)."""
+    if hasattr(sample, "close"):
+        sample.close()
 
 
 def vllm_dtype(device, precision: str) -> str:
@@ -233,24 +253,52 @@ def samples_from_ids(model, tokenizer, prompts: list[str], encoded: list[list[in
                      cfg, eos_ids: list[int]):
     """`sampling.Samples` of proposed completions (token_ids[i]: prompt i's, in draw order), with log π of each
     under `model` at the sampling temperature, computed by the model itself (under the caller's autocast)."""
-    import torch
-
     from bon_vs_rl.measurement import sampling
-    from bon_vs_rl.measurement.evaluate import pack_completions, token_logprobs
 
     prompt_index = np.asarray([i for i, rows in enumerate(token_ids) for _ in rows], dtype=np.int64)
     completion_ids = [ids for rows in token_ids for ids in rows]
     eos = set(eos_ids)
     ended = np.asarray([bool(ids) and ids[-1] in eos for ids in completion_ids], dtype=bool)
-    counts = np.asarray([len(ids) for ids in completion_ids], dtype=np.int64)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    device = next(model.parameters()).device
-    batch = pack_completions([encoded[i] for i in prompt_index], completion_ids, counts, pad_id, device)
-    with torch.inference_mode():
-        per_token = token_logprobs(model, batch, cfg.temperature, cfg.batch_size)
+    per_token = rescore(model, [encoded[i] for i in prompt_index], completion_ids, pad_id, cfg.temperature,
+                        cfg.batch_size)
     text_ids = [ids[:-1] if end else ids for ids, end in zip(completion_ids, ended.tolist(), strict=True)]
     return sampling.Samples(
         prompts=list(prompts), prompt_index=prompt_index,
         completions=tokenizer.batch_decode(text_ids, skip_special_tokens=True), completion_ids=completion_ids,
-        token_count=counts, logprob=per_token.double().sum(1).cpu().numpy(), ended=ended,
+        token_count=np.asarray([len(ids) for ids in completion_ids], dtype=np.int64),
+        logprob=np.asarray([lp.sum() for lp in per_token], dtype=np.float64), ended=ended,
     )
+
+
+def rescore(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, temperature: float,
+            chunk: int) -> list[np.ndarray]:
+    """log π(y_t | x, y_<t) at `temperature` of every token of every completion (float64 arrays), from forward
+    passes of `model` over `chunk` rows at a time: the prompt left-padded, the completion right-padded, as RL's
+    log-prob passes pack them (evaluate.pack_completions; the mask comes from the lengths, never from pad ids,
+    which for SmolLM2 equal EOS). Runs under the caller's autocast."""
+    import torch
+
+    from bon_vs_rl.measurement import sampling
+
+    device = next(model.parameters()).device
+    out: list[np.ndarray] = []
+    for start in range(0, len(completion_ids), chunk):
+        rows = range(start, min(start + chunk, len(completion_ids)))
+        prompts, prompt_mask = sampling.left_pad([prompt_ids[r] for r in rows], pad_id, "cpu")
+        width = max(len(completion_ids[r]) for r in rows)
+        completions = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            completions[i, :len(completion_ids[r])] = torch.tensor(completion_ids[r], dtype=torch.long)
+            completion_mask[i, :len(completion_ids[r])] = 1
+        attention = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at each prompt
+        with torch.inference_mode():
+            logits = model(input_ids=torch.cat([prompts, completions], 1).to(device), attention_mask=attention.to(device),
+                           position_ids=positions.to(device), logits_to_keep=width + 1, use_cache=False).logits
+            # The logit at position P-1+t predicts completion token t; the last one predicts nothing sampled.
+            log_probs = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+            chosen = log_probs.gather(-1, completions.to(device)[..., None]).squeeze(-1).double().cpu().numpy()
+        out.extend(chosen[i, :len(completion_ids[r])] for i, r in enumerate(rows))
+    return out

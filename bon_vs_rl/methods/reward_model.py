@@ -284,7 +284,7 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     Under torchrun every process samples its share and ends with all the data; the main one caches it."""
     import pandas as pd
 
-    from bon_vs_rl.measurement import sampling
+    from bon_vs_rl.measurement import vllm_engine
 
     start = time.perf_counter()
     quiet = cfg.quiet or rank != 0
@@ -308,8 +308,8 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir)
     train_texts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
     eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
-    sample = sampling.sampler(cfg, models.resolve_model_path(cfg.policy, cfg.cache_dir), device, cfg.precision,
-                              quiet=quiet)  # --engine: hf, or a vLLM engine over the policy's weights
+    sample = vllm_engine.sampler(cfg, models.resolve_model_path(cfg.policy, cfg.cache_dir), device, cfg.precision,
+                                 quiet=quiet)  # --engine: hf, or a vLLM engine over the policy's weights
 
     try:
         with models.autocast(device, cfg.precision):  # the policy as best-of-n and RL sample it
@@ -319,7 +319,7 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
             eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
                                                           "eval", "deterministic", quiet, rank, world, sample)
     finally:
-        sampling.close(sample)
+        vllm_engine.close(sample)
     del policy
     eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
     samples = pd.concat([train_samples, eval_samples], ignore_index=True)
