@@ -13,8 +13,9 @@ For each model, on the same eval prompts, the same N and the same max_new_tokens
                same autocast), so the records are the hf sampler's;
   vllm engine  vLLM's proposal alone (what the engine itself does; the re-scoring is the difference),
 and reports generated tokens per second (each sequence's tokens up to and including its EOS) and the ratio
-to hf. The engine's start (once per stage in bonrl) is reported apart. Each method runs --repeats times,
-alternating, after one untimed warm-up; the median is reported.
+to hf. The engine's start (once per stage in bonrl) is reported apart, and so is the reload of the
+policy's weights into the engine (what an RL step sampling through vLLM would add to each rollout). Each method runs --repeats times,
+alternating, after a small untimed warm-up; the median is reported.
 
 The machine may be shared: both engines run with --threads threads (torch threads here, OMP threads in
 vLLM's worker process, which is not pinned to cores; see vllm_engine.py), and alternating the methods
@@ -78,23 +79,23 @@ def bench_model(spec: str, args, prompts: list[str], cfg) -> None:
     encoded = sampling.encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     eos = sampling.eos_token_ids(model, tokenizer)
 
-    def hf(seed):
+    def hf(seed, k=len(prompts), n=args.n):
         with models.autocast(cpu, args.precision):
-            samples = sampling.generate(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
+            samples = sampling.generate(model, tokenizer, prompts[:k], n, cfg, seed=seed, quiet=True)
         return int(samples.token_count.sum())
 
-    def vllm(seed):
+    def vllm(seed, k=len(prompts), n=args.n):
         with models.autocast(cpu, args.precision):
-            samples = engine(model, tokenizer, prompts, args.n, cfg, seed=seed, quiet=True)
+            samples = engine(model, tokenizer, prompts[:k], n, cfg, seed=seed, quiet=True)
         return int(samples.token_count.sum())
 
-    def proposal(seed):
-        ids, _ = engine.propose(encoded, args.n, cfg, [seed + 7919 * i for i in range(len(prompts))], eos)
+    def proposal(seed, k=len(prompts), n=args.n):
+        ids, _ = engine.propose(encoded[:k], n, cfg, [seed + 7919 * i for i in range(k)], eos)
         return sum(len(c) for rows in ids for c in rows)
 
     methods = {"hf": hf, "vllm": vllm, "vllm engine": proposal}
-    for method in methods.values():  # warm-up: first calls allocate caches and pick kernels
-        method(10_000)
+    for method in methods.values():  # warm-up (2 prompts x 8): first calls allocate caches and pick kernels
+        method(10_000, 2, 8)
     rates: dict[str, list[float]] = {name: [] for name in methods}
     tokens: dict[str, int] = {}
     for repeat in range(args.repeats):
@@ -102,6 +103,11 @@ def bench_model(spec: str, args, prompts: list[str], cfg) -> None:
             start = time.perf_counter()
             tokens[name] = method(repeat)
             rates[name].append(tokens[name] / (time.perf_counter() - start))
+    syncs = []  # RL through vLLM would reload the policy's weights into the engine after every update
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        engine.sync_weights(model)
+        syncs.append(time.perf_counter() - start)
     engine.close()
     base = statistics.median(rates["hf"])
     for name in methods:
@@ -109,6 +115,12 @@ def bench_model(spec: str, args, prompts: list[str], cfg) -> None:
         runs = " ".join(f"{r:.0f}" for r in rates[name])
         print(f"{spec:<14} {name:<12} {tokens[name]:>7} {rate:>8.0f} {rate / base:>5.2f}x  {runs}", flush=True)
     print(f"{spec:<14} vllm engine start: {started:.0f} s (once per stage)", flush=True)
+    # An RL rollout (PPO's default: 16 prompts x 1 sample x 24 tokens) through vLLM costs a weight reload
+    # plus the sampling; through hf, the sampling alone (rates at this run's batch size: an upper bound
+    # for vLLM, whose rate falls with 16 sequences instead of N x prompts).
+    sync, rollout = statistics.median(syncs), 16 * 24
+    print(f"{spec:<14} weight reload {sync:.2f} s; a 16 x 24-token rollout: hf {rollout / base:.2f} s, "
+          f"vllm >= {sync + rollout / statistics.median(rates['vllm']):.2f} s", flush=True)
 
 if __name__ == "__main__":  # vLLM starts worker processes
     main()

