@@ -154,7 +154,14 @@ class VLLMSampler:
         else:
             args["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
         start = time.perf_counter()
-        self.llm = vllm.LLM(**args)
+        try:
+            self.llm = vllm.LLM(**args)
+        except Exception as exc:  # the engine's workers import torchvision: a CUDA build fails on a CPU torch
+            if any(name in repr(exc) for name in ("torchvision", "torchaudio", "torchcodec")):
+                raise RuntimeError(f"vLLM's engine failed to start ({str(exc).splitlines()[0][:120]}); on a CPU "
+                                   "torch run `pip uninstall torchvision torchaudio torchcodec` (make setup-vllm "
+                                   "does)") from exc
+            raise
         self.start_seconds = time.perf_counter() - start
         console.note(f"vllm engine: {self.model_dir} in {self.dtype}, started in {self.start_seconds:.0f} s", quiet)
         self._weights_dir: tempfile.TemporaryDirectory | None = None
