@@ -1,5 +1,6 @@
 # bonrl: two commands for a newcomer — `make demo` and `make test`. Each sets itself up from nothing.
-# `make test-slow` runs the tests too slow for `make test` (marked @pytest.mark.slow); CI runs both.
+# `make test-slow` runs the tests too slow for `make test` (marked @pytest.mark.slow); `make test-vllm` the vLLM
+# engine's (marked vllm, in .venv-vllm, which `make setup-vllm` builds); CI runs all three.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -83,4 +84,4 @@ bench-engines: setup-vllm
 	$(VLLM_BIN)/python scripts/bench_engines.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

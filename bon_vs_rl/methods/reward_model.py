@@ -176,7 +176,7 @@ def label_pair(gold_a: float, gold_b: float, labels: str, temperature: float, rn
 def gold_scored_share(policy, tokenizer, gold, prompts: list[str], ids: list[int], k: int, cfg: TrainRMConfig,
                       seed: int, quiet: bool, description: str, sample=None):
     """This process's share of a round: k completions of prompts[i] for each i in `ids`, with their gold.
-    `sample`: the sampling engine (`sampling.sampler`; default the hf sampler)."""
+    `sample`: the sampling engine (`vllm_engine.sampler`; default the hf sampler)."""
     from bon_vs_rl.measurement import sampling
 
     frame = sampling.generate_share(policy, tokenizer, prompts, ids, k, cfg, seed, quiet, description,
