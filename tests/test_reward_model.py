@@ -44,7 +44,7 @@ def toy(tmp_path_factory):
     cache = root / "cache"
     cache.mkdir()
     models.resolve_model_path("tiny")  # built once in the shared test cache
-    for name in ("tiny", "smollm2-tokenizer"):
+    for name in (models.TINY_DIR, "smollm2-tokenizer"):
         (cache / name).symlink_to(models.cache_root() / name)
     return SimpleNamespace(policy=str(policy), cache=str(cache), root=root)
 
@@ -488,7 +488,7 @@ def test_two_processes_train_one_reward_model_on_the_data_of_one_process(trained
     assert len(R.load(tmp_path / "results.sqlite", method="rm")) == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary siblings
     meta = metadata(tmp_path / "rm")
-    assert (tmp_path / "rm" / "model.safetensors").is_file() and (cache / "tiny" / "model.safetensors").is_file()
+    assert (tmp_path / "rm" / "model.safetensors").is_file() and (cache / models.TINY_DIR / "model.safetensors").is_file()
     assert meta["data_reused"] is False and meta["evaluation"]["accuracy"] > 0.75  # one process: 0.92-0.96
 
     # The same settings in one process (the `trained` fixture): the same comparison data, to the bit.

@@ -33,20 +33,20 @@ def length_gold(prompts: list[str], completions: list[str]) -> list[float]:
 
 
 def build_fixed_policy(out_dir: Path, tokenizer_dir: Path, logits_by_word: dict[str, float],
-                       eos_logit: float) -> dict[str, int]:
+                       eos_logit: float, hidden: int = 8) -> dict[str, int]:
     """A 1-layer Llama whose next-token logits are `logits_by_word` (each word one token), `eos_logit` for
     EOS and 0 for every other token, whatever the context. Returns word -> token id.
 
     Attention and MLP outputs are zero, so the last hidden state is the RMS-normalised embedding of the
     input token; every embedding is (1, 0, ..., 0), so that state is ~(sqrt(hidden), 0, ...) and lm_head
-    row t = (logit_t / sqrt(hidden), 0, ...) gives token t its logit.
+    row t = (logit_t / sqrt(hidden), 0, ...) gives token t its logit. `hidden` = 64 gives 2 heads of size 32,
+    which vLLM's CPU attention runs (it has no head size 4).
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    hidden = 8
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=16, num_hidden_layers=1,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=False)

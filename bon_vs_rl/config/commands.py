@@ -383,7 +383,8 @@ def check_checkpoints(cfg) -> None:
 # with data_seed as train-rm's seed): `bonrl experiment` copies them from the RM stage a DPO entry names.
 COMPARISON_DATA_FIELDS = ("policy", "gold", "prompts", "max_prompt_tokens", "chat_template", "max_new_tokens",
                           "temperature", "top_k", "top_p", "batch_size", "pairs", "data_pairs", "eval_pairs",
-                          "completions_per_prompt", "labels", "label_temperature", "label_noise", "precision")
+                          "completions_per_prompt", "labels", "label_temperature", "label_noise", "precision",
+                          "engine")  # the engine sets the draws (vllm_engine.py): DPO reads the proxy's own pairs
 
 
 @dataclass

@@ -214,6 +214,25 @@ class Evaluator:
         self.setting = setting_id(cfg)
         self.prompt_set = prompt_set_id(self.prompts)
         self.proxy_fingerprint = scorers.spec_fingerprint(cfg.proxy)  # which proxy model, for the report to check
+        # --engine: hf samples the policy itself; vllm starts one engine for the run, at its first evaluation,
+        # and reloads the policy's weights into it before each (sync_weights).
+        self.sample = None if cfg.engine != "hf" else sampling.generate
+
+    def sampler(self, policy):
+        if self.sample is None:
+            from bon_vs_rl.measurement import models, vllm_engine
+
+            device = next(policy.parameters()).device
+            self.sample = vllm_engine.sampler(self.cfg, models.resolve_model_path(self.cfg.policy, self.cfg.cache_dir),
+                                              device, getattr(self.cfg, "precision", "auto"), sync_weights=True,
+                                              quiet=self.cfg.quiet or self.rank != 0)
+        return self.sample
+
+    def close(self) -> None:
+        """Stop the vLLM engine, if this run started one."""
+        from bon_vs_rl.measurement import vllm_engine
+
+        vllm_engine.close(self.sample)
 
     def _gather(self, items: list) -> list:
         if self.world == 1:
@@ -235,9 +254,9 @@ class Evaluator:
         policy.eval()
         local_prompts = [self.prompts[i] for i in self.local]
         with autocast() if autocast else contextlib.nullcontext():
-            samples = sampling.generate(policy, self.tokenizer, local_prompts, cfg.eval_samples_per_prompt, cfg,
-                                        seed=self.seed, quiet=cfg.quiet or self.rank != 0,
-                                        description=f"{self.method} eval step {step}")
+            samples = self.sampler(policy)(policy, self.tokenizer, local_prompts, cfg.eval_samples_per_prompt, cfg,
+                                           seed=self.seed, quiet=cfg.quiet or self.rank != 0,
+                                           description=f"{self.method} eval step {step}")
         device = next(policy.parameters()).device
         encoded = sampling.encode_prompts(self.tokenizer, local_prompts, cfg.max_prompt_tokens)
         batch = pack_completions([encoded[i] for i in samples.prompt_index], samples.completion_ids,
@@ -399,7 +418,11 @@ class Evaluator:
 
 
 SETTING_SKIPS = ("seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "overwrite",
-                 "log_with")  # where and how a run goes, not what it computes
+                 "log_with",  # where and how a run goes, not what it computes
+                 # the engine and vLLM's parallelism change which samples are drawn, not what is measured:
+                 # replicate seeds run on hf and on vllm are one setting
+                 "engine", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size", "vllm_executor",
+                 "vllm_gpu_memory_utilization")
 
 
 def setting_id(cfg) -> str:

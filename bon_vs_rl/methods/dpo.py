@@ -70,7 +70,8 @@ CHECKPOINT_MARKER = "bonrl.json"
 
 def comparison_settings(cfg: DPOConfig) -> TrainRMConfig:
     """The `bonrl train-rm` settings whose comparison data this run trains on (same fields, same hash)."""
-    shared = (*COMPARISON_DATA_FIELDS, "device", "cache_dir", "quiet")
+    shared = (*COMPARISON_DATA_FIELDS, "device", "cache_dir", "quiet", "vllm_tensor_parallel_size",
+              "vllm_pipeline_parallel_size", "vllm_executor", "vllm_gpu_memory_utilization")
     seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     return TrainRMConfig(**{name: getattr(cfg, name) for name in shared}, seed=seed, data_seed=seed)
 

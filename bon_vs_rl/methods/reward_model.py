@@ -131,6 +131,9 @@ def data_settings(cfg: TrainRMConfig, train_prompts: list[str], eval_prompts: li
         # bf16 autocast samples another distribution than fp32 (0.011 nats of KL per sequence measured), and
         # --precision auto means bf16 on a GPU, fp32 on a CPU: the arithmetic itself is part of the data.
         "arithmetic": "bf16" if models.uses_bf16(device, cfg.precision) else "fp32",
+        # vLLM draws other samples than the hf sampler (one distribution, other random streams); the key
+        # holds the engine only when it is not hf, so that data cached before engines existed is reused.
+        **({"engine": cfg.engine} if cfg.engine != "hf" else {}),
         "pairs": drawn_pairs(cfg),
         "eval_pairs": cfg.eval_pairs,
         "completions_per_prompt": cfg.completions_per_prompt,
@@ -172,17 +175,19 @@ def label_pair(gold_a: float, gold_b: float, labels: str, temperature: float, rn
 
 
 def gold_scored_share(policy, tokenizer, gold, prompts: list[str], ids: list[int], k: int, cfg: TrainRMConfig,
-                      seed: int, quiet: bool, description: str):
-    """This process's share of a round: k completions of prompts[i] for each i in `ids`, with their gold."""
+                      seed: int, quiet: bool, description: str, sample=None):
+    """This process's share of a round: k completions of prompts[i] for each i in `ids`, with their gold.
+    `sample`: the sampling engine (`vllm_engine.sampler`; default the hf sampler)."""
     from bon_vs_rl.measurement import sampling
 
-    frame = sampling.generate_share(policy, tokenizer, prompts, ids, k, cfg, seed, quiet, description)
+    frame = sampling.generate_share(policy, tokenizer, prompts, ids, k, cfg, seed, quiet, description,
+                                    sample or sampling.generate)
     frame["gold"] = gold(frame["prompt"].tolist(), frame["completion"].tolist())
     return frame
 
 
 def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int, cfg: TrainRMConfig,
-                       split: str, labels: str, quiet: bool, rank: int = 0, world: int = 1):
+                       split: str, labels: str, quiet: bool, rank: int = 0, world: int = 1, sample=None):
     """k completions per prompt, prompts taken in order (cycled), until `n_pairs` labelled pairs exist.
 
     Returns (pairs, samples): one row per labelled pair, and one row per sampled completion with its gold.
@@ -212,7 +217,7 @@ def sample_comparisons(policy, tokenizer, gold, prompts: list[str], n_pairs: int
         share = functools.partial(gold_scored_share, policy, tokenizer, gold, batch,
                                   sampling.shard(n_prompts, k, cfg.batch_size, rank, world), k, cfg,
                                   _seed(data_seed(cfg), SPLIT_CODE[split], len(frames)), quiet,
-                                  f"{split} comparisons: sampling")
+                                  f"{split} comparisons: sampling", sample)
         # Every process holds the whole round, grouped by prompt: a prompt's k samples are contiguous.
         frame = sampling.gather_shares(share, world, everywhere=True)
         gold_scores = frame["gold"].to_numpy()
@@ -280,6 +285,8 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     Under torchrun every process samples its share and ends with all the data; the main one caches it."""
     import pandas as pd
 
+    from bon_vs_rl.measurement import vllm_engine
+
     start = time.perf_counter()
     quiet = cfg.quiet or rank != 0
     settings = data_settings(cfg, train_prompts, eval_prompts, device)
@@ -302,13 +309,18 @@ def comparison_data(cfg: TrainRMConfig, device, train_prompts: list[str], eval_p
     policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir)
     train_texts = prompt_sets.apply_chat_template(tokenizer, train_prompts, cfg.chat_template)
     eval_texts = prompt_sets.apply_chat_template(tokenizer, eval_prompts, cfg.chat_template)
+    sample = vllm_engine.sampler(cfg, models.resolve_model_path(cfg.policy, cfg.cache_dir), device, cfg.precision,
+                                 quiet=quiet)  # --engine: hf, or a vLLM engine over the policy's weights
 
-    with models.autocast(device, cfg.precision):  # the policy as best-of-n and RL sample it
-        train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, drawn_pairs(cfg), cfg,
-                                                        "train", cfg.labels, quiet, rank, world)
-        # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
-        eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
-                                                      "eval", "deterministic", quiet, rank, world)
+    try:
+        with models.autocast(device, cfg.precision):  # the policy as best-of-n and RL sample it
+            train_pairs, train_samples = sample_comparisons(policy, tokenizer, gold, train_texts, drawn_pairs(cfg),
+                                                            cfg, "train", cfg.labels, quiet, rank, world, sample)
+            # Held-out pairs are labelled by the gold itself, without noise: accuracy is measured against it.
+            eval_pairs, eval_samples = sample_comparisons(policy, tokenizer, gold, eval_texts, cfg.eval_pairs, cfg,
+                                                          "eval", "deterministic", quiet, rank, world, sample)
+    finally:
+        vllm_engine.close(sample)
     del policy
     eval_pairs[["chosen_sample", "rejected_sample"]] += len(train_samples)
     samples = pd.concat([train_samples, eval_samples], ignore_index=True)
