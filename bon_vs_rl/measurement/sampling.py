@@ -325,6 +325,11 @@ def gather_shares(make_share: Callable[[], Any], world: int, everywhere: bool = 
     except Exception as exc:
         error, failure = exc, (isinstance(exc, ConfigError), f"{type(exc).__name__}: {exc}")
     failures = gather_object([failure])  # every process learns of every failure
+    if any(failures):
+        # Leave the process group together before raising: a process that exits while its peer still holds
+        # the connection can be aborted by gloo's teardown (SIGABRT instead of exit 2, seen under load).
+        dist.barrier()
+        dist.destroy_process_group()
     if error is not None:
         raise error
     for rank, failed in enumerate(failures):
