@@ -68,6 +68,14 @@ from bon_vs_rl.record import console, files
 NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
 
 
+def check_inputs(cfg: Any) -> None:
+    """Bad input of a method measured by the shared evaluation, before any model loads (exit 2): the proxy and
+    gold specs, and no more --eval-prompts than the prompt set holds out."""
+    scorers.check_spec(cfg.proxy, "proxy")
+    scorers.check_spec(cfg.gold, "gold")
+    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)
+
+
 @dataclass
 class Packed:
     """Prompts (left-padded) followed by completions (right-padded), ready for one forward pass."""

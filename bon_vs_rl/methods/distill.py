@@ -72,6 +72,7 @@ from bon_vs_rl.measurement import models, sampling, scorers
 from bon_vs_rl.measurement import prompts as prompt_sets
 from bon_vs_rl.measurement.evaluate import (
     Evaluator,
+    check_inputs,
     completion_logits,
     gather_logprobs,
     pack_completions,
@@ -188,11 +189,8 @@ def train(cfg: DistillConfig) -> str:
                                   f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
     saved_config = check_resume(cfg, checkpoint is not None, owner, "distill saves one every --checkpoint-every "
                                 "steps and after the last") if cfg.resume else {}
-    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
-    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
-    scorers.check_spec(cfg.proxy, "proxy")
-    scorers.check_spec(cfg.gold, "gold")
-    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    replaced = files.replaced_runs(output, continuing=checkpoint is not None)
+    check_inputs(cfg)  # proxy, gold and --eval-prompts, before any model loads
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")

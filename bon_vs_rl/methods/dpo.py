@@ -143,7 +143,7 @@ def train(cfg: DPOConfig) -> str:
     from accelerate import PartialState
     from transformers import TrainerCallback
 
-    from bon_vs_rl.measurement.evaluate import Evaluator
+    from bon_vs_rl.measurement.evaluate import Evaluator, check_inputs
     from bon_vs_rl.record import results, tracking
 
     # 1. Bad input, before any work or file (exit 2).
@@ -173,11 +173,8 @@ def train(cfg: DPOConfig) -> str:
     if cfg.resume:
         check_resume(cfg, checkpoint is not None, owner, "dpo saves one every --checkpoint-every steps, none with "
                      "--checkpoint-every 0")
-    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
-    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
-    scorers.check_spec(cfg.proxy, "proxy")
-    scorers.check_spec(cfg.gold, "gold")
-    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    replaced = files.replaced_runs(output, continuing=checkpoint is not None)
+    check_inputs(cfg)  # proxy, gold and --eval-prompts, before any model loads
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")
     policy, tokenizer = models.load_policy(cfg.policy, device, cfg.cache_dir, dtype=torch.float32)

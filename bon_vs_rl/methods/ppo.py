@@ -115,6 +115,7 @@ from bon_vs_rl.measurement import prompts as prompt_sets
 from bon_vs_rl.measurement.evaluate import (
     Evaluator,
     Packed,
+    check_inputs,
     completion_logits,
     gather_logprobs,
     pack_completions,
@@ -486,11 +487,8 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
                               f"pass --steps {saved.get('steps')} (or start a new run)")
     saved_config = check_resume(cfg, checkpoint is not None, owner, "ppo saves one every --checkpoint-every steps "
                                 "and after the last") if cfg.resume else {}
-    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
-    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
-    scorers.check_spec(cfg.proxy, "proxy")
-    scorers.check_spec(cfg.gold, "gold")
-    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    replaced = files.replaced_runs(output, continuing=checkpoint is not None)
+    check_inputs(cfg)  # proxy, gold and --eval-prompts, before any model loads
     accelerator.wait_for_everyone()  # every process has looked before the main one claims the directory
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")

@@ -48,7 +48,7 @@ from bon_vs_rl.config.commands import RLConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, scorers
 from bon_vs_rl.measurement import prompts as prompt_sets
-from bon_vs_rl.measurement.evaluate import Evaluator, save_bad_batch, score_or_stop
+from bon_vs_rl.measurement.evaluate import Evaluator, check_inputs, save_bad_batch, score_or_stop
 from bon_vs_rl.record import console, files
 
 # What a run writes into --output; an --overwrite run deletes these (and nothing else) first.
@@ -159,11 +159,8 @@ def train(cfg: RLConfig) -> str:
         saved["run_id"] = json.loads((checkpoint / STATE_FILE.format(rank=0)).read_text())["run_id"]
     saved_config = check_resume(cfg, checkpoint is not None, owner, "rl saves one every --checkpoint-every steps, "
                                 "none with --checkpoint-every 0") if cfg.resume else {}
-    # The run an --overwrite replaces: marked superseded when this one is recorded, before its files go.
-    replaced = [files.owner_run_id(output)] if checkpoint is None and files.owner_run_id(output) else []
-    scorers.check_spec(cfg.proxy, "proxy")
-    scorers.check_spec(cfg.gold, "gold")
-    prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)  # more --eval-prompts than held out: now
+    replaced = files.replaced_runs(output, continuing=checkpoint is not None)
+    check_inputs(cfg)  # proxy, gold and --eval-prompts, before any model loads
     train_prompts = prompt_sets.load_prompts(cfg.prompts, "train")
     proxy = scorers.load_scorer(cfg.proxy, device, cfg.cache_dir, role="proxy")
     gold = scorers.load_scorer(cfg.gold, device, cfg.cache_dir, role="gold")

@@ -150,6 +150,13 @@ def owner_run_id(output: str | os.PathLike) -> str | None:
         return None
 
 
+def replaced_runs(output: str | os.PathLike, continuing: bool) -> list[str]:
+    """The run an --overwrite replaces (none when this run continues its own checkpoint): marked superseded in
+    the transaction that records the new run, before its files go."""
+    owner = None if continuing else owner_run_id(output)
+    return [owner] if owner else []
+
+
 def claim_output(output: str | os.PathLike, command: str, run_id: str) -> None:
     write_json(Path(output) / RUN_MARKER, {"command": command, "run_id": run_id})
 
