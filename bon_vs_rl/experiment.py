@@ -235,6 +235,9 @@ def plan(cfg: C.ExperimentConfig) -> tuple[list[Stage], C.ReportConfig]:
                 raise ConfigError(f"{kind}[{i}]: proxy must be one RM (e.g. rm-1), not a list; "
                                     f"add one {kind} entry per proxy")
             entry["proxy"] = entry["proxy"][0]
+            if entry.get("second_proxy"):  # may name an RM stage too (rm-2), which then runs first
+                entry["second_proxy"], stage = proxy_spec(str(entry["second_proxy"]), rm_specs, f"{kind}[{i}]")
+                needs = needs + [stage] if stage and stage not in needs else needs
             if kind == "dpo":
                 entry, needs = use_comparisons(entry, needs, source, rm_stages, f"{kind}[{i}]")
             seeds = replicate_seeds(entry.pop("seeds", None), f"{kind}[{i}]")
@@ -283,7 +286,8 @@ def check_inputs(stages: list[Stage], made_here: set[str]) -> None:
         proxies = proxies if isinstance(proxies, list) else [proxies] if proxies else []
         count = getattr(stage.cfg, "eval_prompts", 0)
         try:
-            for role, spec in [("gold", stage.cfg.gold), *(("proxy", p) for p in proxies)]:
+            second = [("second-proxy", stage.cfg.second_proxy)] if getattr(stage.cfg, "second_proxy", "") else []
+            for role, spec in [("gold", stage.cfg.gold), *(("proxy", p) for p in proxies), *second]:
                 later = spec.startswith("rm:") and spec[3:].partition("@")[0] in made_here  # an RM stage writes it
                 if (role, spec) not in checked:
                     scorers.check_spec(spec, role, exists=not later)

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from bon_vs_rl import cli, experiment
 from bon_vs_rl.config import commands as C
 from bon_vs_rl.config.base import load_yaml, resolve, to_dict
+from bon_vs_rl.errors import ConfigError
 from bon_vs_rl.record import results as R
 
 runner = CliRunner()
@@ -217,6 +218,18 @@ def test_an_ensembles_aggregations_and_members_are_one_rescoring_of_the_draw(fak
     assert stages["bon-rm-1"].cfg.proxy == [f"{rm1}@mean", f"{rm1}@min", f"{rm1}@mean-1std", f"{rm1}@member-0"]
     assert stages["bon-rm-1"].needs == ["samples", "rm-1"] and stages["bon-rm-0"].cfg.proxy == [f"rm:{Path('out') / 'rm-0'}"]
     assert [name for name in stages if name.startswith("bon")] == ["bon-rm-0", "bon-rm-1"]
+
+
+def test_a_second_proxy_may_name_an_rm_stage_which_then_runs_before_the_rl_stage():
+    study = json.loads(json.dumps(STUDY))
+    study["ppo"][0]["second_proxy"] = "rm-1"  # ppo-0 trains against rm-0 and watches rm-1's agreement with it
+    stages = {s.name: s for s in experiment.plan(resolve(C.ExperimentConfig, study))[0]}
+    assert stages["ppo-0"].cfg.proxy == f"rm:{Path('out') / 'rm-0'}"
+    assert stages["ppo-0"].cfg.second_proxy == f"rm:{Path('out') / 'rm-1'}"
+    assert stages["ppo-0"].needs == ["rm-0", "rm-1"] and stages["ppo-1"].cfg.second_proxy == ""
+    study["ppo"][0]["second_proxy"] = "rm-7"
+    with pytest.raises(ConfigError, match=r"^ppo\[0\]: proxy 'rm-7' is not a stage"):
+        experiment.plan(resolve(C.ExperimentConfig, study))
 
 
 def test_adding_a_proxy_to_a_sweep_trains_and_rescores_only_it(fake_stages, tmp_path):

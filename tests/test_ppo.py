@@ -36,6 +36,7 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 REWARD = f"python:{Path(toy_rewards.__file__)}:good_fraction"
 NAN_AFTER_FIRST = f"python:{Path(toy_rewards.__file__)}:nan_after_first"
+VOWELS = f"python:{Path(toy_rewards.__file__)}:vowel_fraction"  # a second proxy, for the agreement sign
 # Compared between an uninterrupted and a resumed run: everything but ids, paths and timings.
 ROW_VALUES = ["step", "kl", "kl_se", "sqrt_kl", "proxy_mean", "proxy_se", "gold_mean", "gold_se", "length_mean",
               "sample_count", "prompt_count", "generated_tokens", "trained_tokens", "beta", "kl_negative",
@@ -72,7 +73,7 @@ def cli_args(args: dict) -> list[str]:
 def beta0(toy_policy, tmp_path_factory):
     """One uninterrupted β = 0 run, shared by several tests."""
     root = tmp_path_factory.mktemp("beta0")
-    args = ppo_args(toy_policy, root / "out", root / "results.sqlite")
+    args = ppo_args(toy_policy, root / "out", root / "results.sqlite", second_proxy=VOWELS)
     run_id, rows, metrics = run_ppo(**args)
     return dict(args=args, run_id=run_id, rows=rows, metrics=metrics, root=root)
 
@@ -163,6 +164,23 @@ def test_every_row_carries_the_warning_signs_recomputed_from_its_file_against_st
         assert row["signal_ref_logprob_drift"] == pytest.approx(by_prompt(frame, frame["ref_logprob"] / frame["tokens"])
                                                                - ref_lp, abs=1e-12)
     assert rows["signal_proxy_z"].iloc[0] == 0.0 and rows["signal_proxy_z"].iloc[-1] > 1  # the reward rose
+
+
+def test_the_second_proxy_is_scored_on_every_evaluation_and_its_agreement_recomputed_by_hand(beta0):
+    """--second-proxy: scored beside the run (never in its reward or gains); signal_agreement is the share of
+    a prompt's sample pairs that proxy and second proxy order alike (a tie in either counts half), averaged
+    over prompts — here two samples a prompt, so one pair each."""
+    rows = beta0["rows"]
+    for _, row in rows.iterrows():
+        frame = pd.read_parquet(row["samples_path"])
+        assert frame["second_proxy"].tolist() == pytest.approx(
+            toy_rewards.vowel_fraction(frame["prompt"].tolist(), frame["completion"].tolist()))
+        shares = []
+        for _, group in frame.groupby("prompt_id"):
+            (a0, a1), (b0, b1) = group["proxy"].tolist(), group["second_proxy"].tolist()
+            shares.append(0.5 if a0 == a1 or b0 == b1 else float((a0 > a1) == (b0 > b1)))
+        assert row["signal_agreement"] == pytest.approx(np.mean(shares))
+    assert rows["proxy_mean"].tolist() != pytest.approx(rows["signal_agreement"].tolist())  # not the proxy itself
 
 
 def test_exact_kl_matches_a_direct_per_token_sum_over_the_vocabulary(beta0, toy_policy):
@@ -331,6 +349,8 @@ def test_two_processes_gather_into_one_run(toy_policy, tmp_path):
     (["--policy", "/nonexistent/policy"], "policy: directory '/nonexistent/policy' does not exist"),
     # Found only once the weights are loaded: --quiet must keep transformers' loading bar off the error's line.
     (["--train-top-layers", "5"], "train_top_layers: 5 exceeds the model's 1 layers"),
+    (["--second-proxy", REWARD], "second_proxy: it is the proxy itself, whose agreement with itself is 1"),
+    (["--second-proxy", "rm:/nonexistent/rm"], "second-proxy: /nonexistent/rm is not a bonrl reward model"),
 ])
 def test_bad_input_exits_2_with_one_line_before_any_work(flags, message, toy_policy, tmp_path, loading_bars_on):
     base = ["ppo", "--policy", toy_policy, "--proxy", REWARD, "--gold", REWARD, "--steps", "2", "--device", "cpu",

@@ -488,6 +488,10 @@ class RLEvalConfig:
                                "the held-out split has is refused, except this default, which then takes them all).")
     eval_samples_per_prompt: int = option(4, "Completions sampled per eval prompt at each evaluation.")
     bootstrap: int = option(2000, "Prompt resamples for each evaluation row's 95% intervals (paired gains, KL).")
+    second_proxy: str = option(
+        "", "A second proxy (scorer spec), trained independently of --proxy and never optimized against: scored on "
+        "every evaluation's samples for the gold-free warning sign signal_agreement (how often the two proxies order "
+        "a prompt's samples alike). Empty = off.")
 
     def validate(self) -> None:
         check_bootstrap(self.bootstrap)

@@ -60,11 +60,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bon_vs_rl.errors import NonFiniteError
+from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import hacking_signals, sampling, scorers, text_stats
 from bon_vs_rl.measurement import prompts as prompt_sets
 from bon_vs_rl.record import console, files
 
+SECOND = "second_proxy"  # eval-samples column: --second-proxy's score of each sample
 NEGATIVE_KL_SIGMAS = 3.0  # an estimate this many standard errors below 0 is impossible by chance alone
 
 
@@ -73,6 +74,11 @@ def check_inputs(cfg: Any) -> None:
     gold specs, and no more --eval-prompts than the prompt set holds out."""
     scorers.check_spec(cfg.proxy, "proxy")
     scorers.check_spec(cfg.gold, "gold")
+    if cfg.second_proxy:
+        scorers.check_spec(cfg.second_proxy, "second-proxy")
+        if cfg.second_proxy == cfg.proxy:
+            raise ConfigError("second_proxy: it is the proxy itself, whose agreement with itself is 1; pass another, "
+                              "independently trained proxy (e.g. --second-proxy rm:runs/rm-b), or drop the flag")
     prompt_sets.load_prompts(cfg.prompts, "eval", cfg.eval_prompts)
 
 
@@ -225,6 +231,7 @@ class Evaluator:
         # --engine: hf samples the policy itself; vllm starts one engine for the run, at its first evaluation,
         # and reloads the policy's weights into it before each (sync_weights).
         self.sample = None if cfg.engine != "hf" else sampling.generate
+        self.second_proxy: scorers.Scorer | None = None  # --second-proxy, loaded at the first evaluation
 
     def sampler(self, policy):
         if self.sample is None:
@@ -278,6 +285,12 @@ class Evaluator:
         sample_prompts = [local_prompts[i] for i in samples.prompt_index]
         proxy, proxy_ok, members = self.score_proxy(sample_prompts, samples.completions)
         gold, gold_ok = score_or_stop(self.gold, sample_prompts, samples.completions)
+        second, second_ok = {}, True
+        if cfg.second_proxy:  # a warning sign only: never optimized against, never in a gain
+            if self.second_proxy is None:
+                self.second_proxy = scorers.load_scorer(cfg.second_proxy, device, cfg.cache_dir, role="second-proxy")
+            scores, second_ok = score_or_stop(self.second_proxy, sample_prompts, samples.completions)
+            second = {SECOND: scores.tolist()}
         kl_sampled = (logprob - ref_logprob).numpy()
 
         local = {
@@ -288,10 +301,10 @@ class Evaluator:
             "ref_logprob": ref_logprob.tolist(), "ended": samples.ended.tolist(),
             "proxy": proxy.tolist(), "gold": gold.tolist(), "kl": kl_exact.tolist(),
             "kl_sampled": kl_sampled.tolist(),
-            **{f"{hacking_signals.MEMBER}{k}": m.tolist() for k, m in enumerate(members)},
+            **{f"{hacking_signals.MEMBER}{k}": m.tolist() for k, m in enumerate(members)}, **second,
         }
         merged = {key: self._gather(values) for key, values in local.items()}
-        bad = [name for name, ok in (("proxy", proxy_ok), ("gold", gold_ok)) if not ok]
+        bad = [name for name, ok in (("proxy", proxy_ok), ("gold", gold_ok), ("second proxy", second_ok)) if not ok]
         bad_everywhere = self._gather(bad)
         kl_all = np.asarray(merged["kl"], dtype=np.float64)
         kl_sampled_all = np.asarray(merged["kl_sampled"], dtype=np.float64)
@@ -336,7 +349,7 @@ class Evaluator:
         frame["policy_logprob"] = merged["logprob"]
         frame["kl"] = kl_all
         frame["kl_sampled"] = kl_sampled_all
-        for key in (k for k in merged if k.startswith(hacking_signals.MEMBER)):  # an ensemble's members
+        for key in (k for k in merged if k.startswith(hacking_signals.MEMBER) or k == SECOND):  # members, --second-proxy
             frame[key] = merged[key]
         samples_path = (self.output / "eval_samples" / f"step-{step:06d}.parquet").resolve()
         files.write_parquet(samples_path, frame)
@@ -349,7 +362,8 @@ class Evaluator:
         # Gold-free warning signs of hacking against the step-0 samples (hacking_signals; signal_* columns).
         if self.signal_reference is None:
             self.signal_reference = hacking_signals.reference(frame if step == 0 else self.step_zero_frame())
-        warning = hacking_signals.stored(hacking_signals.evaluation_signals(frame, self.signal_reference))
+        warning = hacking_signals.stored(hacking_signals.evaluation_signals(
+            frame, self.signal_reference, second_column=SECOND if SECOND in frame else None))
 
         row = {
             # sqrt_kl is filled in by the results table (sqrt of max(KL, 0)); kl itself is kept unclipped.
@@ -427,6 +441,7 @@ class Evaluator:
 
 SETTING_SKIPS = ("seed", "output", "results", "experiment", "quiet", "device", "cache_dir", "resume", "overwrite",
                  "log_with",  # where and how a run goes, not what it computes
+                 "second_proxy",  # a warning sign scored beside the run, not part of what it optimizes or measures
                  # the engine and vLLM's parallelism change which samples are drawn, not what is measured:
                  # replicate seeds run on hf and on vllm are one setting
                  "engine", "vllm_tensor_parallel_size", "vllm_pipeline_parallel_size", "vllm_executor",

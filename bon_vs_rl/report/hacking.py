@@ -58,7 +58,7 @@ def with_second_proxy(frame, metadata: dict, proxy: str, partners: dict[str, str
 def run_signals(c: Curve, run: pd.DataFrame, partners: dict[str, str]) -> list[dict]:
     """One run's level signals at each of its points (rows in curve order), from its per-sample files.
     `partners`: proxy -> samples file of every best-of-n curve of the report (for the agreement signal)."""
-    from bon_vs_rl.measurement import hacking_signals
+    from bon_vs_rl.measurement import evaluate, hacking_signals
 
     if c.is_bon:
         from bon_vs_rl.methods import best_of_n
@@ -72,7 +72,9 @@ def run_signals(c: Curve, run: pd.DataFrame, partners: dict[str, str]) -> list[d
         raise ValueError("its first evaluation is not step 0")
     frames = [pd.read_parquet(path) for path in run["samples_path"]]
     reference = hacking_signals.reference(frames[0])
-    return [hacking_signals.evaluation_signals(frame, reference) for frame in frames]
+    return [hacking_signals.evaluation_signals(frame, reference,  # with --second-proxy's scores where the run had one
+                                              second_column=evaluate.SECOND if evaluate.SECOND in frame else None)
+            for frame in frames]
 
 
 def curve_run(c: Curve, peak: dict, partners: dict[str, str]) -> tuple[onset.Run | None, str]:
