@@ -28,9 +28,11 @@ over the last `window` batches after the reference ones (gain_per_nat and kl_rat
 `stop=True`, asks the trainer to stop after the step. `hacking/rule_value` and `hacking/fired` are logged too.
 
 Which rule and threshold to trust is what `bonrl report`'s onset analysis measures on runs whose gold is
-known (README "When does hacking begin?"); the default below is a placeholder until those runs exist, not a
-validated choice. Under several processes each process measures its own share of the batch, and TRL
-averages the values across processes.
+known (README "When does hacking begin?"). On the cpu-overopt run (four runs with a resolved gold peak) no
+signal's lead over the peak is resolved; the two-proxy agreement fell closest to it. The default below is
+therefore not a validated choice: a conservative rule that there fired after the gold peak or not at all.
+Under several processes each process measures its own share of the batch, and TRL averages the values across
+processes.
 
 bonrl's PPO: `ppo.train(cfg, monitor=HackingMonitor(...))` calls `observe` with every rollout (its KL is the
 sampled k1 estimate PPO's penalty uses) and adds the signals to its per-step metrics (`--log-with`).
@@ -50,7 +52,7 @@ from transformers import TrainerCallback
 from bon_vs_rl.analysis import signals
 from bon_vs_rl.measurement import text_stats
 
-DEFAULT_RULE = "distinct_2_drift < -0.2"  # a placeholder, not yet validated against a gold (module docstring)
+DEFAULT_RULE = "distinct_2_drift < -0.2"  # not validated: on cpu-overopt it fired after the peak or never
 KEY = "hacking/"
 
 

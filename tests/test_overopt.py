@@ -23,17 +23,23 @@ def test_overopt_preset_has_three_proxies_rl_past_30_nats_densely_and_a_kl_front
         by_kind.setdefault(s.kind, []).append(s)
     assert all(s.cfg.gold == "vader-fluent" for s in stages if hasattr(s.cfg, "gold"))
     assert all(s.cfg.policy == "smollm2-135m" for s in stages if hasattr(s.cfg, "policy"))
-    pairs = [s.cfg.pairs for s in by_kind["rm"]]
-    assert len(pairs) == 3 and pairs == sorted(pairs) and {s.cfg.data_pairs for s in by_kind["rm"]} == {max(pairs)}
+    rms = {s.name: s.cfg for s in by_kind["rm"]}
+    optimized = [rms[name] for name in ("rm-0", "rm-1", "rm-2")]
+    pairs = [c.pairs for c in optimized]
+    assert pairs == sorted(pairs) and {c.data_pairs for c in optimized} == {max(pairs)}  # nested subsets of one draw
+    watcher = rms["rm-3"]  # trained on a labelled draw of its own
+    assert watcher.data_seed != optimized[0].data_seed and watcher.pairs == watcher.data_pairs
     ppo = [s.cfg for s in by_kind["ppo"]]
     unpenalized = [p for p in ppo if p.beta == 0]
-    # β = 0 against the weak, the middle and the strongest proxy, 80 steps (the issue's run passed 30 nats by
-    # step 60), an evaluation every 5 steps
+    # β = 0 against the weak, the middle and the strongest proxy, 60 steps (the pilot against rm-1 passed 30 nats
+    # by step 40), an evaluation every 5 steps; every run watched by rm-3
     assert sorted(Path(p.proxy.removeprefix("rm:")).name for p in unpenalized) == ["rm-0", "rm-1", "rm-2"]
-    assert all(p.steps >= 80 and p.eval_every <= 5 for p in unpenalized)
+    assert all(p.steps >= 60 and p.eval_every <= 5 for p in unpenalized)
+    assert {Path(p.second_proxy.removeprefix("rm:")).name for p in ppo} == {"rm-3"}
     assert len({p.beta for p in ppo if p.beta > 0}) >= 2  # the KL-penalty frontier
     sample = by_kind["samples"][0].cfg
-    assert max(int(n) for n in str(sample.n).split(",")) >= 128 and sample.eval_prompts == 76
+    assert max(int(n) for n in str(sample.n).split(",")) >= 128 and sample.eval_prompts == 40
+    assert {p.eval_prompts for p in ppo} == {40}  # RL and best-of-n on the same prompts
 
 
 def test_bon_kl_at_e31_is_30_nats():
@@ -41,12 +47,28 @@ def test_bon_kl_at_e31_is_30_nats():
     assert overopt_view.bon_kl(math.log(8)) == pytest.approx(math.log(8) - 7 / 8)
 
 
-def test_fall_power_matches_the_normal_approximation():
-    # interval lower half-width 0.098 = 1.96 SE: SE 0.05; a fall of 0.1 is 2 SE: power Φ(2 − 1.96) ≈ 0.516
-    power, needed = overopt_view.fall_power(0.1, 0.1 - overopt_view.Z_95 * 0.05, prompts=76)
-    assert power == pytest.approx(0.5160, abs=1e-3)
-    assert needed == pytest.approx(76 * (2.8016 * 0.05 / 0.1) ** 2, rel=1e-3)
-    assert math.isnan(overopt_view.fall_power(-0.1, -0.2, 76)[0])
+def test_fall_power_is_the_share_of_studies_that_resolve_a_planted_fall_computed_the_long_way():
+    """The power read off the plateau studies' thresholds equals the share of studies resolving a world with the
+    fall planted in it (findings.peak_power(fall=δ), same seed: same studies), for the analysed curve."""
+    from bon_vs_rl.analysis import findings
+
+    rng = np.random.default_rng(3)
+    P, K = 40, 6
+    gain = np.linspace(0, 0.3, K) + rng.normal(0, 0.4, size=(P, K))  # rising: per-prompt gains at K points
+    kl = np.linspace(0, 10, K)
+
+    class Analysis:  # what fall_power reads of a panel's analysis
+        def peak_power(self, label, **kwargs):
+            return findings.peak_power(gain, kl, **kwargs)
+
+    for fall in (0.05, 0.15, 0.3):
+        power = overopt_view.fall_power(Analysis(), "ppo", fall)
+        planted = findings.peak_power(gain, kl, fall=fall)
+        assert power["power"] == pytest.approx(planted["false_peak"], abs=1e-12)
+        assert power["prompts_for_80pct"] == pytest.approx(P * (power["fall_80"] / fall) ** 2)
+    assert 0 < overopt_view.fall_power(Analysis(), "ppo", 0.05)["power"] < overopt_view.fall_power(
+        Analysis(), "ppo", 0.3)["power"]
+    assert math.isnan(overopt_view.fall_power(Analysis(), "ppo", -0.1)["power"])
 
 
 def test_gaussian_joint_is_the_within_prompt_correlation():
@@ -63,6 +85,16 @@ def test_gaussian_joint_is_the_within_prompt_correlation():
     assert joint["sigma_gold"] == pytest.approx(cv.std())
 
 
+def test_a_gold_constant_within_prompts_has_no_correlation_and_no_warning():
+    import warnings
+
+    frame = pd.DataFrame({"prompt_id": [0, 0, 1, 1], "p": [0.1, 0.3, 0.2, 0.5], "g": [1.0, 1.0, 2.0, 2.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        joint = overopt_view.gaussian_joint(frame, "p", "g")
+    assert math.isnan(joint["rho"]) and joint["sigma_gold"] == 0.0
+
+
 def test_gaussian_best_of_n_gold_matches_simulation():
     # independent computation: best of 16 by proxy among bivariate normal draws, gold averaged
     rng = np.random.default_rng(1)
@@ -77,7 +109,8 @@ def test_gaussian_best_of_n_gold_matches_simulation():
 
 def tiny_overopt(tmp_path: Path) -> Path:
     """configs/cpu-overopt.yaml with the smoke preset's tiny models and budgets, its shape kept: three nested
-    proxies, one best-of-n draw rescored by each with the optimum, PPO at β 0 against each, PPO at two β > 0."""
+    proxies and a watcher, one best-of-n draw rescored by each nested proxy with the optimum, PPO at β 0 against
+    each, PPO at two β > 0, every PPO run watched by the fourth proxy."""
     import yaml
 
     study = yaml.safe_load((REPO / "configs" / "cpu-overopt.yaml").read_text())
@@ -86,6 +119,7 @@ def tiny_overopt(tmp_path: Path) -> Path:
     study["common"].update(policy="tiny", max_prompt_tokens=24, max_new_tokens=10, precision="fp32")
     tiny_rm = {k: v for k, v in smoke["train_rm"][0].items() if k not in ("pairs", "data_pairs")}
     study["train_rm"] = [{**tiny_rm, "pairs": p, "data_pairs": 48} for p in (16, 32, 48)]
+    study["train_rm"].append({**tiny_rm, "pairs": 16, "data_pairs": 16, "data_seed": 1})  # rm-3, the watcher
     study["sample"]["n"] = "1,2,4,8"
     for entry in study["ppo"]:
         entry.update(steps=4, eval_every=2, rollout_batch_size=4, minibatch_size=2, ppo_epochs=1, train_top_layers=0)
@@ -124,6 +158,8 @@ def test_overopt_preset_on_tiny_models_reports_peaks_30_nats_text_and_samples(tm
 
     rows = R.load(tmp_path / "results.sqlite")  # conftest points BONRL_RESULTS here
     assert rows.loc[rows["method"].isin(["bon", "tilted", "ppo"]), "text_distinct_2"].notna().all()
+    assert rows.loc[rows["method"] == "ppo", "signal_agreement"].notna().all()  # the watcher scored every evaluation
+    assert {"power", "fall_50", "fall_80", "prompts_for_80pct"} <= set(peaks.columns)
 
 
 def test_power_reads_as_a_whole_percent_and_saturates_at_99():

@@ -84,11 +84,16 @@ class Analysis:
     inputs: dict = field(default_factory=dict)
     baseline: Baseline | None = None
 
+    powers: dict = field(default_factory=dict)  # peak_power's results, kept: several report parts ask for them
+
     def peak_power(self, label: str, **kwargs) -> dict:
         """`peak_power` of one curve: its seed-averaged per-prompt gold gains at its trusted points."""
-        curve = self.inputs[label]
-        gain = curve.gold.mean(axis=0) - self.baseline.gold[:, None]
-        return peak_power(gain[:, curve.trusted], curve.kl.mean(axis=(0, 1))[curve.trusted], **kwargs)
+        key = (label, tuple(sorted(kwargs.items())))
+        if key not in self.powers:
+            curve = self.inputs[label]
+            gain = curve.gold.mean(axis=0) - self.baseline.gold[:, None]
+            self.powers[key] = peak_power(gain[:, curve.trusted], curve.kl.mean(axis=(0, 1))[curve.trusted], **kwargs)
+        return self.powers[key]
 
 
 def _largest_reached(candidates: np.ndarray, est: list[dict], reps: list[dict], x: str, need: float) -> float:

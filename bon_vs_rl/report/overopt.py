@@ -7,9 +7,11 @@ the runs' saved samples, and adds:
 1. gold peaks     for every analysed curve, its largest measured gold gain and how far gold falls after it
                   (`statistics.measured_peak`: the fall's interval is simultaneous over the earlier points, so
                   a plateau is not called a peak), whether the fall is resolved, and the power of this many
-                  prompts against a fall of the size measured (normal approximation from the interval's lower
-                  half-width h = fall − fall_lo: SE ≈ h / 1.96, power ≈ Φ(fall / SE − 1.96), and the prompts
-                  for 80% power ≈ P · (2.80 · SE / fall)²);
+                  prompts against a fall of the size measured, simulated (`findings.peak_power`: studies of
+                  prompts redrawn from the curve's own per-prompt gains with its last point moved up to a
+                  plateau; the power at a fall δ is the share of them that resolve δ), with the prompts a fall
+                  this size would need for 80% power, P · (fall_80 / fall)² (the resolvable fall shrinks as
+                  1/√P);
 2. "30 nats"      RL's measured gold gain at KL 30 (interpolated in sqrt(KL), with its prompt-resample
                   interval) beside best-of-n's fitted form R(d) = d(α − β d) extrapolated to n = e^31 (KL =
                   31 − (1 − e^−31) ≈ 30 nats: an extrapolation far beyond the measured n), and the closed form
@@ -42,7 +44,6 @@ from bon_vs_rl.report.words import fmt, span
 
 KL_30 = 30.0
 LOG_N_30 = 31.0  # n = e^31: KL = log n − (n − 1)/n = 31 − (1 − e^−31) ≈ 30 nats
-Z_95, Z_80 = 1.959963984540054, 0.8416212335729143
 
 
 def bon_kl(log_n: float) -> float:
@@ -54,15 +55,18 @@ def bon_kl(log_n: float) -> float:
 # 1. Gold peaks and the power to resolve their fall.
 
 
-def fall_power(fall: float, fall_lo: float, prompts: int) -> tuple[float, float]:
-    """(power of this many prompts to resolve a true fall of `fall`, prompts for 80% power); NaN when the
-    fall is not positive. SE from the interval's lower half-width (see the module docstring)."""
-    from scipy.stats import norm
-
-    if not (math.isfinite(fall) and math.isfinite(fall_lo)) or fall <= 0 or fall - fall_lo <= 0:
-        return math.nan, math.nan
-    se = (fall - fall_lo) / Z_95
-    return float(norm.cdf(fall / se - Z_95)), float(prompts * ((Z_95 + Z_80) * se / fall) ** 2)
+def fall_power(analysis, label: str, fall: float) -> dict:
+    """power: the share of the curve's simulated plateau studies (analysis.peak_power, findings.peak_power) that
+    resolve a true fall of `fall`; fall_50 / fall_80: the falls resolved half the time and four times in five;
+    prompts_for_80pct: P · (fall_80 / fall)². NaN power when the fall is not positive."""
+    power = analysis.peak_power(label)
+    thresholds = np.asarray(power["resolved_above"], dtype=np.float64)
+    out = {"power": math.nan, "fall_50": power["fall_50"], "fall_80": power["fall_80"],
+           "prompts_for_80pct": math.nan}
+    if math.isfinite(fall) and fall > 0 and np.isfinite(thresholds).all():
+        out["power"] = float(np.mean(thresholds < fall))
+        out["prompts_for_80pct"] = float(power["prompts"] * (power["fall_80"] / fall) ** 2)
+    return out
 
 
 def peaks_table(panels) -> pd.DataFrame:
@@ -74,12 +78,11 @@ def peaks_table(panels) -> pd.DataFrame:
             peak = panel.analysis.peaks.get(c.label)
             if peak is None:
                 continue
-            power, needed = fall_power(peak["fall"], peak["fall_lo"], panel.analysis.prompts)
             rows.append({"proxy": panel.key[1], "curve": c.label, "best_gold_gain": peak["best"],
                          "best_lo": peak["best_lo"], "best_hi": peak["best_hi"], "best_kl": peak["best_kl"],
                          "last_kl": peak["last_kl"], "fall": peak["fall"], "fall_lo": peak["fall_lo"],
-                         "fall_hi": peak["fall_hi"], "resolved": peak["resolved"], "power": power,
-                         "prompts_for_80pct": needed, "prompts": panel.analysis.prompts})
+                         "fall_hi": peak["fall_hi"], "resolved": peak["resolved"],
+                         **fall_power(panel.analysis, c.label, peak["fall"]), "prompts": panel.analysis.prompts})
     return pd.DataFrame(rows)
 
 
@@ -90,7 +93,7 @@ def short(proxy: str) -> str:
 
 
 def percent(share: float) -> str:
-    """0.662 -> '66%'; the ends read '> 99%' and '< 1%' (a normal approximation claims no more)."""
+    """0.662 -> '66%'; the ends read '> 99%' and '< 1%' (400 simulated studies claim no more)."""
     return "> 99%" if share > 0.99 else "< 1%" if share < 0.01 else f"{100 * share:.0f}%"
 
 
@@ -99,8 +102,10 @@ def peak_sentence(r: pd.Series) -> str:
         return f"{r['curve']} on {short(r['proxy'])}: no trusted point (too few effective samples)."
     best = f"{r['curve']} on {short(r['proxy'])}: largest gold gain {span(r['best_gold_gain'], r['best_lo'], r['best_hi'])} " \
            f"at KL {fmt(r['best_kl'])}"
+    detect = (f"; a fall of {fmt(r['fall_80'], 2)} after its best point would be resolved four times in five on these "
+              f"{int(r['prompts'])} prompts" if math.isfinite(r["fall_80"]) else "")
     if not math.isfinite(r["fall"]) or r["best_kl"] == r["last_kl"]:
-        return best + ", at its last point: gold has not turned."
+        return best + f", at its last point: gold has not turned{detect}."
     fall = f"falls by {span(r['fall'], r['fall_lo'], r['fall_hi'])} to KL {fmt(r['last_kl'])}"
     if r["resolved"]:
         return f"{best}; gold then {fall} — **a resolved rise and fall** (the fall's simultaneous 95% interval " \
@@ -108,7 +113,7 @@ def peak_sentence(r: pd.Series) -> str:
     need = r["prompts_for_80pct"]
     hint = f"; ~{int(math.ceil(need))} prompts would give 80% power" if math.isfinite(need) else ""
     power = f"power {percent(r['power'])} for a fall this size" if math.isfinite(r["power"]) else "no power"
-    return f"{best}; gold then {fall} — not resolved ({power} on {int(r['prompts'])} prompts{hint})."
+    return f"{best}; gold then {fall} — not resolved ({power} on {int(r['prompts'])} prompts{hint}{detect})."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +133,8 @@ def gaussian_joint(frame: pd.DataFrame, proxy: str, gold: str, weights: np.ndarr
     w = w[inverse]
     suu, svv, suv = (w * u * u).sum(), (w * v * v).sum(), (w * u * v).sum()
     total = w.sum()
-    return {"rho": suv / math.sqrt(suu * svv), "sigma_proxy": math.sqrt(suu / total),
+    # A proxy or gold constant within every prompt has no correlation (NaN, not a division warning).
+    return {"rho": suv / math.sqrt(suu * svv) if suu * svv > 0 else math.nan, "sigma_proxy": math.sqrt(suu / total),
             "sigma_gold": math.sqrt(svv / total)}
 
 
@@ -382,7 +388,8 @@ def blocks(panels, out: Path, colour: dict[str, str]) -> tuple[list[tuple], dict
     if len(peaks):
         section += [("p", "Each curve's largest measured gold gain and the fall from its best earlier point to its "
                      "last (the fall's interval is simultaneous over the earlier points; resolved when it excludes "
-                     "0). Power: a normal approximation from the interval's lower half-width. Table: peaks.csv."),
+                     "0). Power: simulated, 400 studies of the panel's prompts redrawn from the curve's own per-prompt gains "
+                     "with its last point moved up to a plateau (findings.peak_power). Table: peaks.csv."),
                     ("list", [peak_sentence(r) for _, r in peaks.iterrows()])]
     if len(thirty):
         section += [("p", "**30 nats** of RL against best-of-e^31 (KL = 31 − (1 − e^−31) ≈ 30 nats): RL's measured "
