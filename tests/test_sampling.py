@@ -61,6 +61,26 @@ def test_recorded_logprob_equals_a_full_forward_pass(tiny, batch_size):  # 2: se
         assert samples.completions[i] == tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def test_sampling_records_no_graph_even_where_gradients_are_on(tiny, monkeypatch):
+    """PPO samples its rollouts from a policy in training mode: no forward pass of the sampler may record an
+    autograd graph (the decode loop did; under transformers 5.19 its log-probs then refused .numpy())."""
+    model, tokenizer = tiny
+    assert any(p.requires_grad for p in model.parameters())
+    grad_modes = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        grad_modes.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    cfg = SamplingConfig(max_new_tokens=4, batch_size=4)
+    with torch.enable_grad():
+        samples = sampling.generate(model, tokenizer, PROMPTS, 2, cfg, seed=3, quiet=True)
+    assert len(grad_modes) > 1 and not any(grad_modes)  # the prefill and every decode step
+    assert np.isfinite(samples.logprob).all()
+
+
 def test_same_seed_same_samples_other_seed_other_samples(tiny):
     model, tokenizer = tiny
     cfg = SamplingConfig(max_new_tokens=5, batch_size=4)

@@ -310,3 +310,13 @@ def parameter_count(directory: str | os.PathLike) -> dict | None:
             non_embedding += 0 if "embed" in name.lower() else count
         found = True
     return {"total": total, "non_embedding": non_embedding} if found else None
+
+
+def no_activation_checkpointing() -> dict:
+    """TrainingArguments that turn activation (gradient) checkpointing off, under the name this transformers
+    uses: `activation_checkpointing` from 5.24 on, `gradient_checkpointing` before. Small models: memory is
+    not the limit, speed is (TRL's configs default it on)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": False}

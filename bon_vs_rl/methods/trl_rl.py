@@ -101,7 +101,7 @@ def trl_arguments(cfg: RLConfig, world: int, use_cuda: bool, bf16: bool):
         num_generations=cfg.generations_per_prompt, max_completion_length=cfg.max_new_tokens,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, beta=cfg.beta,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", disable_dropout=True,
-        use_cpu=not use_cuda, bf16=bf16, activation_checkpointing=False, logging_steps=1,
+        use_cpu=not use_cuda, bf16=bf16, **models.no_activation_checkpointing(), logging_steps=1,
         # TRL's own checkpoints (weights, optimizer, scheduler, RNG, trainer state): what --resume continues.
         save_strategy="steps" if cfg.checkpoint_every else "no", save_steps=max(cfg.checkpoint_every, 1),
         save_total_limit=cfg.keep_checkpoints,
