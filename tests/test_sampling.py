@@ -62,8 +62,9 @@ def test_recorded_logprob_equals_a_full_forward_pass(tiny, batch_size):  # 2: se
 
 
 def test_sampling_records_no_graph_even_where_gradients_are_on(tiny, monkeypatch):
-    """PPO samples its rollouts from a policy in training mode: no forward pass of the sampler may record an
-    autograd graph (the decode loop did; under transformers 5.19 its log-probs then refused .numpy())."""
+    """PPO samples its rollouts from a policy in training mode with gradients on: no forward pass of the sampler
+    may record an autograd graph (an edit once moved the decode loop's inference_mode onto the function above
+    it; the loop then recorded one and its log-probs refused .numpy())."""
     model, tokenizer = tiny
     assert any(p.requires_grad for p in model.parameters())
     grad_modes = []

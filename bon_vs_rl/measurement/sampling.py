@@ -129,7 +129,6 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-@torch.inference_mode()
 @functools.cache
 def cache_name() -> str:
     """What transformers calls the key/value cache, as a forward argument and as an output field: `cache` from
@@ -139,7 +138,7 @@ def cache_name() -> str:
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-@torch.no_grad()  # no graph: PPO samples its rollouts with gradients on (5.19's forward then recorded one)
+@torch.inference_mode()
 def _decode(model, cache, last_logits, attention_mask, next_position, cfg: SamplingConfig,
             eos_ids: torch.Tensor, pad_id: int, generator: torch.Generator):
     """Sample up to max_new_tokens for a batch whose prompt is already in `cache`."""
