@@ -15,7 +15,7 @@ from bon_vs_rl.report import overopt as overopt_view
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_overopt_preset_has_three_proxies_rl_past_30_nats_densely_and_a_kl_frontier():
+def test_overopt_preset_has_three_nested_proxies_a_watcher_dense_rl_evaluations_and_a_kl_frontier():
     cfg = resolve(C.ExperimentConfig, load_yaml(REPO / "configs" / "cpu-overopt.yaml"))
     stages, _ = experiment.plan(cfg)
     by_kind = {}
