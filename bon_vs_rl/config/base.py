@@ -324,6 +324,15 @@ def check_resume(cfg: Any, checkpoints: bool, owner: str | None, when_saved: str
     return saved
 
 
+def check_checkpoint(cfg: Any, checkpoint: Path, saved: dict, names: tuple[str, ...]) -> None:
+    """The options a checkpoint's weights and state were made under (`saved`, its config) must be the run's own:
+    the first that differs is bad input, named with both values. Each method names the options it depends on."""
+    for name in names:
+        if saved.get(name) != getattr(cfg, name):
+            raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
+                              f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+
+
 def check_bootstrap(resamples: int) -> None:
     # Percentile 95% intervals read the 2.5% and 97.5% quantiles: with fewer than ~100 resamples those
     # are a handful of draws and the interval itself is noise.

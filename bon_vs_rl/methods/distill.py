@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bon_vs_rl.config.base import check_resume, to_dict
+from bon_vs_rl.config.base import check_checkpoint, check_resume, to_dict
 from bon_vs_rl.config.commands import DistillConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -183,10 +183,7 @@ def train(cfg: DistillConfig) -> str:
     checkpoint = checkpoint_dirs(output)[-1] if cfg.resume and checkpoint_dirs(output) else None
     if checkpoint is not None:  # the checkpoint must continue this very run
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
-        for name in ("policy", "objective", "n", "sample_from", "train_top_layers"):
-            if saved.get(name) != getattr(cfg, name):
-                raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
-                                  f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+        check_checkpoint(cfg, checkpoint, saved, ("policy", "objective", "n", "sample_from", "train_top_layers"))
     saved_config = check_resume(cfg, checkpoint is not None, owner, "distill saves one every --checkpoint-every "
                                 "steps and after the last") if cfg.resume else {}
     replaced = files.replaced_runs(output, continuing=checkpoint is not None)

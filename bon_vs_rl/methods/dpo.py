@@ -57,7 +57,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bon_vs_rl.config.base import check_resume, to_dict
+from bon_vs_rl.config.base import check_checkpoint, check_resume, to_dict
 from bon_vs_rl.config.commands import COMPARISON_DATA_FIELDS, DPOConfig, TrainRMConfig
 from bon_vs_rl.errors import ConfigError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -166,10 +166,8 @@ def train(cfg: DPOConfig) -> str:
                           "--overwrite to replace its files, or a new --output")
     checkpoint = complete_checkpoints(output)[-1] if cfg.resume and complete_checkpoints(output) else None
     saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text()) if checkpoint else {}
-    for name in ("policy", "beta", "train_batch_size", "epochs") if checkpoint else ():  # must continue this run
-        if saved["config"].get(name) != getattr(cfg, name):
-            raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved['config'].get(name)!r}, not "
-                              f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+    if checkpoint:  # must continue this run
+        check_checkpoint(cfg, checkpoint, saved["config"], ("policy", "beta", "train_batch_size", "epochs"))
     if cfg.resume:
         check_resume(cfg, checkpoint is not None, owner, "dpo saves one every --checkpoint-every steps, none with "
                      "--checkpoint-every 0")

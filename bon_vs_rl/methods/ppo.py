@@ -107,7 +107,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bon_vs_rl.config.base import check_resume, to_dict
+from bon_vs_rl.config.base import check_checkpoint, check_resume, to_dict
 from bon_vs_rl.config.commands import PPOConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, sampling, scorers
@@ -478,10 +478,8 @@ def train(cfg: PPOConfig, on_step: Callable[[dict], None] | None = None, monitor
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
         # Older checkpoints predate the proxy normalization and the schedule: they ran without them.
         saved = {"normalize_proxy": False, "lr_schedule": "constant", **saved}
-        for name in ("policy", "lora_rank", "train_top_layers", "normalize_proxy", "lr_schedule"):
-            if saved.get(name) != getattr(cfg, name):
-                raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
-                                  f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+        check_checkpoint(cfg, checkpoint, saved, ("policy", "lora_rank", "train_top_layers", "normalize_proxy",
+                                                   "lr_schedule"))
         if cfg.lr_schedule == "linear" and saved.get("steps") != cfg.steps:
             raise ConfigError(f"resume: {checkpoint}'s learning rate decays to 0 over steps={saved.get('steps')}; "
                               f"pass --steps {saved.get('steps')} (or start a new run)")

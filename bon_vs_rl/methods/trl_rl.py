@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from bon_vs_rl.config.base import check_resume, to_dict
+from bon_vs_rl.config.base import check_checkpoint, check_resume, to_dict
 from bon_vs_rl.config.commands import RLConfig
 from bon_vs_rl.errors import ConfigError, NonFiniteError
 from bon_vs_rl.measurement import models, scorers
@@ -152,10 +152,7 @@ def train(cfg: RLConfig) -> str:
             raise ConfigError(f"resume: {checkpoint} was written by a different number of processes; resume with "
                               "the same number, or drop --resume")
         saved = json.loads(state_file.read_text())
-        for name in ("algo", "policy"):
-            if saved.get(name) != getattr(cfg, name):
-                raise ConfigError(f"resume: {checkpoint} was trained with {name}={saved.get(name)!r}, not "
-                                  f"{getattr(cfg, name)!r}; pass the same value or drop --resume")
+        check_checkpoint(cfg, checkpoint, saved, ("algo", "policy"))
         saved["run_id"] = json.loads((checkpoint / STATE_FILE.format(rank=0)).read_text())["run_id"]
     saved_config = check_resume(cfg, checkpoint is not None, owner, "rl saves one every --checkpoint-every steps, "
                                 "none with --checkpoint-every 0") if cfg.resume else {}
